@@ -1,0 +1,112 @@
+"""The one description of posync's AWS resources.
+
+The CDK stack (``infra/``) and the local runtime (``posync local up``) both build
+from :func:`resources`, so the names and key schemas used by the code, the
+synthesized template and the embedded AWS cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+STAGE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    name: str
+    pk: str
+    sk: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    key: str  # logical key used in code and CDK ("connections")
+    name: str
+    pk: str
+    sk: str | None = None
+    ttl_attribute: str | None = None
+    indexes: tuple[IndexSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    key: str
+    name: str
+    fifo: bool
+    visibility_timeout_s: int
+    dead_letter: str | None = None  # key of the DLQ
+    max_receive_count: int = 5
+    retention_s: int = 14 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Resources:
+    stage: str
+    tables: tuple[TableSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    bucket: str
+    event_bus: str
+    kms_alias: str
+    secret_prefix: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def table(self, key: str) -> TableSpec:
+        for t in self.tables:
+            if t.key == key:
+                return t
+        raise KeyError(key)
+
+    def queue(self, key: str) -> QueueSpec:
+        for q in self.queues:
+            if q.key == key:
+                return q
+        raise KeyError(key)
+
+
+WORKER_TIMEOUT_S = 300
+# SQS wants the visibility timeout to be at least six times the function timeout.
+SYNC_VISIBILITY_S = 6 * WORKER_TIMEOUT_S
+
+
+def bucket_name(stage: str, account: str, region: str) -> str:
+    return f"posync-{stage}-exports-{account}-{region}"
+
+
+def resources(stage: str, account: str = "000000000000", region: str = "us-east-1") -> Resources:
+    """All resources of one stage. ``account`` and ``region`` only shape the bucket name."""
+    if not STAGE_PATTERN.match(stage):
+        raise ValueError(f"stage must match {STAGE_PATTERN.pattern}: {stage!r}")
+    p = f"posync-{stage}"
+    return Resources(
+        stage=stage,
+        tables=(
+            # One item per connection: status, tokens' expiry, cursor, last run and error.
+            TableSpec(
+                key="connections",
+                name=f"{p}-connections",
+                pk="connection_id",
+                indexes=(IndexSpec(name="by-status", pk="status", sk="connection_id"),),
+            ),
+            # One item per order (latest version wins).
+            TableSpec(key="orders", name=f"{p}-orders", pk="connection_id", sk="order_id"),
+            # Short-lived control items: OAuth states, refresh leases, rate-limit buckets,
+            # webhook deduplication. Everything here carries a TTL.
+            TableSpec(key="control", name=f"{p}-control", pk="pk", ttl_attribute="expires_at"),
+        ),
+        queues=(
+            QueueSpec(
+                key="sync",
+                name=f"{p}-sync.fifo",
+                fifo=True,
+                visibility_timeout_s=SYNC_VISIBILITY_S,
+                dead_letter="sync_dlq",
+            ),
+            QueueSpec(key="sync_dlq", name=f"{p}-sync-dlq.fifo", fifo=True, visibility_timeout_s=60),
+        ),
+        bucket=bucket_name(stage, account, region),
+        event_bus=p,
+        kms_alias=f"alias/{p}",
+        secret_prefix=f"posync/{stage}",
+    )

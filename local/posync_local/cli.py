@@ -1,0 +1,15 @@
+"""The ``posync`` command line."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="posync")
+def cli() -> None:
+    """posync: point-of-sale orders from Clover and Poynt into your own AWS account."""
+
+
+def main() -> None:
+    cli()
