@@ -40,11 +40,15 @@ _DEFAULTS: dict[str, dict[str, ProviderHosts]] = {
             "https://apisandbox.dev.clover.com",
             "https://apisandbox.dev.clover.com",
         ),
-        "poynt": ProviderHosts("https://poynt.net", "https://services.poynt.net", "https://services.poynt.net"),
+        "poynt": ProviderHosts(
+            "https://poynt.net", "https://services.poynt.net", "https://services.poynt.net"
+        ),
     },
     "us": {
         "clover": ProviderHosts("https://www.clover.com", "https://api.clover.com", "https://api.clover.com"),
-        "poynt": ProviderHosts("https://poynt.net", "https://services.poynt.net", "https://services.poynt.net"),
+        "poynt": ProviderHosts(
+            "https://poynt.net", "https://services.poynt.net", "https://services.poynt.net"
+        ),
     },
     "eu": {
         "clover": ProviderHosts(
@@ -58,7 +62,9 @@ _DEFAULTS: dict[str, dict[str, ProviderHosts]] = {
         "clover": ProviderHosts(
             "https://www.la.clover.com", "https://api.la.clover.com", "https://api.la.clover.com"
         ),
-        "poynt": ProviderHosts("https://poynt.net", "https://services.poynt.net", "https://services.poynt.net"),
+        "poynt": ProviderHosts(
+            "https://poynt.net", "https://services.poynt.net", "https://services.poynt.net"
+        ),
     },
 }
 

@@ -26,7 +26,9 @@ class InvalidState(PosyncError):
 class ProviderError(PosyncError):
     """The provider answered with an error we may retry (5xx, timeout, 429)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s

@@ -110,3 +110,38 @@ def resources(stage: str, account: str = "000000000000", region: str = "us-east-
         kms_alias=f"alias/{p}",
         secret_prefix=f"posync/{stage}",
     )
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One Lambda: its folder under ``functions/`` and how it is triggered."""
+
+    name: str  # folder name under functions/, and the function's logical name
+    timeout_s: int
+    memory_mb: int
+    description: str
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str  # API Gateway HTTP API route path, e.g. "/connect/{provider}"
+    function: str
+
+
+FUNCTIONS: tuple[FunctionSpec, ...] = (
+    FunctionSpec("health", 5, 256, "GET /health"),
+    FunctionSpec("connect", 10, 256, "GET /connect/{provider}: redirect to the provider's consent page"),
+    FunctionSpec("callback", 30, 512, "GET /oauth/{provider}/callback: exchange the code, store tokens"),
+    FunctionSpec("webhooks", 10, 256, "POST /webhooks/{provider}: verify and enqueue targeted syncs"),
+    FunctionSpec("dispatcher", 60, 256, "Scheduled: one sync message per active connection"),
+    FunctionSpec("worker", WORKER_TIMEOUT_S, 1024, "SQS: sync one connection's orders"),
+)
+
+# The only public routes (DESIGN.md contract). The CDK api construct and the local front share this.
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec("GET", "/health", "health"),
+    RouteSpec("GET", "/connect/{provider}", "connect"),
+    RouteSpec("GET", "/oauth/{provider}/callback", "callback"),
+    RouteSpec("POST", "/webhooks/{provider}", "webhooks"),
+)
