@@ -1,0 +1,77 @@
+"""The sync queue's message contract (SQS FIFO, one message group per connection).
+
+Producers: the dispatcher (schedule), the OAuth callback (first backfill), the
+webhooks (targeted syncs), the worker itself (continuations) and the CLI (manual).
+The consumer is the worker.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from posync.aws import client
+from posync.domain import check_merchant_id, connection_id
+from posync.errors import InvalidInput
+
+
+class SyncKind(StrEnum):
+    SCHEDULED = "scheduled"
+    BACKFILL = "backfill"
+    CONTINUATION = "continuation"
+    WEBHOOK = "webhook"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    provider: str
+    merchant_id: str
+    kind: SyncKind
+    since: str | None = None  # RFC 3339 UTC: start here instead of the cursor (backfill, manual)
+    run_id: str | None = None  # set on continuations: the run goes on
+    reason: str | None = None  # free text for logs ("schedule slot 2026-11-23T18:15Z", "webhook")
+
+    @property
+    def connection_id(self) -> str:
+        return connection_id(self.provider, self.merchant_id)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, body: str) -> SyncRequest:
+        try:
+            data: dict[str, Any] = json.loads(body)
+            req = cls(
+                provider=str(data["provider"]),
+                merchant_id=str(data["merchant_id"]),
+                kind=SyncKind(data.get("kind", "scheduled")),
+                since=data.get("since"),
+                run_id=data.get("run_id"),
+                reason=data.get("reason"),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(f"malformed sync message: {type(exc).__name__}") from exc
+        check_merchant_id(req.provider, req.merchant_id)
+        return req
+
+
+def send_sync(queue_url: str, req: SyncRequest, dedup_id: str) -> None:
+    """Enqueue one sync. ``dedup_id`` makes repeats within SQS's 5-minute window a no-op."""
+    client("sqs").send_message(
+        QueueUrl=queue_url,
+        MessageBody=req.to_json(),
+        MessageGroupId=req.connection_id,
+        MessageDeduplicationId=dedup_id[:128],
+    )
+
+
+def queue_url(settings_queue_url: str | None, queue_name: str) -> str:
+    """The sync queue's URL: from configuration when deployed, looked up by name locally."""
+    if settings_queue_url:
+        return settings_queue_url
+    url: str = client("sqs").get_queue_url(QueueName=queue_name)["QueueUrl"]
+    return url
