@@ -25,7 +25,7 @@ def check_provider(provider: str) -> str:
 
 def check_merchant_id(provider: str, merchant_id: str) -> str:
     check_provider(provider)
-    if not isinstance(merchant_id, str) or not MERCHANT_ID_PATTERNS[provider].match(merchant_id):
+    if not isinstance(merchant_id, str) or not MERCHANT_ID_PATTERNS[provider].fullmatch(merchant_id):
         raise InvalidInput(f"not a valid {provider} merchant id")
     return merchant_id
 
@@ -33,7 +33,7 @@ def check_merchant_id(provider: str, merchant_id: str) -> str:
 def check_ref(ref: str | None) -> str | None:
     if ref is None or ref == "":
         return None
-    if not REF_PATTERN.match(ref):
+    if not REF_PATTERN.fullmatch(ref):
         raise InvalidInput("ref must be 1-64 characters of letters, digits and ._:@-")
     return ref
 

@@ -76,7 +76,7 @@ def bucket_name(stage: str, account: str, region: str) -> str:
 
 def resources(stage: str, account: str = "000000000000", region: str = "us-east-1") -> Resources:
     """All resources of one stage. ``account`` and ``region`` only shape the bucket name."""
-    if not STAGE_PATTERN.match(stage):
+    if not STAGE_PATTERN.fullmatch(stage):
         raise ValueError(f"stage must match {STAGE_PATTERN.pattern}: {stage!r}")
     p = f"posync-{stage}"
     return Resources(
