@@ -1,0 +1,358 @@
+"""Clover v3 orders (``expand=lineItems,payments,refunds``) -> canonical order v1.
+
+Clover facts relied on: money in cents (JPY: yen), times in epoch milliseconds,
+nested lists as ``{"elements": [...]}`` (``{"href": ...}`` only when not expanded),
+``unitQty`` in thousandths (absent = 1), tax rates in 1/100000 of a percent
+(8.875 % = 887500), discounts with a negative ``amount`` or a whole ``percentage``,
+modifications priced per unit, ``state`` absent/null on hidden orders, no order tax
+total (Clover computes it on the device).
+
+The arithmetic (docs/canonical-order-v1.md, "Clover"): per line
+``gross = round((price + Σ modifications) * unitQty / 1000)``, line discounts
+(percentages of ``gross``), ``net = gross + line discounts``; order discounts
+(percentages of ``Σ net``) are allocated to lines pro rata; exclusive tax per rate on
+the sum of the taxed lines' amounts, rounded once per rate; VAT (``isVat``) is the
+share ``rate / (100 % + Σ rates)`` of each line, rounded per line. Rounding is half
+away from zero, in integers. The order's ``total`` is authoritative: for a
+tax-exclusive order with line items, ``tax`` is what remains of it after subtotal,
+discounts and service charges, so the totals always add up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from posync.canonical.fields import (
+    card_brand,
+    currency,
+    elements,
+    epoch_ms,
+    item,
+    malformed,
+    money,
+    nested,
+    number,
+    obj,
+    opt_id,
+    opt_int,
+    opt_money,
+    opt_str,
+    rdiv,
+    ref_id,
+    refund_state,
+    req_id,
+)
+from posync.errors import MalformedOrder
+
+# A Clover rate r (1/100000 %) is the fraction r / 10^7.
+TAX_SCALE = 10_000_000
+
+PAYMENT_STATUS: dict[str, str] = {
+    "SUCCESS": "succeeded",
+    "AUTH_COMPLETED": "succeeded",
+    "AUTH": "authorized",
+    "FAIL": "failed",
+    "VOIDED": "voided",
+}
+TENDERS: dict[str, str] = {
+    "com.clover.tender.cash": "cash",
+    "com.clover.tender.credit_card": "card",
+    "com.clover.tender.debit_card": "card",
+}
+# paymentState -> canonical state, when it decides alone.
+PAYMENT_STATES: dict[str, str] = {
+    "REFUNDED": "refunded",
+    "CREDITED": "refunded",
+    "PARTIALLY_REFUNDED": "partially_refunded",
+    "OPEN": "open",
+    "PARTIALLY_PAID": "open",
+}
+
+
+def _discount(d: dict[str, Any], basis: int) -> int:
+    """A discount's (non-positive) amount: a fixed ``amount`` or a ``percentage`` of ``basis``."""
+    amount = d.get("amount")
+    if amount is not None:
+        return -abs(money(amount, "amount"))
+    pct = d.get("percentage")
+    if pct is None:
+        return 0
+    p = number(pct, "percentage")
+    if not 0 <= p <= 100:
+        raise malformed("percentage", "outside 0..100")
+    return -rdiv(basis * round(p * 1000), 100_000)
+
+
+def _line(li: dict[str, Any], discounts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Any] | None]:
+    """One line item (without its tax yet) and its raw tax rates."""
+    unit_price = opt_money(li, "price", "price")
+    price = unit_price
+    qty_milli = opt_int(li.get("unitQty"), "unitQty")
+    if qty_milli is None:
+        qty_milli = 1000
+    mods = elements(li.get("modifications"), "modifications")
+    if mods:
+        for j, m in enumerate(mods):
+            price += opt_money(item(m, f"modifications[{j}]"), "amount", f"modifications[{j}].amount")
+    gross = price if qty_milli == 1000 else rdiv(price * qty_milli, 1000)
+    line_discount = 0
+    ds = elements(li.get("discounts"), "discounts")
+    if ds:
+        for j, d_raw in enumerate(ds):
+            d = item(d_raw, f"discounts[{j}]")
+            try:
+                amount = _discount(d, gross)
+                name = opt_str(d.get("name"), "name")
+            except MalformedOrder as exc:
+                raise nested(f"discounts[{j}]", exc) from None
+            line_discount += amount
+            discounts.append({"name": name, "amount": amount})
+    refunded = li.get("refunded")
+    if refunded is not None and type(refunded) is not bool:
+        raise malformed("refunded", "not a boolean")
+    line = {
+        "line_id": req_id(li.get("id"), "id"),
+        "name": opt_str(li.get("name"), "name"),
+        "sku": opt_id(li.get("itemCode"), "itemCode"),
+        "quantity": qty_milli / 1000,
+        "unit_price": unit_price,
+        "discount": line_discount,
+        "tax": 0,
+        "total": gross + line_discount,
+        "refunded": refunded is True,
+    }
+    return line, elements(li.get("taxRates"), "taxRates")
+
+
+def _taxes(
+    lines: list[dict[str, Any]],
+    rates: list[list[Any] | None],
+    order_discount: int,
+    vat: bool,
+) -> list[dict[str, Any]]:
+    """Fill each line's ``tax`` and return the per-rate breakdown."""
+    base = 0
+    for line in lines:
+        base += line["total"]
+    by_rate: dict[tuple[str, int], list[Any]] = {}  # key -> [name, rate, taxable or tax]
+    for i, (line, line_rates) in enumerate(zip(lines, rates, strict=True)):
+        if not line_rates:
+            continue
+        net = line["total"]
+        taxable = net + rdiv(order_discount * net, base) if base and order_discount else net
+        parsed: list[tuple[tuple[str, int], str | None, int]] = []
+        for j, r_raw in enumerate(line_rates):
+            path = f"lineItems[{i}].taxRates[{j}]"
+            r = item(r_raw, path)
+            rate = opt_int(r.get("rate"), f"{path}.rate")
+            if rate is None or rate < 0:
+                raise malformed(f"{path}.rate", "missing or negative")
+            name = opt_str(r.get("name"), f"{path}.name")
+            key_id = opt_id(r.get("id"), f"{path}.id") or name or ""
+            parsed.append(((key_id, rate), name, rate))
+        line_tax = 0
+        if vat:
+            inclusive = TAX_SCALE + sum(rate for _, _, rate in parsed)
+            for key, name, rate in parsed:
+                share = rdiv(taxable * rate, inclusive)
+                line_tax += share
+                by_rate.setdefault(key, [name, rate, 0])[2] += share
+        else:
+            for key, name, rate in parsed:
+                line_tax += rdiv(taxable * rate, TAX_SCALE)
+                by_rate.setdefault(key, [name, rate, 0])[2] += taxable
+        line["tax"] = line_tax
+    return [
+        {
+            "name": name,
+            "rate": rate / 100_000,
+            "amount": acc if vat else rdiv(acc * rate, TAX_SCALE),
+        }
+        for name, rate, acc in by_rate.values()
+    ]
+
+
+def _payment(p: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """One payment and its service charge amount."""
+    result = p.get("result")
+    if result is None:
+        status = "succeeded"
+    elif type(result) is str:
+        status = PAYMENT_STATUS.get(result.upper(), "pending")
+    else:
+        raise malformed("result", "not a string")
+    tender_obj = obj(p.get("tender"), "tender")
+    label_key = opt_str(tender_obj.get("labelKey"), "tender.labelKey")
+    card = p.get("cardTransaction")
+    if card is not None and type(card) is not dict:
+        raise malformed("cardTransaction", "not an object")
+    tender = TENDERS.get(label_key) if label_key else None
+    if tender is None:
+        tender = "card" if card else "other"
+    created = p.get("createdTime")
+    payment = {
+        "payment_id": req_id(p.get("id"), "id"),
+        "amount": money(p.get("amount"), "amount"),
+        "tip": abs(opt_money(p, "tipAmount", "tipAmount")),
+        "tax": opt_money(p, "taxAmount", "taxAmount"),
+        "tender": tender,
+        "card_brand": card_brand(card.get("cardType"), "cardTransaction.cardType")
+        if card and tender == "card"
+        else None,
+        "status": status,
+        "created_at": None if created is None else epoch_ms(created, "createdTime"),
+    }
+    service_charge = obj(p.get("serviceCharge"), "serviceCharge")
+    return payment, opt_money(service_charge, "amount", "serviceCharge.amount")
+
+
+def _refund(r: dict[str, Any], with_payment: bool) -> dict[str, Any]:
+    created = r.get("createdTime")
+    return {
+        "refund_id": req_id(r.get("id"), "id"),
+        "payment_id": ref_id(r.get("payment"), "payment") if with_payment else None,
+        "amount": abs(money(r.get("amount"), "amount")),
+        "tax": abs(opt_money(r, "taxAmount", "taxAmount")),
+        "tip": abs(opt_money(r, "tipAmount", "tipAmount")),
+        "created_at": None if created is None else epoch_ms(created, "createdTime"),
+    }
+
+
+def _state(raw_state: str | None, payment_state: str | None, paid: int, refunded: int, total: int) -> str:
+    if raw_state is None:
+        return "hidden"
+    lowered = raw_state.lower()
+    if lowered in ("cancelled", "canceled"):
+        return "cancelled"
+    decided = PAYMENT_STATES.get(payment_state) if payment_state else None
+    if decided is not None:
+        return decided
+    if payment_state == "PAID" or (payment_state is None and lowered in ("paid", "locked")):
+        return refund_state(paid, refunded, total) or "paid"
+    return "open"
+
+
+def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+    order_id = req_id(raw.get("id"), "id")
+    order_currency = currency(raw.get("currency"), "currency")
+    created = raw.get("createdTime")
+    if created is None:
+        created = raw.get("clientCreatedTime")
+    created_at = epoch_ms(created, "createdTime")
+    modified_at = epoch_ms(raw.get("modifiedTime"), "modifiedTime")
+    raw_state = opt_str(raw.get("state"), "state")
+    payment_state = opt_str(raw.get("paymentState"), "paymentState")
+    vat = raw.get("isVat") is True
+
+    discounts: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    line_rates: list[list[Any] | None] = []
+    raw_lines = elements(raw.get("lineItems"), "lineItems")
+    if raw_lines:
+        for i, li in enumerate(raw_lines):
+            try:
+                line, rates = _line(item(li, ""), discounts)
+            except MalformedOrder as exc:
+                raise nested(f"lineItems[{i}]", exc) from None
+            lines.append(line)
+            line_rates.append(rates)
+    subtotal = 0
+    base = 0
+    for line in lines:
+        subtotal += line["total"] - line["discount"]
+        base += line["total"]
+    line_discount = base - subtotal
+
+    order_discount = 0
+    raw_discounts = elements(raw.get("discounts"), "discounts")
+    if raw_discounts:
+        for j, d_raw in enumerate(raw_discounts):
+            d = item(d_raw, f"discounts[{j}]")
+            try:
+                amount = _discount(d, base)
+                name = opt_str(d.get("name"), "name")
+            except MalformedOrder as exc:
+                raise nested(f"discounts[{j}]", exc) from None
+            order_discount += amount
+            discounts.append({"name": name, "amount": amount})
+    discount = line_discount + order_discount
+
+    taxes: list[dict[str, Any]] = []
+    if lines and raw.get("taxRemoved") is not True:
+        taxes = _taxes(lines, line_rates, order_discount, vat)
+    computed_tax = 0
+    for t in taxes:
+        computed_tax += t["amount"]
+
+    payments: list[dict[str, Any]] = []
+    paid = tip = service_charge = 0
+    raw_payments = elements(raw.get("payments"), "payments")
+    if raw_payments:
+        for j, p in enumerate(raw_payments):
+            try:
+                payment, charge = _payment(item(p, ""))
+            except MalformedOrder as exc:
+                raise nested(f"payments[{j}]", exc) from None
+            payments.append(payment)
+            if payment["status"] == "succeeded":
+                paid += payment["amount"]
+                tip += payment["tip"]
+                service_charge += charge
+
+    refunds: list[dict[str, Any]] = []
+    for key, with_payment in (("refunds", True), ("credits", False)):
+        raw_refunds = elements(raw.get(key), key)
+        if not raw_refunds:
+            continue
+        for j, r_raw in enumerate(raw_refunds):
+            try:
+                r = item(r_raw, "")
+                if r.get("voided") is True:
+                    continue
+                refunds.append(_refund(r, with_payment))
+            except MalformedOrder as exc:
+                raise nested(f"{key}[{j}]", exc) from None
+    refunded = 0
+    for refund in refunds:
+        refunded += refund["amount"]
+
+    raw_total = raw.get("total")
+    if raw_total is None:
+        total = subtotal + discount + service_charge + (0 if vat else computed_tax)
+    else:
+        total = money(raw_total, "total")
+    if vat or not lines:
+        tax = computed_tax
+        subtotal = total - discount - service_charge - tax
+    else:
+        tax = total - subtotal - discount - service_charge
+
+    employee_id = ref_id(raw.get("employee"), "employee")
+    device_id = ref_id(raw.get("device"), "device")
+    return {
+        "schema_version": 1,
+        "provider": "clover",
+        "merchant_id": merchant_id,
+        "order_id": order_id,
+        "state": _state(raw_state, payment_state and payment_state.upper(), paid, refunded, total),
+        "provider_state": raw_state,
+        "currency": order_currency,
+        "created_at": created_at,
+        "modified_at": modified_at,
+        "totals": {
+            "subtotal": subtotal,
+            "discount": discount,
+            "tax": tax,
+            "tip": tip,
+            "service_charge": service_charge,
+            "total": total,
+            "paid": paid,
+            "refunded": refunded,
+        },
+        "line_items": lines,
+        "payments": payments,
+        "refunds": refunds,
+        "discounts": discounts,
+        "taxes": taxes,
+        "source": {"store_id": None, "device_id": device_id, "employee_id": employee_id},
+    }
