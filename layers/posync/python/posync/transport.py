@@ -1,0 +1,303 @@
+"""HTTP to the providers' APIs: pooled sessions, rate limits, retries, token refresh on 401.
+
+One :class:`Transport` serves one connection (one access token) during a sync run:
+
+- **Pooling:** one ``requests.Session`` per container and provider, its pool sized for the
+  worker's concurrency; timeouts are 5 s to connect and 30 s to read (never more than the
+  run has left).
+- **Rate limits:** every request holds a slot of the connection's :class:`RequestLimiter`.
+  A 429 waits for ``Retry-After`` (seconds or an HTTP date; never less, plus a little
+  jitter) and tells the limiter, which pauses the whole token (and, if the provider names
+  an app-wide limit, every worker of the app) rather than just this call.
+- **Transient failures** (5xx, timeouts, connection errors): capped exponential backoff with
+  full jitter, a bounded number of attempts, then :class:`~posync.errors.ProviderError`.
+- **401:** ``tokens.after_unauthorized`` once (single-flight across the run's threads), then
+  the call is retried; a second 401 is a ProviderError.
+- **Time budget:** no wait and no request runs past the run's :class:`Deadline`;
+  :class:`~posync.ratelimit.BudgetExhausted` is raised instead, and the sync checkpoints
+  and continues in a new invocation.
+
+Provider quirks (Poynt's ``api-version`` and ``POYNT-REQUEST-ID`` headers) live in small
+per-provider profiles. Nothing here logs a token, a header or a query string.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import math
+import random
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from posync.domain import Connection
+from posync.errors import ProviderError, RateLimited
+from posync.observability import logger
+from posync.ports import AccessTokens
+from posync.ratelimit import SYSTEM_CLOCK, BudgetExhausted, Clock, Deadline, RequestLimiter
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5  # per call, for 5xx / timeouts / connection errors
+    base_s: float = 0.5  # backoff: uniform(0, min(cap, base * 2**attempt)) ("full jitter")
+    cap_s: float = 20.0
+    max_rate_limited: int = 10  # 429s tolerated per call before giving up with RateLimited
+    jitter_429_s: float = 0.25  # added on top of Retry-After (never subtracted)
+    default_retry_after_s: float = 1.0  # a 429 without a usable Retry-After
+
+
+@dataclass
+class TransportStats:
+    """Counters for metrics (thread-safe increments)."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    server_errors: int = 0
+    unauthorized: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def bump(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON ({} for 304 / empty bodies)
+    headers: Mapping[str, str]
+
+
+class ProviderProfile:
+    """Per-provider request decoration and 429 interpretation (the default is Clover's)."""
+
+    provider = "clover"
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept": "application/json"}
+
+    def app_wide(self, reply_headers: Mapping[str, str]) -> bool:
+        """Did the 429 name the app's limit (rather than the token's)?"""
+        kind = reply_headers.get("X-RateLimit-Type", "") or reply_headers.get("X-RateLimit-Scope", "")
+        return kind.lower().startswith("app")
+
+
+class PoyntProfile(ProviderProfile):
+    provider = "poynt"
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept": "application/json", "api-version": "1.2", "POYNT-REQUEST-ID": str(uuid.uuid4())}
+
+
+PROFILES: dict[str, ProviderProfile] = {"clover": ProviderProfile(), "poynt": PoyntProfile()}
+
+
+@functools.cache
+def session(provider: str, pool_size: int = 16) -> requests.Session:
+    """The container's pooled session for one provider (no urllib3 retries: this module retries)."""
+    s = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    s.mount("https://", adapter)
+    s.mount("http://", adapter)
+    return s
+
+
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds (int or float) or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - now_wall)
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+class Transport:
+    """GET JSON from one provider's API for one connection, within the run's budget."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        api_base: str,
+        tokens: AccessTokens,
+        limiter: RequestLimiter,
+        *,
+        http: requests.Session | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        stats: TransportStats | None = None,
+    ) -> None:
+        self.conn = conn
+        self.api_base = api_base.rstrip("/")
+        self.tokens = tokens
+        self.limiter = limiter
+        self.profile = PROFILES[conn.provider]
+        self.http = http if http is not None else session(conn.provider)
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.stats = stats if stats is not None else TransportStats()
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ tokens
+
+    def _current_token(self) -> str:
+        with self._token_lock:
+            if self._token is None:
+                self._token = self.tokens.access_token(self.conn)
+            return self._token
+
+    def _replace_token(self, rejected: str) -> None:
+        """Single-flight: the first thread that saw ``rejected`` refused refreshes; the rest reuse."""
+        with self._token_lock:
+            if self._token == rejected:
+                self._token = self.tokens.after_unauthorized(self.conn, rejected)
+
+    # ------------------------------------------------------------------ URLs
+
+    def url(self, path_or_url: str) -> str:
+        """A path on the API base, or an absolute URL that must lie on the API base (never elsewhere)."""
+        if path_or_url.startswith(("http://", "https://")):
+            base = urlsplit(self.api_base)
+            target = urlsplit(path_or_url)
+            if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+                raise ProviderError("refusing to follow a link off the provider's API host")
+            return path_or_url
+        if not path_or_url.startswith("/"):
+            path_or_url = "/" + path_or_url
+        return self.api_base + path_or_url
+
+    # ------------------------------------------------------------------ the call
+
+    def get(
+        self,
+        path: str,
+        params: Any = None,
+        *,
+        deadline: Deadline,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """GET ``path`` (JSON). Raises ProviderError, RateLimited, BudgetExhausted, AuthorizationRevoked."""
+        url = self.url(path)
+        log_path = urlsplit(url).path
+        failures = 0
+        limited = 0
+        refreshed = False
+        while True:
+            token = self._current_token()
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise BudgetExhausted("no time left for another provider request")
+            req_headers = {**self.profile.headers(), **(headers or {}), "Authorization": f"Bearer {token}"}
+            timeout = (min(CONNECT_TIMEOUT_S, remaining), min(READ_TIMEOUT_S, max(0.5, remaining)))
+            error: str
+            retry_after: float | None = None
+            with self.limiter.slot(deadline):
+                self.stats.bump("requests")
+                try:
+                    resp = self.http.get(url, params=params, headers=req_headers, timeout=timeout)
+                except requests.Timeout:
+                    resp = None
+                    error = "timeout"
+                except requests.ConnectionError:
+                    resp = None
+                    error = "connection error"
+            if resp is not None:
+                status = resp.status_code
+                if status < 300 or status == 304:
+                    return Reply(status, _json(resp), resp.headers)
+                if status == 401 and not refreshed:
+                    self.stats.bump("unauthorized")
+                    refreshed = True
+                    logger.info("provider answered 401; refreshing the token once", extra={"path": log_path})
+                    self._replace_token(token)
+                    continue
+                if status == 429:
+                    self.stats.bump("rate_limited")
+                    limited += 1
+                    given = parse_retry_after(resp.headers.get("Retry-After"), self.clock.time())
+                    wait = (given if given is not None else self.policy.default_retry_after_s) + (
+                        self.rng.uniform(0, self.policy.jitter_429_s)
+                    )
+                    app_wide = self.profile.app_wide(resp.headers)
+                    logger.warning(
+                        "rate limited by the provider",
+                        extra={
+                            "path": log_path,
+                            "retry_after_s": given,
+                            "limit": resp.headers.get("X-RateLimit-Type"),
+                            "app_wide": app_wide,
+                        },
+                    )
+                    if limited > self.policy.max_rate_limited:
+                        raise RateLimited(
+                            f"{self.conn.provider} kept answering 429 ({limited} times)",
+                            status=429,
+                            retry_after_s=given,
+                        )
+                    # Pause the token for everyone first, then check the budget: if the wait does
+                    # not fit, the pause still protects the next invocation in this container.
+                    self.limiter.pause(wait, app_wide=app_wide)
+                    deadline.check_wait(wait, "Retry-After")
+                    self.stats.bump("retries")
+                    continue  # the limiter's pause makes the retry wait
+                if status < 500:
+                    raise ProviderError(
+                        f"{self.conn.provider} answered {status} on {log_path}", status=status
+                    )
+                self.stats.bump("server_errors")
+                error = f"HTTP {status}"
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock.time())
+            failures += 1
+            if failures >= self.policy.max_attempts:
+                raise ProviderError(
+                    f"{self.conn.provider} failed {failures} times on {log_path} (last: {error})",
+                    status=resp.status_code if resp is not None else None,
+                )
+            backoff = self.rng.uniform(0, min(self.policy.cap_s, self.policy.base_s * (2**failures)))
+            if retry_after is not None:
+                backoff = max(backoff, retry_after)
+            logger.info(
+                "retrying a provider request",
+                extra={"path": log_path, "error": error, "attempt": failures, "wait_s": round(backoff, 3)},
+            )
+            deadline.check_wait(backoff, "retry backoff")
+            self.stats.bump("retries")
+            self.clock.sleep(backoff)
+
+
+def _json(resp: requests.Response) -> Any:
+    if resp.status_code == 304 or not resp.content:
+        return {}
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise ProviderError(
+            f"provider sent a non-JSON body ({resp.status_code})", status=resp.status_code
+        ) from exc
