@@ -1,0 +1,795 @@
+"""S3 exports: gzip JSON Lines parts, run manifests, the ``OrdersExported`` event, and the reader.
+
+Layout (the consumer-facing contract is docs/exports.md; change it only with a version bump)::
+
+    exports/orders/v1/provider={p}/merchant_id={m}/dt={YYYY-MM-DD}/{run_id}-{n}.jsonl.gz
+    exports/manifests/v1/{run_id}.json            written last: lists every part of the run
+    quarantine/provider={p}/merchant_id={m}/dt={YYYY-MM-DD}/{run_id}-{n}.json
+
+A run's parts become visible to consumers only through its manifest, which is written
+after every part is durable; the event follows the manifest. A consumer that reads only
+manifested files (:func:`read_manifested`) never sees a partial run.
+
+Exactly-once bookkeeping: the writer hands out an *export epoch* reference
+(:attr:`ExportWriter.write_ref`, ``{run_id}/{k}-{nonce}``) that the order repository
+stamps on every order version it returns for export. An epoch is committed once its
+parts are uploaded and a checkpoint record (control table, ``pk =
+exportrun#{run_id}#{k}``) says so, or once the run's manifest lists it. A version
+stamped by an epoch that never committed (the process died before its parts were
+durable) is exported again by whichever run reads it next. The checkpoint records are
+where a run's part list survives between continuations (they carry a TTL; the manifest
+is the permanent record).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import secrets
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from posync.aws import client
+from posync.config import Settings
+from posync.domain import check_merchant_id, check_provider
+from posync.errors import PosyncError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+
+SCHEMA_VERSION = 1  # canonical order schema carried by the parts
+MANIFEST_VERSION = 1
+ORDERS_PREFIX = "exports/orders/v1"
+MANIFEST_PREFIX = "exports/manifests/v1"
+QUARANTINE_PREFIX = "quarantine"
+EVENT_DETAIL_TYPE = "OrdersExported"
+DEFAULT_MAX_PART_BYTES = 64 * 1024 * 1024  # a part this big (compressed) is uploaded without waiting
+RUN_RECORD_TTL_S = 90 * 24 * 3600  # checkpoint records outlive any run; manifests are forever
+GZIP_LEVEL = 6
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+PutEvent = Callable[[Settings, str, Mapping[str, Any]], str]
+
+
+class ExportError(PosyncError):
+    """Writing or reading the exports failed."""
+
+
+class ExportIntegrityError(ExportError):
+    """A manifested file does not match its manifest (checksum, size or record count)."""
+
+
+class RunAlreadyFinished(ExportError):
+    """Another writer wrote this run's manifest first (two writers on one run)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ExportError("run_id must be 1-100 characters of letters, digits and ._- (no leading symbol)")
+    return run_id
+
+
+def parse_time(ts: str) -> datetime:
+    """An RFC 3339 time with an offset (``Z`` included) as an aware UTC datetime."""
+    try:
+        value = datetime.fromisoformat(ts)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"not an RFC 3339 time: {str(ts)[:40]!r}") from exc
+    if value.tzinfo is None:
+        raise ExportError(f"time without an offset: {ts[:40]!r}")
+    return value.astimezone(UTC)
+
+
+def modified_ms(ts: str) -> int:
+    """Epoch milliseconds of an RFC 3339 time (the newest-wins comparison key)."""
+    return (parse_time(ts) - _EPOCH) // _MS
+
+
+def utc_date(ts: str) -> str:
+    """``YYYY-MM-DD``: the UTC date of an RFC 3339 time (the ``dt`` partition)."""
+    return parse_time(ts).date().isoformat()
+
+
+def _now_iso(clock: Callable[[], float]) -> str:
+    return datetime.fromtimestamp(clock(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def order_key(provider: str, merchant_id: str, dt: str, run_id: str, n: int) -> str:
+    return f"{ORDERS_PREFIX}/provider={provider}/merchant_id={merchant_id}/dt={dt}/{run_id}-{n}.jsonl.gz"
+
+
+def quarantine_key(provider: str, merchant_id: str, dt: str, run_id: str, n: int) -> str:
+    return f"{QUARANTINE_PREFIX}/provider={provider}/merchant_id={merchant_id}/dt={dt}/{run_id}-{n}.json"
+
+
+def manifest_key(run_id: str) -> str:
+    return f"{MANIFEST_PREFIX}/{run_id}.json"
+
+
+def _ref_run(ref: str) -> str:
+    return ref.split("/", 1)[0]
+
+
+def _is_missing(exc: ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _sse(settings: Settings) -> dict[str, Any]:
+    return {
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": settings.resources.kms_alias,
+        "BucketKeyEnabled": True,
+    }
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded file: its key, partition, part number, record count, size and SHA-256 (hex)."""
+
+    key: str
+    dt: str
+    part: int
+    records: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "dt": self.dt,
+            "part": self.part,
+            "records": self.records,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PartInfo:
+        return cls(
+            key=str(d["key"]),
+            dt=str(d["dt"]),
+            part=int(d["part"]),
+            records=int(d["records"]),
+            bytes=int(d["bytes"]),
+            sha256=str(d["sha256"]),
+        )
+
+
+class _Spool:
+    """One file being written to a temp file: gzip (parts) or plain (quarantine), hashed as it goes."""
+
+    def __init__(self, dt: str, part: int, *, gzip: bool, tmpdir: str | None) -> None:
+        self.dt = dt
+        self.part = part
+        self.records = 0
+        self.size = 0
+        self.file: IO[bytes] = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 - closed by close()
+        self._sha = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.file.write(data)
+            self._sha.update(data)
+            self._md5.update(data)
+            self.size += len(data)
+
+    def write(self, data: bytes) -> None:
+        self._emit(self._z.compress(data) if self._z is not None else data)
+
+    def seal(self, trailer: bytes = b"") -> tuple[str, str, str]:
+        """Finish the stream; return (sha256 hex, sha256 base64, md5 base64) of the stored bytes."""
+        if trailer:
+            self.write(trailer)
+        if self._z is not None:
+            self._emit(self._z.flush())
+            self._z = None
+        self.file.flush()
+        self.file.seek(0)
+        sha = self._sha.digest()
+        return sha.hex(), base64.b64encode(sha).decode(), base64.b64encode(self._md5.digest()).decode()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# --------------------------------------------------------------------------- commit ledger
+
+
+class RunLedger:
+    """Answers "is the order version stamped with this epoch reference already exported?".
+
+    True when the epoch's checkpoint record exists (its parts are durable and the run's
+    manifest will list them) or when the run's manifest lists it. A reference without an
+    epoch part (``{run_id}`` alone: a repository used without a writer) counts as exported
+    once that run has a manifest. Answers are cached per instance.
+    """
+
+    def __init__(
+        self, settings: Settings, *, s3: S3Client | None = None, dynamodb: DynamoDBClient | None = None
+    ):
+        self._settings = settings
+        self._s3: S3Client = s3 if s3 is not None else client("s3")
+        self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
+        self._known: set[str] = set()
+        self._manifests: dict[str, frozenset[str] | None] = {}
+
+    def mark(self, ref: str) -> None:
+        self._known.add(ref)
+
+    def committed(self, ref: str) -> bool:
+        if ref in self._known:
+            return True
+        run, sep, epoch = ref.partition("/")
+        if sep and self._record_ref(run, epoch) == ref:
+            self._known.add(ref)
+            return True
+        epochs = self.manifest_epochs(run)
+        if epochs is not None and (ref in epochs or not sep):
+            self._known.add(ref)
+            return True
+        return False
+
+    def _record_ref(self, run: str, epoch: str) -> str | None:
+        try:
+            k = int(epoch.split("-", 1)[0])
+        except ValueError:
+            return None
+        reply = self._ddb.get_item(
+            TableName=self._settings.control_table,
+            Key={"pk": {"S": f"exportrun#{run}#{k:05d}"}},
+            ConsistentRead=True,
+            ProjectionExpression="#r",
+            ExpressionAttributeNames={"#r": "ref"},
+        )
+        item = reply.get("Item")
+        return item["ref"].get("S") if item and "ref" in item else None
+
+    def manifest_epochs(self, run: str) -> frozenset[str] | None:
+        """The epoch references a run's manifest lists, or None when the run has no manifest."""
+        if run in self._manifests:
+            return self._manifests[run]
+        try:
+            body = self._s3.get_object(Bucket=self._settings.bucket, Key=manifest_key(run))["Body"].read()
+        except ClientError as exc:
+            if not _is_missing(exc):
+                raise
+            self._manifests[run] = None
+            return None
+        epochs = frozenset(str(e) for e in json.loads(body).get("epochs", []))
+        self._manifests[run] = epochs
+        return epochs
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class ExportWriter:
+    """Writes one run's exports for one connection.
+
+    ``add(order)`` appends a canonical order to its ``dt`` partition's gzip part (spooled to
+    a temp file: memory does not grow with the number of orders); ``checkpoint()`` uploads
+    the open parts (one PUT each) and records them durably so a continuation of the same
+    run can list them in the manifest, then the caller may commit its cursor;
+    ``finish(...)`` uploads what is left, writes the manifest covering every part of the
+    run (all continuations), then puts the ``OrdersExported`` event.
+
+    Pass the writer to ``OrderRepository.write(..., ledger=writer)``: its :attr:`write_ref`
+    and :meth:`exported` give the repository the exactly-once bookkeeping.
+
+    S3 PUTs per run: one per partition per checkpoint (plus one per quarantine partition
+    per checkpoint) and one manifest. Checkpoint rarely: at the end of an invocation, or
+    when :attr:`should_checkpoint` says a part grew past ``max_part_bytes``.
+
+    If this run id already has a manifest (a crash between ``finish`` and the caller's
+    cursor commit), the writer continues as run ``{run_id}-r1`` (``-r2``...) so the earlier
+    manifest is never overwritten; :attr:`run_id` tells which.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_id: str,
+        provider: str,
+        merchant_id: str,
+        *,
+        s3: S3Client | None = None,
+        dynamodb: DynamoDBClient | None = None,
+        put_event: PutEvent | None = None,
+        max_part_bytes: int = DEFAULT_MAX_PART_BYTES,
+        clock: Callable[[], float] = time.time,
+        tmpdir: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._base_run = check_run_id(run_id)
+        self.provider = check_provider(provider)
+        self.merchant_id = check_merchant_id(provider, merchant_id)
+        self._s3: S3Client = s3 if s3 is not None else client("s3")
+        self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
+        if put_event is None:
+            from posync.events import put_event as default_put_event
+
+            put_event = default_put_event
+        self._put_event: PutEvent = put_event
+        self._max_part_bytes = max_part_bytes
+        self._clock = clock
+        self._tmpdir = tmpdir
+        self._ledger = RunLedger(settings, s3=self._s3, dynamodb=self._ddb)
+
+        self._opened = False
+        self._closed = False
+        self._run = self._base_run
+        self._k_open = 0  # checkpoints recorded by earlier invocations of this run
+        self._k = 0  # the open epoch's checkpoint number
+        self._ref = ""
+        self._next_part = 1
+        self._started_at = _now_iso(clock)
+        self._parts: dict[str, _Spool] = {}
+        self._quarantine: dict[str, _Spool] = {}
+        self._unrecorded: list[PartInfo] = []  # uploaded, not yet in a checkpoint record
+        self._unrecorded_q: list[PartInfo] = []
+        self._recorded: list[PartInfo] = []  # in this writer's own checkpoint records
+        self._recorded_q: list[PartInfo] = []
+        self._recorded_refs: list[str] = []
+        self.records_added = 0
+        self.records_quarantined = 0
+
+    # ---- identity and ledger
+
+    @property
+    def run_id(self) -> str:
+        """The run id the exports are written under (the given one, or ``{run_id}-rN``)."""
+        self._open()
+        return self._run
+
+    @property
+    def started_at(self) -> str:
+        self._open()
+        return self._started_at
+
+    @property
+    def write_ref(self) -> str:
+        """The open export epoch: the repository stamps it on the versions it returns."""
+        self._open()
+        return self._ref
+
+    def exported(self, ref: str) -> bool:
+        """Is a version stamped with ``ref`` in the exports (or in this writer's open parts)?"""
+        self._open()
+        return ref == self._ref or self._ledger.committed(ref)
+
+    @property
+    def should_checkpoint(self) -> bool:
+        """True when parts were uploaded early (size threshold) and want a checkpoint record."""
+        return bool(self._unrecorded)
+
+    def _new_ref(self) -> str:
+        return f"{self._run}/{self._k:05d}-{secrets.token_hex(4)}"
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        run, i = self._base_run, 0
+        while self._ledger.manifest_epochs(run) is not None:
+            i += 1
+            run = f"{self._base_run}-r{i}"
+        reply = self._ddb.get_item(
+            TableName=self._settings.control_table,
+            Key={"pk": {"S": f"exportrun#{run}"}},
+            ConsistentRead=True,
+        )
+        header = reply.get("Item") or {}
+        self._run = run
+        self._k_open = self._k = int(header["checkpoints"]["N"]) if "checkpoints" in header else 0
+        self._next_part = int(header["next_part"]["N"]) if "next_part" in header else 1
+        if "started_at" in header:
+            self._started_at = str(header["started_at"]["S"])
+        self._ref = self._new_ref()
+        self._opened = True
+
+    def _writable(self) -> None:
+        if self._closed:
+            raise ExportError("this export writer is finished or closed")
+        self._open()
+
+    # ---- writing
+
+    def add(self, order: Mapping[str, Any]) -> None:
+        """Append one canonical order to its partition (``dt`` = UTC date of ``modified_at``)."""
+        self._writable()
+        dt = utc_date(str(order["modified_at"]))
+        spool = self._parts.get(dt)
+        if spool is None:
+            spool = self._parts[dt] = _Spool(dt, self._alloc_part(), gzip=True, tmpdir=self._tmpdir)
+        spool.write(json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        spool.records += 1
+        self.records_added += 1
+        if spool.size >= self._max_part_bytes:
+            del self._parts[dt]
+            self._unrecorded.append(self._upload_part(spool))
+
+    def quarantine(self, raw: Mapping[str, Any], reason: str) -> None:
+        """Keep a provider order that could not be normalized, with its reason (uploaded at checkpoint)."""
+        self._writable()
+        now = _now_iso(self._clock)
+        dt = now[:10]
+        spool = self._quarantine.get(dt)
+        first = spool is None
+        if spool is None:
+            spool = self._quarantine[dt] = _Spool(dt, self._alloc_part(), gzip=False, tmpdir=self._tmpdir)
+        entry = {"reason": str(reason)[:500], "quarantined_at": now, "raw": raw}
+        spool.write(
+            (b"[" if first else b",\n") + json.dumps(entry, separators=(",", ":"), default=str).encode()
+        )
+        spool.records += 1
+        self.records_quarantined += 1
+
+    def _alloc_part(self) -> int:
+        n = self._next_part
+        self._next_part += 1
+        return n
+
+    def _put(self, key: str, spool: _Spool, content_type: str, encoding: str | None) -> PartInfo:
+        trailer = b"]\n" if encoding is None else b""
+        sha_hex, sha_b64, md5_b64 = spool.seal(trailer)
+        extra: dict[str, Any] = {"ContentEncoding": encoding} if encoding else {}
+        try:
+            self._s3.put_object(
+                Bucket=self._settings.bucket,
+                Key=key,
+                Body=spool.file,
+                ContentType=content_type,
+                ChecksumSHA256=sha_b64,
+                ContentMD5=md5_b64,
+                Metadata={"records": str(spool.records), "run-id": self._run},
+                **_sse(self._settings),
+                **extra,
+            )
+        finally:
+            spool.close()
+        return PartInfo(
+            key=key, dt=spool.dt, part=spool.part, records=spool.records, bytes=spool.size, sha256=sha_hex
+        )
+
+    def _upload_part(self, spool: _Spool) -> PartInfo:
+        key = order_key(self.provider, self.merchant_id, spool.dt, self._run, spool.part)
+        return self._put(key, spool, "application/x-ndjson", "gzip")
+
+    def _upload_open(self) -> None:
+        while self._parts:
+            dt = min(self._parts)
+            self._unrecorded.append(self._upload_part(self._parts.pop(dt)))
+        while self._quarantine:
+            dt = min(self._quarantine)
+            spool = self._quarantine.pop(dt)
+            key = quarantine_key(self.provider, self.merchant_id, dt, self._run, spool.part)
+            self._unrecorded_q.append(self._put(key, spool, "application/json", None))
+
+    def checkpoint(self) -> list[PartInfo]:
+        """Upload the open parts and record them durably; return the parts uploaded since the last one.
+
+        After it returns, the orders added so far are durable and will be in the run's
+        manifest: the caller may commit its cursor. Nothing open: no call at all.
+        """
+        self._writable()
+        self._upload_open()
+        if not self._unrecorded and not self._unrecorded_q:
+            return []
+        now = _now_iso(self._clock)
+        expires = str(int(self._clock()) + RUN_RECORD_TTL_S)
+        table = self._settings.control_table
+        self._ddb.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": {
+                            "pk": {"S": f"exportrun#{self._run}#{self._k:05d}"},
+                            "ref": {"S": self._ref},
+                            "parts": {"S": json.dumps([p.to_dict() for p in self._unrecorded])},
+                            "quarantine": {"S": json.dumps([p.to_dict() for p in self._unrecorded_q])},
+                            "at": {"S": now},
+                            "expires_at": {"N": expires},
+                        },
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": {"pk": {"S": f"exportrun#{self._run}"}},
+                        "UpdateExpression": (
+                            "SET #c = :k1, #np = :np, #s = if_not_exists(#s, :s), #p = :p, #m = :m, #e = :e"
+                        ),
+                        "ConditionExpression": "attribute_not_exists(pk) OR #c = :k",
+                        "ExpressionAttributeNames": {
+                            "#c": "checkpoints",
+                            "#np": "next_part",
+                            "#s": "started_at",
+                            "#p": "provider",
+                            "#m": "merchant_id",
+                            "#e": "expires_at",
+                        },
+                        "ExpressionAttributeValues": {
+                            ":k": {"N": str(self._k)},
+                            ":k1": {"N": str(self._k + 1)},
+                            ":np": {"N": str(self._next_part)},
+                            ":s": {"S": self._started_at},
+                            ":p": {"S": self.provider},
+                            ":m": {"S": self.merchant_id},
+                            ":e": {"N": expires},
+                        },
+                    }
+                },
+            ]
+        )
+        uploaded = list(self._unrecorded)
+        self._recorded.extend(self._unrecorded)
+        self._recorded_q.extend(self._unrecorded_q)
+        self._recorded_refs.append(self._ref)
+        self._ledger.mark(self._ref)
+        self._unrecorded.clear()
+        self._unrecorded_q.clear()
+        self._k += 1
+        self._ref = self._new_ref()
+        return uploaded
+
+    def _earlier_records(self) -> list[dict[str, Any]]:
+        """Checkpoint records of earlier invocations of this run (k < k_open), in order."""
+        table = self._settings.control_table
+        wanted = [f"exportrun#{self._run}#{k:05d}" for k in range(self._k_open)]
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(wanted), 100):
+            keys: list[dict[str, Any]] = [{"pk": {"S": pk}} for pk in wanted[i : i + 100]]
+            request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
+            for attempt in range(10):
+                reply = self._ddb.batch_get_item(RequestItems=request)
+                for item in reply.get("Responses", {}).get(table, []):
+                    found[item["pk"]["S"]] = item
+                request = dict(reply.get("UnprocessedKeys") or {})
+                if not request:
+                    break
+                time.sleep(min(1.0, 0.05 * 2**attempt))
+            if request:
+                raise ExportError("could not read the run's checkpoint records (throttled)")
+        missing = [pk for pk in wanted if pk not in found]
+        if missing:
+            raise ExportError(f"run {self._run}: {len(missing)} checkpoint record(s) missing (expired?)")
+        return [found[pk] for pk in wanted]
+
+    def finish(
+        self, cursor_from: Any = None, cursor_to: Any = None, counts: Mapping[str, int] | None = None
+    ) -> str:
+        """Upload what is open, write the run's manifest (every part of every continuation), put the event.
+
+        Returns the manifest key. ``cursor_from``/``cursor_to`` are any JSON (the
+        connection's cursor before and after the run); ``counts`` are the caller's own
+        tallies (pages, fetched...), kept in the manifest beside the writer's.
+        """
+        self._writable()
+        self._upload_open()
+        files: list[PartInfo] = []
+        quarantined: list[PartInfo] = []
+        epochs: list[str] = []
+        for rec in self._earlier_records():
+            files.extend(PartInfo.from_dict(p) for p in json.loads(rec["parts"]["S"]))
+            quarantined.extend(PartInfo.from_dict(p) for p in json.loads(rec["quarantine"]["S"]))
+            epochs.append(rec["ref"]["S"])
+        files += self._recorded + self._unrecorded
+        quarantined += self._recorded_q + self._unrecorded_q
+        epochs += [*self._recorded_refs, self._ref]
+        files.sort(key=lambda p: (p.dt, p.part))
+        records = sum(p.records for p in files)
+        n_quarantined = sum(p.records for p in quarantined)
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self._run,
+            "provider": self.provider,
+            "merchant_id": self.merchant_id,
+            "bucket": self._settings.bucket,
+            "started_at": self._started_at,
+            "finished_at": _now_iso(self._clock),
+            "cursor": {"from": cursor_from, "to": cursor_to},
+            "record_count": records,
+            "counts": {**dict(counts or {}), "exported": records, "quarantined": n_quarantined},
+            "files": [p.to_dict() for p in files],
+            "quarantine": [p.to_dict() for p in quarantined],
+            "epochs": epochs,
+        }
+        body = json.dumps(manifest, separators=(",", ":"), default=str).encode()
+        sha = hashlib.sha256(body).digest()
+        key = manifest_key(self._run)
+        try:
+            self._s3.put_object(
+                Bucket=self._settings.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumSHA256=base64.b64encode(sha).decode(),
+                ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+                IfNoneMatch="*",
+                **_sse(self._settings),
+            )
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("PreconditionFailed", "412"):
+                raise RunAlreadyFinished(f"run {self._run} already has a manifest") from exc
+            raise
+        self._closed = True
+        self._put_event(
+            self._settings,
+            EVENT_DETAIL_TYPE,
+            {
+                "run_id": self._run,
+                "provider": self.provider,
+                "merchant_id": self.merchant_id,
+                "bucket": self._settings.bucket,
+                "manifest_key": key,
+                "schema_version": SCHEMA_VERSION,
+                "manifest_version": MANIFEST_VERSION,
+                "counts": {"orders": records, "files": len(files), "quarantined": n_quarantined},
+            },
+        )
+        return key
+
+    def close(self) -> None:
+        """Drop open temp files without uploading (an abandoned invocation)."""
+        self._closed = True
+        for spool in (*self._parts.values(), *self._quarantine.values()):
+            spool.close()
+        self._parts.clear()
+        self._quarantine.clear()
+
+    def __enter__(self) -> ExportWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def iter_manifests(
+    settings: Settings,
+    provider: str | None = None,
+    merchant_id: str | None = None,
+    *,
+    s3: S3Client | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every run manifest (optionally of one provider / merchant), in key order."""
+    s3c: S3Client = s3 if s3 is not None else client("s3")
+    pages = s3c.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=f"{MANIFEST_PREFIX}/"
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if not key.endswith(".json"):
+                continue
+            manifest: dict[str, Any] = json.loads(
+                s3c.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+            )
+            if provider is not None and manifest.get("provider") != provider:
+                continue
+            if merchant_id is not None and manifest.get("merchant_id") != merchant_id:
+                continue
+            yield manifest
+
+
+def _verified_copy(s3c: S3Client, bucket: str, part: PartInfo, tmpdir: str | None) -> IO[bytes]:
+    """Download a manifested file to a temp file, checking its size and SHA-256 first."""
+    out = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 - returned to the caller, who closes it
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        body = s3c.get_object(Bucket=bucket, Key=part.key)["Body"]
+        for chunk in body.iter_chunks(1024 * 1024):
+            sha.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    except BaseException:
+        out.close()
+        raise
+    if size != part.bytes or sha.hexdigest() != part.sha256:
+        out.close()
+        raise ExportIntegrityError(f"{part.key} does not match its manifest (size or SHA-256)")
+    out.seek(0)
+    return out
+
+
+def _gunzip_lines(f: IO[bytes]) -> Iterator[bytes]:
+    z = zlib.decompressobj(31)
+    rest = b""
+    while True:
+        chunk = f.read(1024 * 1024)
+        if not chunk:
+            break
+        data = rest + z.decompress(chunk)
+        *lines, rest = data.split(b"\n")
+        yield from lines
+        while z.unused_data:  # concatenated gzip members
+            tail = z.unused_data
+            z = zlib.decompressobj(31)
+            data = rest + z.decompress(tail)
+            *lines, rest = data.split(b"\n")
+            yield from lines
+    rest += z.flush()
+    if rest.strip():
+        yield rest
+
+
+def read_manifested(
+    settings: Settings,
+    since: str | None = None,
+    provider: str | None = None,
+    merchant_id: str | None = None,
+    *,
+    s3: S3Client | None = None,
+    tmpdir: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Stream canonical orders from manifested files only (checksums verified before reading).
+
+    ``since`` (an RFC 3339 time or a ``YYYY-MM-DD`` date, UTC) keeps orders whose
+    ``modified_at`` is at or after it, and skips partitions before its date. The stream is
+    the change log: an order may appear in several versions; fold with :func:`latest`.
+    """
+    since_ms: int | None = None
+    since_dt = ""
+    if since:
+        text = f"{since}T00:00:00Z" if len(since) == 10 else since
+        since_ms = modified_ms(text)
+        since_dt = datetime.fromtimestamp(since_ms / 1000, UTC).date().isoformat()
+    s3c: S3Client = s3 if s3 is not None else client("s3")
+    for manifest in iter_manifests(settings, provider, merchant_id, s3=s3c):
+        if int(manifest.get("manifest_version", 0)) != MANIFEST_VERSION:
+            continue  # a later contract version: a reader for it lives elsewhere
+        bucket = str(manifest.get("bucket") or settings.bucket)
+        for entry in manifest.get("files", []):
+            part = PartInfo.from_dict(entry)
+            if part.dt < since_dt:
+                continue
+            with contextlib.closing(_verified_copy(s3c, bucket, part, tmpdir)) as f:
+                seen = 0
+                for line in _gunzip_lines(f):
+                    if not line.strip():
+                        continue
+                    seen += 1
+                    order: dict[str, Any] = json.loads(line)
+                    if since_ms is None or modified_ms(str(order["modified_at"])) >= since_ms:
+                        yield order
+                if seen != part.records:
+                    raise ExportIntegrityError(f"{part.key}: {seen} records, manifest says {part.records}")
+
+
+def latest(orders: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Fold a change log to the newest ``modified_at`` per (provider, merchant_id, order_id).
+
+    On equal ``modified_at`` the later one in the stream wins. Sorted by that key.
+    """
+    best: dict[tuple[str, str, str], tuple[int, Mapping[str, Any]]] = {}
+    for order in orders:
+        k = (str(order["provider"]), str(order["merchant_id"]), str(order["order_id"]))
+        ms = modified_ms(str(order["modified_at"]))
+        cur = best.get(k)
+        if cur is None or ms >= cur[0]:
+            best[k] = (ms, order)
+    return [dict(best[k][1]) for k in sorted(best)]

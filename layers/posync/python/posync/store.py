@@ -1,0 +1,353 @@
+"""The orders table: one item per order, newest version wins, exactly once in the exports.
+
+Item (``settings.orders_table``, pk ``connection_id``, sk ``order_id``)::
+
+    modified_at  S   the canonical order's modified_at (RFC 3339 UTC)
+    modified_ms  N   the same in epoch milliseconds: the newest-wins condition compares it
+    run_id       S   the sync run that wrote this version
+    export_ref   S   the export epoch the version was handed to (ExportWriter.write_ref)
+    payload      S   the canonical order as compact JSON, or, for an order over ~350 KB,
+    payload_s3   S   the key of ``raw/orders/...`` in the export bucket holding it
+    updated_at   S   when this item was written
+
+:meth:`OrderRepository.write` upserts a page with ``TransactWriteItems`` (100 items a
+call, each conditioned on ``attribute_not_exists OR modified_ms < :m``) and returns the
+versions the caller must export. A cancelled transaction reports, per item, the stored
+version (``ReturnValuesOnConditionCheckFailure=ALL_OLD``): older-or-equal incoming
+versions are dropped, except an equal version whose export epoch never committed (its
+run died before the parts were durable), which is taken over (conditioned on that
+epoch) and exported again. The other items are retried in the next call.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+from botocore.exceptions import ClientError
+
+from posync.aws import client
+from posync.config import Settings
+from posync.errors import PosyncError
+from posync.exports import ExportError, RunLedger, modified_ms
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+
+MAX_TRANSACT_ITEMS = 100
+MAX_TRANSACT_BYTES = 3_500_000  # DynamoDB caps a transaction at 4 MB
+MAX_INLINE_PAYLOAD = 350_000  # bigger canonical orders go to S3 raw/ with a pointer
+ITEM_OVERHEAD = 300  # key and attribute names, numbers: a generous estimate
+RETRYABLE_CALL = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TransactionInProgressException",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+RETRYABLE_REASON = frozenset(
+    {"ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict", "RequestLimitExceeded"}
+)
+_NEW = "attribute_not_exists(#oid) OR #m < :m"
+_TAKEOVER = "#m = :m AND #ref = :oldref"
+
+
+class StoreError(PosyncError):
+    """The orders table refused a write for a reason retrying will not fix, or retries ran out."""
+
+
+class ExportLedger(Protocol):
+    """What the repository needs from the export side (``ExportWriter`` implements it)."""
+
+    @property
+    def write_ref(self) -> str:
+        """The open export epoch, stamped on every version returned for export."""
+        ...
+
+    def exported(self, ref: str) -> bool:
+        """Is a version stamped with ``ref`` already in the exports (or in the open epoch)?"""
+        ...
+
+
+class _RunLevelLedger:
+    """Fallback when no writer is passed: the epoch is the run; a run counts once it has a manifest.
+
+    At least once, not exactly once: a lookback overlap inside one unfinished run exports
+    a version twice. Pass the ``ExportWriter`` as ``ledger`` for exactly once.
+    """
+
+    def __init__(self, run_id: str, ledger: RunLedger) -> None:
+        self.write_ref = run_id
+        self._ledger = ledger
+
+    def exported(self, ref: str) -> bool:
+        return self._ledger.committed(ref)
+
+
+@dataclass
+class _Entry:
+    order: dict[str, Any]
+    order_id: str
+    ms: int
+    item: dict[str, Any]
+    size: int
+    old_ref: str | None = None  # set when taking over a version from an uncommitted epoch
+
+
+class OrderRepository:
+    """Newest-wins upserts of canonical orders, and reads back."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dynamodb: DynamoDBClient | None = None,
+        s3: S3Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        max_attempts: int = 8,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 2.0,
+    ) -> None:
+        self._settings = settings
+        self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
+        self._s3_client = s3
+        self._sleep = sleep
+        self._max_attempts = max_attempts
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self.calls = 0  # TransactWriteItems calls made (for metrics and tests)
+
+    @property
+    def _s3(self) -> S3Client:
+        if self._s3_client is None:
+            self._s3_client = client("s3")
+        return self._s3_client
+
+    # ---------------------------------------------------------------- writing
+
+    def write(
+        self,
+        conn_id: str,
+        run_id: str,
+        orders: Sequence[dict[str, Any]],
+        *,
+        ledger: ExportLedger | None = None,
+    ) -> list[dict[str, Any]]:
+        """Upsert a page of canonical orders; return the versions to export (in page order).
+
+        A version older than or equal to the stored one is neither written nor returned,
+        unless the stored equal version was handed to an export epoch that never committed.
+        Duplicate order ids in the page: the newest (the later one on a tie) is kept.
+        Pass the run's ``ExportWriter`` as ``ledger`` for exactly-once exports.
+        """
+        if not orders:
+            return []
+        if ledger is None:
+            ledger = _RunLevelLedger(run_id, RunLedger(self._settings, s3=self._s3, dynamodb=self._ddb))
+        ref = ledger.write_ref
+        newest: dict[str, _Entry] = {}
+        for order in orders:
+            oid = str(order["order_id"])
+            try:
+                ms = modified_ms(str(order["modified_at"]))
+            except ExportError as exc:
+                raise StoreError(f"order {oid[:64]}: {exc}") from exc
+            prev = newest.get(oid)
+            if prev is None or ms >= prev.ms:
+                newest[oid] = _Entry(order=order, order_id=oid, ms=ms, item={}, size=0)
+        entries = list(newest.values())
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        for e in entries:
+            e.item, e.size = self._item(conn_id, run_id, ref, e, now)
+
+        exported: set[str] = set()
+        chunk: list[_Entry] = []
+        chunk_bytes = 0
+        for e in entries:
+            if chunk and (len(chunk) == MAX_TRANSACT_ITEMS or chunk_bytes + e.size > MAX_TRANSACT_BYTES):
+                exported |= self._write_chunk(chunk, ledger)
+                chunk, chunk_bytes = [], 0
+            chunk.append(e)
+            chunk_bytes += e.size
+        if chunk:
+            exported |= self._write_chunk(chunk, ledger)
+        return [e.order for e in entries if e.order_id in exported]
+
+    def _item(self, conn_id: str, run_id: str, ref: str, e: _Entry, now: str) -> tuple[dict[str, Any], int]:
+        payload = json.dumps(e.order, separators=(",", ":"), ensure_ascii=False)
+        size = len(payload.encode())
+        item: dict[str, Any] = {
+            "connection_id": {"S": conn_id},
+            "order_id": {"S": e.order_id},
+            "modified_at": {"S": str(e.order["modified_at"])},
+            "modified_ms": {"N": str(e.ms)},
+            "run_id": {"S": run_id},
+            "export_ref": {"S": ref},
+            "updated_at": {"S": now},
+        }
+        if size > MAX_INLINE_PAYLOAD:
+            key = (
+                f"raw/orders/{quote(conn_id.replace('#', '/'), safe='/')}/"
+                f"{quote(e.order_id, safe='')}/{e.ms}.json"
+            )
+            body = payload.encode()
+            self._s3.put_object(
+                Bucket=self._settings.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=self._settings.resources.kms_alias,
+                BucketKeyEnabled=True,
+            )
+            item["payload_s3"] = {"S": key}
+            size = len(key)
+        else:
+            item["payload"] = {"S": payload}
+        return item, size + ITEM_OVERHEAD
+
+    def _transact_item(self, e: _Entry) -> dict[str, Any]:
+        put: dict[str, Any] = {
+            "TableName": self._settings.orders_table,
+            "Item": e.item,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if e.old_ref is None:
+            put["ConditionExpression"] = _NEW
+            put["ExpressionAttributeNames"] = {"#oid": "order_id", "#m": "modified_ms"}
+            put["ExpressionAttributeValues"] = {":m": {"N": str(e.ms)}}
+        else:
+            put["ConditionExpression"] = _TAKEOVER
+            put["ExpressionAttributeNames"] = {"#m": "modified_ms", "#ref": "export_ref"}
+            put["ExpressionAttributeValues"] = {":m": {"N": str(e.ms)}, ":oldref": {"S": e.old_ref}}
+        return {"Put": put}
+
+    def _backoff(self, attempt: int) -> None:
+        delay = min(self._cap, self._base * 2**attempt)
+        self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
+
+    def _write_chunk(self, chunk: list[_Entry], ledger: ExportLedger) -> set[str]:
+        pending = list(chunk)
+        throttled = 0
+        rounds = 0
+        while pending:
+            rounds += 1
+            if rounds > len(chunk) + self._max_attempts + 2:
+                raise StoreError("orders write did not settle (items keep changing under us)")
+            try:
+                self.calls += 1
+                self._ddb.transact_write_items(TransactItems=[self._transact_item(e) for e in pending])  # type: ignore[misc]
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in RETRYABLE_CALL:
+                    throttled += 1
+                    if throttled >= self._max_attempts:
+                        raise
+                    self._backoff(throttled)
+                    continue
+                if code != "TransactionCanceledException":
+                    raise
+                reasons: list[Mapping[str, Any]] = list(exc.response.get("CancellationReasons") or [])
+                if len(reasons) != len(pending):
+                    raise StoreError(
+                        f"transaction cancelled without per-item reasons ({len(reasons)})"
+                    ) from exc
+                keep: list[_Entry] = []
+                wait = False
+                for e, reason in zip(pending, reasons, strict=True):
+                    rc = str(reason.get("Code") or "None")
+                    if rc == "None":
+                        keep.append(e)
+                    elif rc == "ConditionalCheckFailed":
+                        if self._settle(e, reason.get("Item"), ledger):
+                            keep.append(e)
+                    elif rc in RETRYABLE_REASON:
+                        keep.append(e)
+                        wait = True
+                    else:
+                        raise StoreError(f"order {e.order_id[:64]} refused: {rc}") from exc
+                pending = keep
+                if wait:
+                    throttled += 1
+                    if throttled >= self._max_attempts:
+                        raise StoreError("orders write throttled: retries exhausted") from exc
+                    self._backoff(throttled)
+                continue
+            return {e.order_id for e in pending}
+        return set()  # every item settled without a write
+
+    def _settle(self, e: _Entry, old: Mapping[str, Any] | None, ledger: ExportLedger) -> bool:
+        """A condition failed: decide from the stored version whether to try again (True) or drop."""
+        if not old or "modified_ms" not in old:
+            e.old_ref = None  # gone meanwhile (or never returned): the plain condition decides
+            return True
+        old_ms = int(old["modified_ms"]["N"])
+        if old_ms > e.ms:
+            return False  # stored is newer
+        if old_ms < e.ms:
+            e.old_ref = None  # changed under us to something older: try the plain write again
+            return True
+        old_ref = old.get("export_ref", {}).get("S")
+        if old_ref is None or old_ref == ledger.write_ref or ledger.exported(old_ref):
+            return False  # same version, already exported (or in this epoch's open parts)
+        e.old_ref = old_ref  # same version, its epoch never committed: take it over
+        return True
+
+    # ---------------------------------------------------------------- reading
+
+    def _decode(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        if "payload" in item:
+            order: dict[str, Any] = json.loads(item["payload"]["S"])
+            return order
+        body = self._s3.get_object(Bucket=self._settings.bucket, Key=item["payload_s3"]["S"])["Body"].read()
+        big: dict[str, Any] = json.loads(body)
+        return big
+
+    def get(self, conn_id: str, order_id: str) -> dict[str, Any] | None:
+        """The stored (newest) canonical order, or None."""
+        reply = self._ddb.get_item(
+            TableName=self._settings.orders_table,
+            Key={"connection_id": {"S": conn_id}, "order_id": {"S": order_id}},
+            ConsistentRead=True,
+        )
+        item = reply.get("Item")
+        return self._decode(item) if item else None
+
+    def stored_version(self, conn_id: str, order_id: str) -> dict[str, str | int] | None:
+        """The bookkeeping of the stored version: modified_at, modified_ms, run_id, export_ref."""
+        reply = self._ddb.get_item(
+            TableName=self._settings.orders_table,
+            Key={"connection_id": {"S": conn_id}, "order_id": {"S": order_id}},
+            ConsistentRead=True,
+            ProjectionExpression="modified_at, modified_ms, run_id, export_ref",
+        )
+        item = reply.get("Item")
+        if not item:
+            return None
+        return {
+            "modified_at": item["modified_at"]["S"],
+            "modified_ms": int(item["modified_ms"]["N"]),
+            "run_id": item["run_id"]["S"],
+            "export_ref": item["export_ref"]["S"],
+        }
+
+    def iter_orders(self, conn_id: str) -> Iterator[dict[str, Any]]:
+        """Every stored order of a connection (newest versions), in order_id order."""
+        pages = self._ddb.get_paginator("query").paginate(
+            TableName=self._settings.orders_table,
+            KeyConditionExpression="connection_id = :c",
+            ExpressionAttributeValues={":c": {"S": conn_id}},
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                yield self._decode(item)
