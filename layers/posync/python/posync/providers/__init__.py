@@ -1,0 +1,159 @@
+"""Provider OAuth adapters: consent URL, callback parameters, code exchange and refresh.
+
+Each provider's quirks live in its adapter (``clover_oauth``, ``poynt_oauth``); the
+authorization and token services only speak ``OAuthProvider``. Hosts come from
+``posync.config`` only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import requests
+
+from posync.errors import PosyncError, ProviderError, RateLimited
+from posync.tokens import TokenSet
+
+if TYPE_CHECKING:
+    from posync.app_credentials import AppCredentialsStore
+    from posync.config import Settings
+
+# Token calls: connect 5 s, read 15 s. Well under the 30 s refresh lease, so a lease never
+# expires under a caller that is still waiting for the provider.
+TOKEN_TIMEOUT: tuple[float, float] = (5.0, 15.0)
+
+_TOKENISH = re.compile(r"[A-Za-z0-9._~+/=-]{20,}")
+
+
+class ExchangeRefused(PosyncError):
+    """The provider refused the authorization code (used, expired, or not ours)."""
+
+
+@dataclass(frozen=True)
+class CallbackParams:
+    """What the provider's redirect to our callback carried."""
+
+    state: str | None
+    code: str | None = field(default=None, repr=False)
+    denied: bool = False
+    merchant_id: str | None = None  # Clover sends it; Poynt's comes from the access token
+    error: str | None = None  # short, scrubbed
+
+
+@dataclass(frozen=True)
+class Grant:
+    merchant_id: str
+    tokens: TokenSet
+
+
+class OAuthProvider(Protocol):
+    name: str
+
+    def authorize_url(self, redirect_uri: str, state: str, merchant_hint: str | None = None) -> str:
+        """The provider's consent page for this app, carrying our signed ``state``."""
+        ...
+
+    def read_callback(self, params: Mapping[str, str]) -> CallbackParams: ...
+
+    def exchange_code(self, callback: CallbackParams, redirect_uri: str) -> Grant:
+        """Tokens for the code. Raises ExchangeRefused (4xx) or ProviderError (5xx, timeout)."""
+        ...
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        """A new pair. Raises RefreshRefused, RefreshNotDue or ProviderError."""
+        ...
+
+
+def scrub(text: str, limit: int = 120) -> str:
+    """A provider's error text made safe to log and store: no token-like runs, bounded length."""
+    return _TOKENISH.sub("[redacted]", text)[:limit]
+
+
+def error_text(resp: requests.Response) -> str:
+    """The provider's own error message, scrubbed (Clover ``message``, Poynt ``developerMessage``)."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        return scrub(resp.text or "")
+    if isinstance(body, dict):
+        for key in ("message", "developerMessage", "error_description", "error", "code"):
+            if isinstance(body.get(key), str) and body[key]:
+                return scrub(body[key])
+    return ""
+
+
+def post(
+    session: requests.Session,
+    url: str,
+    *,
+    what: str,
+    json_body: dict[str, Any] | None = None,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
+    """POST to a token endpoint. 5xx, 429, timeouts and connection errors raise ProviderError.
+
+    Messages name the endpoint (``what``) only: never the URL's query, the body or headers.
+    """
+    try:
+        resp = session.post(
+            url, json=json_body, data=form, headers=headers, timeout=TOKEN_TIMEOUT, allow_redirects=False
+        )
+    except requests.Timeout as exc:
+        raise ProviderError(f"{what} timed out") from exc
+    except requests.RequestException as exc:
+        raise ProviderError(f"{what} could not be reached ({type(exc).__name__})") from exc
+    if resp.status_code == 429:
+        retry = resp.headers.get("Retry-After", "")
+        raise RateLimited(
+            f"{what} answered 429",
+            status=429,
+            retry_after_s=float(retry) if retry.replace(".", "", 1).isdigit() else None,
+        )
+    if resp.status_code >= 500:
+        raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+    return resp
+
+
+def json_object(resp: requests.Response, what: str) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError as exc:
+        raise ProviderError(
+            f"{what} answered {resp.status_code} without JSON", status=resp.status_code
+        ) from exc
+    if not isinstance(body, dict):
+        raise ProviderError(f"{what} answered an unexpected JSON shape", status=resp.status_code)
+    return body
+
+
+_session: requests.Session | None = None
+
+
+def shared_session() -> requests.Session:
+    """One pooled session per container for token calls."""
+    global _session  # noqa: PLW0603 (a per-container singleton)
+    if _session is None:
+        _session = requests.Session()
+        _session.headers["User-Agent"] = "posync/0.1"
+    return _session
+
+
+def build_providers(
+    settings: Settings,
+    credentials: AppCredentialsStore,
+    session: requests.Session | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, OAuthProvider]:
+    from posync.providers.clover_oauth import CloverOAuth
+    from posync.providers.poynt_oauth import PoyntOAuth
+
+    s = session or shared_session()
+    return {
+        "clover": CloverOAuth(settings.clover, credentials.clover, s, clock),
+        "poynt": PoyntOAuth(settings.poynt, credentials.poynt, s, clock),
+    }

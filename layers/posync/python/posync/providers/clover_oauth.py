@@ -1,0 +1,151 @@
+"""Clover OAuth v2 (expiring tokens): consent URL, callback, code exchange, refresh.
+
+- Consent: ``{authorize_base}/oauth/v2/authorize?client_id&redirect_uri&state[&merchant_id]``;
+  the merchant id preselects the merchant for App Market entries.
+- Callback: ``merchant_id``, ``client_id``, ``code``, ``state``; a denial carries
+  ``error=access_denied``.
+- Exchange: POST ``{oauth_base}/oauth/v2/token`` JSON ``{client_id, client_secret, code}``
+  -> ``access_token``, ``access_token_expiration``, ``refresh_token``,
+  ``refresh_token_expiration`` (Unix seconds).
+- Refresh: POST ``{oauth_base}/oauth/v2/refresh`` JSON ``{client_id, refresh_token}``. A
+  refresh token works once. Clover may refuse a refresh while the access token is still
+  valid (400 ``access_token not expired``): that is ``RefreshNotDue``, not a revocation.
+  Any other 4xx (invalid, used or revoked refresh token) is ``RefreshRefused``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+from posync.app_credentials import CloverAppCredentials
+from posync.config import ProviderHosts
+from posync.domain import check_merchant_id
+from posync.errors import ProviderError
+from posync.providers import CallbackParams, ExchangeRefused, Grant, error_text, json_object, post, scrub
+from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
+
+# Used only when a reply omits an expiry (Clover always sends them): assume short lives.
+FALLBACK_ACCESS_TTL_S = 600
+# Statuses that mean "no" for good; anything else unexpected is a (transient) provider error.
+REFUSALS = (400, 401, 403)
+
+
+def _expiry(body: Mapping[str, Any], key: str, fallback: int | None) -> int | None:
+    raw = body.get(key)
+    try:
+        return int(raw) if raw is not None else fallback
+    except (TypeError, ValueError):
+        return fallback
+
+
+class CloverOAuth:
+    name = "clover"
+
+    def __init__(
+        self,
+        hosts: ProviderHosts,
+        credentials: Callable[[], CloverAppCredentials],
+        session: requests.Session,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._hosts = hosts
+        self._credentials = credentials
+        self._session = session
+        self._clock = clock
+
+    def authorize_url(self, redirect_uri: str, state: str, merchant_hint: str | None = None) -> str:
+        query = {"client_id": self._credentials().client_id, "redirect_uri": redirect_uri, "state": state}
+        if merchant_hint:
+            query["merchant_id"] = check_merchant_id("clover", merchant_hint)
+        return f"{self._hosts.authorize_base}/oauth/v2/authorize?{urlencode(query)}"
+
+    def read_callback(self, params: Mapping[str, str]) -> CallbackParams:
+        error = params.get("error")
+        return CallbackParams(
+            state=params.get("state") or None,
+            code=params.get("code") or None,
+            denied=bool(error) or not params.get("code"),
+            merchant_id=params.get("merchant_id") or None,
+            error=scrub(error) if error else (None if params.get("code") else "no authorization code"),
+        )
+
+    def _tokens(self, body: Mapping[str, Any], now: float, what: str) -> TokenSet:
+        access = body.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise ProviderError(f"{what} answered without an access token")
+        refresh = body.get("refresh_token")
+        return TokenSet(
+            access_token=access,
+            access_expires_at=_expiry(body, "access_token_expiration", int(now) + FALLBACK_ACCESS_TTL_S) or 0,
+            refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+            refresh_expires_at=_expiry(body, "refresh_token_expiration", None),
+            obtained_at=int(now),
+        )
+
+    def exchange_code(self, callback: CallbackParams, redirect_uri: str) -> Grant:
+        what = "clover token endpoint"
+        if not callback.code:
+            raise ExchangeRefused("no authorization code")
+        merchant_id = check_merchant_id("clover", callback.merchant_id or "")
+        creds = self._credentials()
+        resp = post(
+            self._session,
+            f"{self._hosts.oauth_base}/oauth/v2/token",
+            what=what,
+            json_body={
+                "client_id": creds.client_id,
+                "client_secret": creds.client_secret,
+                "code": callback.code,
+            },
+        )
+        if resp.status_code not in (200, *REFUSALS):
+            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+        if resp.status_code != 200:
+            raise ExchangeRefused(
+                f"clover refused the authorization code ({resp.status_code}: {error_text(resp)})"
+            )
+        return Grant(
+            merchant_id=merchant_id, tokens=self._tokens(json_object(resp, what), self._clock(), what)
+        )
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        what = "clover refresh endpoint"
+        if not tokens.refresh_token:
+            raise RefreshRefused(
+                "no refresh token stored (legacy non-expiring token?); the merchant must reconnect"
+            )
+        now = self._clock()
+        if tokens.refresh_expires_at is not None and tokens.refresh_expires_at <= now:
+            raise RefreshRefused("the clover refresh token has expired; the merchant must reconnect")
+        resp = post(
+            self._session,
+            f"{self._hosts.oauth_base}/oauth/v2/refresh",
+            what=what,
+            json_body={"client_id": self._credentials().client_id, "refresh_token": tokens.refresh_token},
+        )
+        if resp.status_code == 200:
+            fresh = self._tokens(json_object(resp, what), now, what)
+            return tokens.renewed(
+                fresh.access_token,
+                fresh.access_expires_at,
+                fresh.refresh_token,
+                fresh.refresh_expires_at,
+                now,
+            )
+        message = error_text(resp)
+        if resp.status_code not in REFUSALS:
+            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+        # Clover tells an early refresh apart only by its message; this adapter is the one
+        # place that knows it.
+        if resp.status_code == 400 and "not expired" in message.lower():
+            raise RefreshNotDue("clover: access_token not expired")
+        raise RefreshRefused(
+            f"clover refused the refresh token ({resp.status_code}: {message or 'no detail'}); "
+            "it was revoked, already used, or a previous refresh reply was lost (recovery is not supported): "
+            "the merchant must reconnect"
+        )

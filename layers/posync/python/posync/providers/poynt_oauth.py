@@ -1,0 +1,212 @@
+"""GoDaddy Poynt OAuth: consent URL, callback, code exchange, refresh and the app's own token.
+
+- The app authenticates with a **self-signed RS256 JWT**: ``iss = sub = <app id>``,
+  ``aud = <API base>`` (``https://services.poynt.net`` in production), ``iat``, ``exp``
+  (``APP_JWT_TTL_S`` later, under Poynt's 300 s cap) and a fresh random ``jti`` every time
+  (Poynt rejects a reused one), signed with the app's private key.
+- Consent: ``{authorize_base}/applications/authorize?client_id=<app id>&redirect_uri&context``;
+  our signed state travels as ``context``. The callback gets ``code``, ``status``
+  (``success`` when approved) and ``context``.
+- Exchange: POST ``{api_base}/token`` with ``Authorization: Bearer <self-signed JWT>`` and
+  form ``grant_type=authorization_code&code&client_id&redirect_uri`` -> ``accessToken``
+  (a JWT whose ``poynt.biz`` claim is the merchant's business id), ``refreshToken``,
+  ``expiresIn`` (seconds).
+- Refresh: POST ``{api_base}/token`` form ``grantType=REFRESH_TOKEN&refreshToken=...``
+  (with the self-signed JWT as client authentication); 400/401/403 are refusals.
+- App token: ``grantType=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<JWT>``
+  for app-level calls, cached per container until shortly before it expires.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+import requests
+
+from posync.app_credentials import PoyntAppCredentials
+from posync.config import ProviderHosts
+from posync.domain import MERCHANT_ID_PATTERNS
+from posync.errors import ProviderError
+from posync.providers import CallbackParams, ExchangeRefused, Grant, error_text, json_object, post, scrub
+from posync.tokens import RefreshRefused, TokenSet
+
+API_VERSION = "1.2"
+APP_JWT_TTL_S = 240  # Poynt accepts at most 300 s between iat and exp
+APP_TOKEN_MARGIN_S = 120  # re-fetch the cached app token this long before it expires
+DEFAULT_EXPIRES_IN_S = 86400
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+REFUSALS = (400, 401, 403)
+
+
+def business_id_of(access_token: str) -> str:
+    """The ``poynt.biz`` claim of a Poynt merchant access token.
+
+    The signature is deliberately not verified here: the token is not user input. It is the
+    body of the reply to a POST we made ourselves, over TLS, to the configured Poynt token
+    endpoint, authenticated with our app's key, so its origin is already established; the
+    claim is then checked against the business-id pattern before it is used anywhere.
+    Verifying would also need Poynt's signing keys, which posync has no other use for.
+    """
+    try:
+        claims = jwt.decode(access_token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise ProviderError("poynt access token is not a JWT") from exc
+    biz = claims.get("poynt.biz")
+    if not isinstance(biz, str) or not MERCHANT_ID_PATTERNS["poynt"].fullmatch(biz):
+        raise ProviderError("poynt access token carries no valid business id")
+    return biz
+
+
+class PoyntOAuth:
+    name = "poynt"
+
+    def __init__(
+        self,
+        hosts: ProviderHosts,
+        credentials: Callable[[], PoyntAppCredentials],
+        session: requests.Session,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._hosts = hosts
+        self._credentials = credentials
+        self._session = session
+        self._clock = clock
+        self._app_token: tuple[str, float] | None = None
+        self._app_token_lock = threading.Lock()
+
+    # -- the app's own credentials ---------------------------------------------------------
+
+    def self_signed_jwt(self) -> str:
+        creds = self._credentials()
+        now = int(self._clock())
+        claims = {
+            "iss": creds.app_id,
+            "sub": creds.app_id,
+            "aud": self._hosts.api_base,
+            "iat": now,
+            "exp": now + APP_JWT_TTL_S,
+            "jti": str(uuid.uuid4()),
+        }
+        return jwt.encode(claims, creds.private_key, algorithm="RS256")
+
+    def _headers(self, bearer: str | None = None) -> dict[str, str]:
+        headers = {"api-version": API_VERSION, "POYNT-REQUEST-ID": str(uuid.uuid4())}
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        return headers
+
+    def app_access_token(self) -> str:
+        """The app's own access token (JWT bearer grant), cached until near its expiry."""
+        with self._app_token_lock:
+            now = self._clock()
+            if self._app_token is not None and self._app_token[1] - APP_TOKEN_MARGIN_S > now:
+                return self._app_token[0]
+            what = "poynt token endpoint (app token)"
+            resp = post(
+                self._session,
+                f"{self._hosts.api_base}/token",
+                what=what,
+                form={"grantType": JWT_BEARER, "assertion": self.self_signed_jwt()},
+                headers=self._headers(),
+            )
+            if resp.status_code != 200:
+                raise ProviderError(
+                    f"{what} refused the app assertion ({resp.status_code}: {error_text(resp)})",
+                    status=resp.status_code,
+                )
+            body = json_object(resp, what)
+            token = body.get("accessToken")
+            if not isinstance(token, str) or not token:
+                raise ProviderError(f"{what} answered without an access token")
+            self._app_token = (token, now + float(body.get("expiresIn") or DEFAULT_EXPIRES_IN_S))
+            return token
+
+    # -- merchant consent ------------------------------------------------------------------
+
+    def authorize_url(self, redirect_uri: str, state: str, merchant_hint: str | None = None) -> str:
+        query = {"client_id": self._credentials().client_id, "redirect_uri": redirect_uri, "context": state}
+        return f"{self._hosts.authorize_base}/applications/authorize?{urlencode(query)}"
+
+    def read_callback(self, params: Mapping[str, str]) -> CallbackParams:
+        status = (params.get("status") or "").strip()
+        code = params.get("code") or None
+        approved = status.lower() == "success" and code is not None and not params.get("error")
+        return CallbackParams(
+            state=params.get("context") or None,
+            code=code,
+            denied=not approved,
+            merchant_id=None,
+            error=None if approved else scrub(params.get("error") or status or "no authorization code"),
+        )
+
+    def _tokens(self, body: Mapping[str, Any], now: float, what: str) -> TokenSet:
+        access = body.get("accessToken")
+        if not isinstance(access, str) or not access:
+            raise ProviderError(f"{what} answered without an access token")
+        refresh = body.get("refreshToken")
+        try:
+            expires_in = int(body.get("expiresIn") or DEFAULT_EXPIRES_IN_S)
+        except (TypeError, ValueError):
+            expires_in = DEFAULT_EXPIRES_IN_S
+        return TokenSet(
+            access_token=access,
+            access_expires_at=int(now) + expires_in,
+            refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+            refresh_expires_at=None,  # Poynt does not say
+            obtained_at=int(now),
+            token_type=str(body.get("tokenType") or "BEARER"),
+        )
+
+    def exchange_code(self, callback: CallbackParams, redirect_uri: str) -> Grant:
+        what = "poynt token endpoint"
+        if not callback.code:
+            raise ExchangeRefused("no authorization code")
+        now = self._clock()
+        resp = post(
+            self._session,
+            f"{self._hosts.api_base}/token",
+            what=what,
+            form={
+                "grant_type": "authorization_code",
+                "code": callback.code,
+                "client_id": self._credentials().client_id,
+                "redirect_uri": redirect_uri,
+            },
+            headers=self._headers(bearer=self.self_signed_jwt()),
+        )
+        if resp.status_code not in (200, *REFUSALS):
+            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+        if resp.status_code != 200:
+            raise ExchangeRefused(
+                f"poynt refused the authorization code ({resp.status_code}: {error_text(resp)})"
+            )
+        tokens = self._tokens(json_object(resp, what), now, what)
+        return Grant(merchant_id=business_id_of(tokens.access_token), tokens=tokens)
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        what = "poynt token endpoint (refresh)"
+        if not tokens.refresh_token:
+            raise RefreshRefused("no poynt refresh token stored; the merchant must reconnect")
+        now = self._clock()
+        resp = post(
+            self._session,
+            f"{self._hosts.api_base}/token",
+            what=what,
+            form={"grantType": "REFRESH_TOKEN", "refreshToken": tokens.refresh_token},
+            headers=self._headers(bearer=self.self_signed_jwt()),
+        )
+        if resp.status_code == 200:
+            fresh = self._tokens(json_object(resp, what), now, what)
+            return tokens.renewed(fresh.access_token, fresh.access_expires_at, fresh.refresh_token, None, now)
+        if resp.status_code not in REFUSALS:
+            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+        raise RefreshRefused(
+            f"poynt refused the refresh token ({resp.status_code}: {error_text(resp) or 'no detail'}); "
+            "the merchant must reconnect"
+        )
