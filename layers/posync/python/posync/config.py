@@ -132,6 +132,7 @@ class Settings:
     backfill_days: int
     schedule_minutes: int
     refresh_leeway_s: int
+    provider_region: str = "sandbox"  # POSYNC_PROVIDER_REGION: recorded on each connection
 
     @property
     def connections_table(self) -> str:
@@ -201,4 +202,5 @@ class Settings:
             backfill_days=_int(e, "POSYNC_BACKFILL_DAYS", 90, 1, 3650),
             schedule_minutes=_int(e, "POSYNC_SCHEDULE_MINUTES", 15, 1, 1440),
             refresh_leeway_s=_int(e, "POSYNC_REFRESH_LEEWAY_SECONDS", 300, 0, 86400),
+            provider_region=e.get("POSYNC_PROVIDER_REGION", "sandbox"),
         )
