@@ -1,0 +1,326 @@
+"""Order sources: keyset paging over ``(modified time, id)`` that no moving window can fool.
+
+The providers page by offset over a filter on modification time. An order modified while
+we page leaves its place (its modified time becomes "now") and every later offset shifts
+by one: a plain offset pager silently skips an order each time. posync never depends on
+offsets staying put:
+
+- **Keyset position.** A *slice* ``[start, end)`` of modification time is read with the
+  filter ``modified >= start AND modified < end``, ordered ascending, **offset 0**. After a
+  page, the position moves to the page's greatest modified time ``T`` and remembers the
+  ids already seen at exactly ``T`` (``ids_at_T``); the next request starts at ``T`` again
+  and skips those ids. An order that moves during paging moves *forward* (to "now"), so it
+  is either still ahead of the position or past ``end`` (then the next run, which starts
+  at ``end`` minus the lookback, reads it).
+- **Ties bigger than a page.** If a whole page sits at one millisecond, offset 0 would
+  return it again: only then does the slice step by offset inside that millisecond, with
+  an overlap of a tenth of a page (covers up to that many orders of the tie leaving
+  between two requests; seen ids are skipped).
+- **Windows.** A slice never spans more than ``max_window_ms`` (Clover silently cuts a
+  filter wider than 90 days to the latest 90: posync never sends one).
+- **Concurrency.** Slices are independent keysets, so they are fetched in parallel:
+  windows from the start, and, as soon as a slice proves to hold more than a page, its
+  remaining range is split so that ``parallelism`` fetches are in flight (work stealing:
+  whenever a slice finishes, the biggest remaining one is split again). At 200 ms of
+  latency the per-token rate limit, not latency, then bounds throughput.
+- **Cursor.** Pages are yielded in the order their fetches complete, each with a
+  ``progress`` snapshot that is valid once that page and every page before it are
+  durable (fetches running ahead are not in it). The sync engine commits it only after its
+  checkpoint; :meth:`OrderSource.resume` continues from it exactly.
+
+Providers plug in :meth:`OrderSource.fetch` (one request, plus any nested paging) and
+their time encoding; see ``clover.py`` and ``poynt.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Generator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from posync.errors import InvalidInput
+from posync.ratelimit import Deadline
+
+DAY_MS = 86_400_000
+DEFAULT_LOOKBACK_MS = 2 * 60_000
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    parallelism: int = 5  # fetches in flight at once (the token's concurrency)
+    lookback_ms: int = DEFAULT_LOOKBACK_MS  # re-read this much before the cursor (late writes, skew)
+    min_split_ms: int = 1_000  # never split a slice's remaining range below this
+    page_limit: int | None = None  # None: the provider's maximum
+
+
+@dataclass
+class Slice:
+    """One keyset: orders with ``start <= modified < end``; ``ids`` at exactly ``start`` are done."""
+
+    start: int
+    end: int
+    ids: set[str] = field(default_factory=set)
+    offset: int = 0  # > 0 only while stepping through a tie bigger than a page
+    link: str | None = None  # the provider's last "next" link (Poynt), if any
+    busy: bool = False
+    proven: bool = False  # a full page was seen: worth splitting
+
+    def snapshot(self) -> SliceView:
+        return SliceView(self.start, self.end, frozenset(self.ids), self.offset, self.link)
+
+    def to_json(self, enc: Any) -> dict[str, Any]:
+        d: dict[str, Any] = {"from": enc(self.start), "to": enc(self.end), "ids": sorted(self.ids)}
+        if self.offset:
+            d["offset"] = self.offset
+        return d
+
+
+@dataclass(frozen=True)
+class SliceView:
+    """An immutable copy of a slice's position, handed to a fetch thread."""
+
+    start: int
+    end: int
+    ids: frozenset[str]
+    offset: int
+    link: str | None
+
+    def wants(self, t: int, oid: str) -> bool:
+        """Is this order new to the slice (inside it and not seen at the keyset's millisecond)?"""
+        return self.start <= t < self.end and not (t == self.start and oid in self.ids)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One list request's result, rows in the provider's order (ascending modified time)."""
+
+    orders: list[dict[str, Any]]
+    keys: list[tuple[int, str]]  # (modified ms, id) per order
+    more: bool  # the provider says more rows may follow (full page / a next link)
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run reads: the slices still to do and the run's upper bound ``end``."""
+
+    end: int
+    slices: tuple[tuple[int, int, tuple[str, ...], int], ...]  # (start, end, ids, offset)
+
+    @property
+    def done(self) -> bool:
+        return not self.slices
+
+
+@dataclass(frozen=True)
+class Page:
+    orders: list[dict[str, Any]]  # raw provider orders new to this run (nested lists complete)
+    progress: dict[str, Any] | None  # JSON position valid once this page is durable; None = run done
+    newest_ms: int | None  # greatest modified time among the page's orders
+    rows: int  # rows the provider sent (before keyset de-duplication)
+
+
+class OrderSource:
+    """The keyset engine; subclasses implement :meth:`fetch` and the time encoding."""
+
+    provider = ""
+    time_key = ""  # the settled cursor's time field ("modified_ms" / "updated_at")
+    max_window_ms = 90 * DAY_MS
+    max_page_limit = 100
+
+    def __init__(self, config: SourceConfig | None = None) -> None:
+        self.config = config or SourceConfig()
+        limit = self.config.page_limit or self.max_page_limit
+        self.page_limit = max(1, min(limit, self.max_page_limit))
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    # ---- provider hooks
+
+    def fetch(self, view: SliceView, limit: int, deadline: Deadline) -> Fetched:
+        """One list request for ``view`` (plus nested paging for the orders it wants)."""
+        raise NotImplementedError
+
+    def encode_time(self, ms: int) -> Any:
+        return ms
+
+    def decode_time(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput("cursor time is not an integer")
+        return value
+
+    # ---- cursors
+
+    def settled(self, cursor: dict[str, Any]) -> int | None:
+        """The settled cursor's time (ms), or None if the connection never synced."""
+        if self.time_key not in cursor:
+            return None
+        return self.decode_time(cursor[self.time_key])
+
+    def settled_cursor(self, end_ms: int, newest_ms: int | None) -> dict[str, Any]:
+        """The cursor after a completed run: everything before ``end_ms`` is read."""
+        c: dict[str, Any] = {"v": 1, self.time_key: self.encode_time(end_ms), "ids_at_T": []}
+        if newest_ms is not None:
+            c["newest"] = self.encode_time(newest_ms)
+        return c
+
+    def plan(self, start_ms: int, end_ms: int) -> Plan:
+        """Windows of at most ``max_window_ms`` covering ``[start_ms, end_ms)``."""
+        if end_ms <= start_ms:
+            return Plan(end=max(start_ms, end_ms), slices=())
+        slices = []
+        t = start_ms
+        while t < end_ms:
+            u = min(end_ms, t + self.max_window_ms)
+            slices.append((t, u, (), 0))
+            t = u
+        return Plan(end=end_ms, slices=tuple(slices))
+
+    def resume(self, progress: dict[str, Any]) -> Plan:
+        """The plan saved in a progress snapshot (a run continued by a new invocation)."""
+        try:
+            end = self.decode_time(progress["end"])
+            slices = tuple(
+                (
+                    self.decode_time(s["from"]),
+                    self.decode_time(s["to"]),
+                    tuple(str(i) for i in s.get("ids", [])),
+                    int(s.get("offset", 0)),
+                )
+                for s in progress["slices"]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput("malformed sync progress in the cursor") from exc
+        for start, stop, _, _ in slices:
+            if stop - start > self.max_window_ms or stop <= start:
+                raise InvalidInput("sync progress holds an invalid window")
+        return Plan(end=end, slices=slices)
+
+    def _progress(self, end: int, slices: Sequence[Slice]) -> dict[str, Any] | None:
+        if not slices:
+            return None
+        ordered = sorted(slices, key=lambda s: s.start)
+        return {"end": self.encode_time(end), "slices": [s.to_json(self.encode_time) for s in ordered]}
+
+    # ---- the engine
+
+    def _count(self, n: int = 1) -> None:
+        with self._lock:
+            self.requests += n
+
+    def pages(self, plan: Plan, deadline: Deadline) -> Generator[Page, None, None]:
+        """Pages of new orders, fetched concurrently, each with a progress snapshot.
+
+        Raises what the transport raises (ProviderError, BudgetExhausted,
+        AuthorizationRevoked); pages yielded before that stay valid.
+        """
+        slices = [Slice(start=a, end=b, ids=set(ids), offset=off) for a, b, ids, off in plan.slices]
+        if not slices:
+            yield Page([], None, None, 0)
+            return
+        workers = max(1, self.config.parallelism)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"fetch-{self.provider}")
+        inflight: dict[Future[Fetched], Slice] = {}
+
+        def submit_idle() -> None:
+            for s in sorted(slices, key=lambda s: s.start):
+                if len(inflight) >= workers:
+                    return
+                if not s.busy:
+                    s.busy = True
+                    inflight[pool.submit(self.fetch, s.snapshot(), self.page_limit, deadline)] = s
+
+        try:
+            submit_idle()
+            while inflight:
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: inflight[f].start):
+                    s = inflight.pop(fut)
+                    s.busy = False
+                    fetched = fut.result()
+                    new, newest = self._apply(s, fetched)
+                    if s.end <= s.start:  # finished
+                        slices.remove(s)
+                    self._rebalance(slices, workers)
+                    submit_idle()  # the next requests run while the caller writes this page
+                    yield Page(new, self._progress(plan.end, slices), newest, len(fetched.orders))
+        finally:
+            for fut in inflight:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _apply(self, s: Slice, fetched: Fetched) -> tuple[list[dict[str, Any]], int | None]:
+        """Take a page's new orders and move the slice's keyset (``end <= start`` marks it finished)."""
+        view = s.snapshot()
+        new: list[dict[str, Any]] = []
+        newest: int | None = None
+        in_range: list[tuple[int, str]] = []
+        beyond = False
+        for (t, oid), raw in zip(fetched.keys, fetched.orders, strict=True):
+            if t >= s.end:
+                beyond = True
+                continue
+            if t < s.start:
+                continue
+            in_range.append((t, oid))
+            if view.wants(t, oid):
+                new.append(raw)
+                newest = t if newest is None else max(newest, t)
+        if not fetched.more or beyond or not fetched.keys:
+            s.start = s.end  # finished: everything in [start, end) has been seen
+            return new, newest
+        s.proven = True
+        s.link = fetched.link
+        last = max(t for t, _ in fetched.keys)
+        if last == s.start:
+            # The whole page sits at one millisecond: step through the tie by offset, with overlap.
+            s.ids.update(oid for t, oid in in_range if t == last)
+            s.offset += max(1, len(fetched.orders) - max(1, self.page_limit // 10))
+        else:
+            s.start = last
+            s.ids = {oid for t, oid in in_range if t == last}
+            s.offset = 0
+        return new, newest
+
+    def _rebalance(self, slices: list[Slice], workers: int) -> None:
+        """Split the biggest proven slices until ``workers`` slices exist (work stealing)."""
+        while len(slices) < workers:
+            candidates = [s for s in slices if s.proven and s.end - s.start >= 2 * self.config.min_split_ms]
+            if not candidates:
+                return
+            big = max(candidates, key=lambda s: s.end - s.start)
+            parts = min(workers - len(slices) + 1, (big.end - big.start) // self.config.min_split_ms)
+            if parts < 2:
+                return
+            width = (big.end - big.start) // parts
+            bounds = [big.start + i * width for i in range(parts)] + [big.end]
+            # The original keeps its keyset on the first part; a fetch in flight for it may return
+            # rows past its new end: they are ignored there and read by the new slices.
+            big.end = bounds[1]
+            slices.extend(Slice(start=a, end=b, proven=True) for a, b in itertools.pairwise(bounds[1:]))
+
+
+def ms_to_iso(ms: int) -> str:
+    """Epoch ms -> RFC 3339 UTC with milliseconds (``2026-11-23T18:15:00.123Z``)."""
+    from datetime import UTC, datetime
+
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def iso_to_ms(value: str) -> int:
+    """RFC 3339 / ISO 8601 (``Z`` or an offset; naive means UTC) -> epoch ms."""
+    from datetime import UTC, datetime, timedelta
+
+    if not isinstance(value, str):
+        raise InvalidInput("time is not a string")
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput("time is not ISO 8601") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)

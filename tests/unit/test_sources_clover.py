@@ -1,0 +1,220 @@
+"""Clover keyset paging: moving windows, ties, 90-day windows, nested lists, concurrency, resume."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from posync.ratelimit import BudgetExhausted, Deadline
+from posync.sources import DAY_MS, Page
+from tests.unit.test_sources_fakeapi import FakeClover, clover_source, far
+
+
+def read_run(api: FakeClover, start: int, end: int, **config: Any) -> tuple[list[str], list[Page]]:
+    src = clover_source(api, **config)
+    pages = list(src.pages(src.plan(start, end), far()))
+    return [o["id"] for p in pages for o in p.orders], pages
+
+
+def list_requests(api: FakeClover) -> list[dict[str, str]]:
+    out = []
+    for r in api.requests:
+        if r["path"].endswith("/orders"):
+            d: dict[str, str] = {}
+            for k, v in r["params"]:
+                d[k if k != "filter" or ">=" not in v else "filter_lo"] = v
+            out.append(d)
+    return out
+
+
+def test_every_order_is_read_once() -> None:
+    api = FakeClover()
+    ids = api.add_spread(2500, days=30)
+    got, pages = read_run(api, api.now_ms - 31 * DAY_MS, api.now_ms, page_limit=1000)
+    assert Counter(got) == Counter(ids)
+    assert pages[-1].progress is None  # done
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_orders_modified_during_paging_are_never_lost(seed: int) -> None:
+    # Given 3,000 orders and a provider that modifies 5 of them (anywhere in the window) after every page
+    api = FakeClover(seed=seed)
+    ids = api.add_spread(3000, days=20)
+    api.modify_per_page = 5
+    lookback = 2 * 60_000
+    # When a run reads up to "now" and the next run reads from its end (minus the lookback)
+    end1 = api.now_ms
+    first, _ = read_run(api, end1 - 21 * DAY_MS, end1, page_limit=100, parallelism=3)
+    api.modify_per_page = 0
+    end2 = api.now_ms + 1
+    second, _ = read_run(api, end1 - lookback, end2, page_limit=100)
+    # Then no order is read twice within a run, every unmodified order was read by the first run,
+    assert len(first) == len(set(first))
+    moved = set(api.modified_during_paging)
+    assert set(ids) - moved <= set(first)
+    # and every order's latest version was read by one of the two runs
+    assert moved, "the adversary modified nothing"
+    assert set(ids) <= set(first) | set(second)
+    assert moved <= set(second)
+
+
+def test_ties_bigger_than_a_page_are_stepped_through() -> None:
+    # Given 2,500 orders in one millisecond between others
+    api = FakeClover()
+    before = api.add_spread(30, days=1)
+    t = api.now_ms - 1000
+    tie = [api.add(t) for _ in range(2500)]
+    after = [api.add(t + 1), api.add(t + 2)]
+    # When read with 1,000-order pages
+    got, _ = read_run(api, api.now_ms - 2 * DAY_MS, api.now_ms, page_limit=1000)
+    # Then every order exactly once
+    assert Counter(got) == Counter(before + tie + after)
+
+
+def test_ties_at_a_page_boundary_are_not_duplicated_or_lost() -> None:
+    api = FakeClover()
+    t = api.now_ms - 5000
+    first = [api.add(t - 1) for _ in range(95)]
+    tie = [api.add(t) for _ in range(20)]  # straddles the first page's end (limit 100)
+    rest = [api.add(t + 1) for _ in range(10)]
+    got, _ = read_run(api, t - 10, t + 10, page_limit=100)
+    assert Counter(got) == Counter(first + tie + rest)
+
+
+def test_a_range_over_90_days_is_read_in_windows_of_at_most_90_days() -> None:
+    # Given 400 days of orders (the fake cuts any wider filter to its latest 90 days, like Clover)
+    api = FakeClover()
+    ids = api.add_spread(1200, days=400)
+    # When read from 401 days ago
+    got, _ = read_run(api, api.now_ms - 401 * DAY_MS, api.now_ms, page_limit=1000)
+    # Then every request's filter spanned at most 90 days and nothing was lost
+    for r in api.requests:
+        lo = hi = None
+        for k, v in r["params"]:
+            if k == "filter" and ">=" in v:
+                lo = int(v.split(">=")[1])
+            elif k == "filter":
+                hi = int(v.split("<")[1])
+        assert lo is not None and hi is not None
+        assert hi - lo <= 90 * DAY_MS
+    assert Counter(got) == Counter(ids)
+
+
+def test_requests_use_the_documented_parameters() -> None:
+    api = FakeClover()
+    api.add_spread(10, days=1)
+    read_run(api, api.now_ms - DAY_MS, api.now_ms)
+    (req,) = api.requests
+    params = dict(p for p in req["params"] if p[0] != "filter")
+    assert params == {
+        "orderBy": "modifiedTime ASC",
+        "expand": "lineItems,payments,refunds",
+        "limit": "1000",
+        "offset": "0",
+    }
+
+
+def test_nested_lists_cut_at_100_are_completed() -> None:
+    # Given an order with 250 line items and 130 payments (the list shows only 100 of each)
+    api = FakeClover()
+    items = [{"id": f"L{i}", "price": 1} for i in range(250)]
+    pays = [{"id": f"P{i}", "amount": 1} for i in range(130)]
+    big = api.add(api.now_ms - 100, _lineItems=items, _payments=pays)
+    small = api.add(api.now_ms - 50)
+    # When read
+    src = clover_source(api)
+    pages = list(src.pages(src.plan(api.now_ms - 1000, api.now_ms), far()))
+    orders = {o["id"]: o for p in pages for o in p.orders}
+    # Then the big order carries all of them; the small one needed no extra request
+    assert [li["id"] for li in orders[big]["lineItems"]["elements"]] == [i["id"] for i in items]
+    assert len(orders[big]["payments"]["elements"]) == 130
+    assert len(orders[small]["lineItems"]["elements"]) == 1
+    nested = [r for r in api.requests if not r["path"].endswith("/orders")]
+    assert {r["path"].rsplit("/", 1)[1] for r in nested} == {"line_items", "payments"}
+    assert all(r["path"].split("/")[-2] == big for r in nested)
+
+
+def test_parallel_slices_overlap_latency() -> None:
+    # Given 60 ms per request and 20 pages of orders over 60 days
+    api = FakeClover()
+    ids = api.add_spread(2000, days=60)
+    api.latency_s = 0.06
+    # When read with 5 fetches in flight
+    t0 = time.monotonic()
+    got, _ = read_run(api, api.now_ms - 61 * DAY_MS, api.now_ms, page_limit=100, parallelism=5)
+    elapsed = time.monotonic() - t0
+    # Then requests overlapped (well under the sequential 20 x 60 ms) and every order came once
+    assert Counter(got) == Counter(ids)
+    assert api.peak_in_flight >= 3
+    assert api.peak_in_flight <= 5
+    assert elapsed < 0.8 * len(api.requests) * api.latency_s
+
+
+def test_a_small_sync_costs_one_request() -> None:
+    api = FakeClover()
+    api.add_spread(20, days=0.01)
+    read_run(api, api.now_ms - DAY_MS, api.now_ms, parallelism=5)
+    assert len(api.requests) == 1
+
+
+def test_progress_resumes_exactly_where_the_durable_pages_ended() -> None:
+    # Given a run interrupted after 7 pages (only those were written)
+    api = FakeClover()
+    ids = api.add_spread(2000, days=40)
+    src = clover_source(api, page_limit=100, parallelism=4)
+    end = api.now_ms
+    plan = src.plan(end - 41 * DAY_MS, end)
+    it = src.pages(plan, far())
+    done: list[str] = []
+    progress: dict[str, Any] | None = None
+    for _ in range(7):
+        page = next(it)
+        done += [o["id"] for o in page.orders]
+        progress = page.progress
+    it.close()
+    assert progress is not None
+    # When a new invocation resumes from the last page's progress
+    src2 = clover_source(api, page_limit=100, parallelism=4)
+    rest = [o["id"] for p in src2.pages(src2.resume(progress), far()) for o in p.orders]
+    # Then together they read every order exactly once
+    assert Counter(done + rest) == Counter(ids)
+
+
+def test_progress_survives_json() -> None:
+    import json
+
+    api = FakeClover()
+    api.add_spread(500, days=5)
+    src = clover_source(api, page_limit=100)
+    page = next(iter(src.pages(src.plan(api.now_ms - 6 * DAY_MS, api.now_ms), far())))
+    assert page.progress is not None
+    plan = src.resume(json.loads(json.dumps(page.progress)))
+    assert plan.end == api.now_ms
+    assert plan.slices
+
+
+def test_budget_exhaustion_stops_the_pages() -> None:
+    api = FakeClover()
+    api.add_spread(500, days=5)
+    src = clover_source(api, page_limit=100)
+    with pytest.raises(BudgetExhausted):
+        list(src.pages(src.plan(api.now_ms - 6 * DAY_MS, api.now_ms), Deadline.after(0)))
+
+
+def test_an_empty_range_is_done_without_a_request() -> None:
+    api = FakeClover()
+    src = clover_source(api)
+    pages = list(src.pages(src.plan(api.now_ms, api.now_ms), far()))
+    assert [p.progress for p in pages] == [None]
+    assert api.requests == []
+
+
+def test_cursor_round_trip() -> None:
+    src = clover_source(FakeClover())
+    c = src.settled_cursor(1_700_000_000_123, 1_700_000_000_100)
+    assert c["modified_ms"] == 1_700_000_000_123
+    assert c["ids_at_T"] == []
+    assert src.settled(c) == 1_700_000_000_123
