@@ -1,0 +1,157 @@
+"""Alarms to an encrypted SNS topic, and one dashboard.
+
+posync's own metrics come from Powertools (EMF log lines, no PutMetricData call): namespace
+``posync``, default dimension ``service=posync`` (``posync.observability``). The alarms
+watch exactly that dimension set, so a metric published with extra dimensions is not seen
+by them; keep the alarmed metrics on the default dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from posync.observability import NAMESPACE, SERVICE
+
+DIMENSIONS = {"service": SERVICE}
+# The metrics the services publish (sync engine, authorization, exports).
+METRICS = (
+    "OrdersSynced",
+    "SyncLagSeconds",
+    "RateLimited",
+    "RefreshFailures",
+    "OrdersQuarantined",
+    "PagesFetched",
+    "RunDurationMs",
+    "ConnectionsNeedingReauth",
+)
+
+
+def posync_metric(name: str, statistic: str, period: Duration) -> cw.Metric:
+    return cw.Metric(
+        namespace=NAMESPACE, metric_name=name, dimensions_map=DIMENSIONS, statistic=statistic, period=period
+    )
+
+
+class Monitoring(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        stage: str,
+        key: kms.IKey,
+        functions: Mapping[str, lambda_.IFunction],
+        dead_letter_queue: sqs.IQueue,
+        schedule_minutes: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.topic = sns.Topic(
+            self, "Alarms", display_name=f"posync {stage} alarms", master_key=key, enforce_ssl=True
+        )
+        self.alarms: dict[str, cw.Alarm] = {}
+        five = Duration.minutes(5)
+        slot = Duration.minutes(schedule_minutes)
+
+        dlq_depth = dead_letter_queue.metric_approximate_number_of_messages_visible(
+            statistic="Maximum", period=five
+        )
+        self._alarm(
+            "SyncDlqDepth",
+            dlq_depth,
+            threshold=0,
+            description="Sync messages reached the dead-letter queue: a connection keeps failing (see its "
+            "last_error); redrive after fixing.",
+        )
+        lag_limit_s = 2 * schedule_minutes * 60
+        self._alarm(
+            "SyncLag",
+            posync_metric("SyncLagSeconds", "Maximum", slot),
+            threshold=lag_limit_s,
+            description=f"Sync lag above {lag_limit_s} s (two schedule periods): syncs are not keeping up.",
+        )
+        needs_reauth = cw.MathExpression(
+            expression="FILL(refresh, 0) + FILL(reauth, 0)",
+            using_metrics={
+                "refresh": posync_metric("RefreshFailures", "Sum", five),
+                "reauth": posync_metric("ConnectionsNeedingReauth", "Maximum", five),
+            },
+            label="Refresh failures + connections needing reauth",
+            period=five,
+        )
+        self._alarm(
+            "NeedsReauth",
+            needs_reauth,
+            threshold=0,
+            description="A connection needs the merchant to reconnect (refresh refused or revoked).",
+        )
+        self._alarm(
+            "QuarantineGrowth",
+            posync_metric("OrdersQuarantined", "Sum", Duration.hours(1)),
+            threshold=0,
+            description="Provider orders failed normalization and were quarantined (quarantine/ prefix).",
+        )
+        for name, fn in functions.items():
+            self._alarm(
+                f"{name.capitalize()}Errors",
+                fn.metric_errors(statistic="Sum", period=five),
+                threshold=0,
+                description=f"The {name} function raised errors.",
+            )
+
+        graph = self._graph
+        self.dashboard = cw.Dashboard(
+            self,
+            "Dashboard",
+            dashboard_name=f"posync-{stage}",
+            widgets=[
+                [
+                    graph("Orders synced", [posync_metric("OrdersSynced", "Sum", five)]),
+                    graph("Sync lag (s)", [posync_metric("SyncLagSeconds", "Maximum", five)]),
+                    graph("Provider 429s", [posync_metric("RateLimited", "Sum", five)]),
+                ],
+                [
+                    graph("Token refresh failures", [posync_metric("RefreshFailures", "Sum", five)]),
+                    graph("Sync DLQ depth", [dlq_depth]),
+                    graph("Quarantined orders", [posync_metric("OrdersQuarantined", "Sum", five)]),
+                ],
+                [
+                    graph("Pages fetched", [posync_metric("PagesFetched", "Sum", five)]),
+                    graph("Run duration (ms, p90)", [posync_metric("RunDurationMs", "p90", five)]),
+                    graph(
+                        "Function errors",
+                        [
+                            fn.metric_errors(statistic="Sum", period=five, label=n)
+                            for n, fn in functions.items()
+                        ],
+                    ),
+                ],
+            ],
+        )
+
+    @staticmethod
+    def _graph(title: str, metrics: list[cw.IMetric]) -> cw.GraphWidget:
+        return cw.GraphWidget(title=title, left=metrics, width=8, height=6)
+
+    def _alarm(self, alarm_id: str, metric: cw.IMetric, *, threshold: float, description: str) -> None:
+        alarm = cw.Alarm(
+            self,
+            alarm_id,
+            metric=metric,
+            threshold=threshold,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )
+        alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+        alarm.add_ok_action(cw_actions.SnsAction(self.topic))
+        self.alarms[alarm_id] = alarm
