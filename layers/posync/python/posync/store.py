@@ -114,6 +114,7 @@ class OrderRepository:
         dynamodb: DynamoDBClient | None = None,
         s3: S3Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
         max_attempts: int = 8,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 2.0,
@@ -122,6 +123,7 @@ class OrderRepository:
         self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
         self._s3_client = s3
         self._sleep = sleep
+        self._clock = clock
         self._max_attempts = max_attempts
         self._base = backoff_base_s
         self._cap = backoff_cap_s
@@ -166,7 +168,11 @@ class OrderRepository:
             if prev is None or ms >= prev.ms:
                 newest[oid] = _Entry(order=order, order_id=oid, ms=ms, item={}, size=0)
         entries = list(newest.values())
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = (
+            datetime.fromtimestamp(self._clock(), UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
         for e in entries:
             e.item, e.size = self._item(conn_id, run_id, ref, e, now)
 
@@ -298,7 +304,7 @@ class OrderRepository:
             e.old_ref = None  # changed under us to something older: try the plain write again
             return True
         old_ref = old.get("export_ref", {}).get("S")
-        if old_ref is None or old_ref == ledger.write_ref or ledger.exported(old_ref):
+        if old_ref is None or ledger.exported(old_ref):
             return False  # same version, already exported (or in this epoch's open parts)
         e.old_ref = old_ref  # same version, its epoch never committed: take it over
         return True

@@ -1,0 +1,395 @@
+"""ExportWriter, the manifest and the reader, against moto in-process (no socket)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import itertools
+import json
+import secrets
+import tracemalloc
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from posync import aws
+from posync.config import Settings
+from posync.exports import (
+    ExportError,
+    ExportIntegrityError,
+    ExportWriter,
+    PartInfo,
+    RunAlreadyFinished,
+    latest,
+    manifest_key,
+    read_manifested,
+    utc_date,
+)
+
+MID = "ABCDEFGHIJKLM"
+NOW = 1_790_000_000.0  # 2026-09-21T14:13:20Z
+
+
+def order(oid: str, modified_at: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "provider": "clover",
+        "merchant_id": MID,
+        "order_id": oid,
+        "modified_at": modified_at,
+        "totals": {"total": 1234},
+        **extra,
+    }
+
+
+def provision(s: Settings) -> None:
+    """The tables, bucket and bus the writer uses (moto does not check the KMS alias)."""
+    ddb = aws.client("dynamodb")
+    ddb.create_table(
+        TableName=s.control_table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    aws.client("s3").create_bucket(Bucket=s.bucket)
+    aws.client("events").create_event_bus(Name=s.event_bus)
+
+
+@pytest.fixture(scope="module")
+def _moto() -> Iterator[None]:
+    with mock_aws():
+        aws.reset_clients()
+        yield
+    aws.reset_clients()
+
+
+_stages = itertools.count()
+
+
+@pytest.fixture
+def settings(_moto: None) -> Settings:
+    """A fresh stage per test: its own tables, bucket and bus in the module's moto."""
+    s = Settings.from_env({"POSYNC_STAGE": f"ux{next(_stages)}"})
+    provision(s)
+    return s
+
+
+class Events:
+    """put_event stand-in that records what was put, and whether the manifest existed then."""
+
+    def __init__(self) -> None:
+        self.put: list[tuple[str, dict[str, Any]]] = []
+        self.manifest_existed: list[bool] = []
+
+    def __call__(self, settings: Settings, detail_type: str, detail: Mapping[str, Any]) -> str:
+        try:
+            aws.client("s3").head_object(Bucket=settings.bucket, Key=detail["manifest_key"])
+            self.manifest_existed.append(True)
+        except Exception:
+            self.manifest_existed.append(False)
+        self.put.append((detail_type, dict(detail)))
+        return "event-id"
+
+
+def writer(s: Settings, run_id: str = "run-1", events: Events | None = None, **kw: Any) -> ExportWriter:
+    return ExportWriter(s, run_id, "clover", MID, put_event=events or Events(), clock=lambda: NOW, **kw)
+
+
+@pytest.fixture
+def s3_calls(_moto: None) -> Iterator[Callable[[str], list[dict[str, Any]]]]:
+    """Record the params of every call of an S3 operation made through posync's cached client."""
+    registered: list[tuple[str, Callable[..., None]]] = []
+
+    def capture(operation: str) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+
+        def hook(params: dict[str, Any], **_: Any) -> None:
+            seen.append(dict(params))
+
+        name = f"provide-client-params.s3.{operation}"
+        aws.client("s3").meta.events.register(name, hook)
+        registered.append((name, hook))
+        return seen
+
+    yield capture
+    for name, hook in registered:
+        aws.client("s3").meta.events.unregister(name, hook)
+
+
+def get_bytes(s: Settings, key: str) -> bytes:
+    body: bytes = aws.client("s3").get_object(Bucket=s.bucket, Key=key)["Body"].read()
+    return body
+
+
+def test_parts_are_gzip_jsonl_per_utc_date_with_checksums_and_kms(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    # Given orders on two UTC dates (one written with a +02:00 offset that is still the 20th in UTC)
+    puts = s3_calls("PutObject")
+    w = writer(settings)
+    a = order("A", "2026-09-20T23:59:59.999Z")
+    b = order("B", "2026-09-21T00:00:00.000Z")
+    c = order("C", "2026-09-21T01:30:00.000+02:00")
+    for o in (a, b, c):
+        w.add(o)
+    # When the writer checkpoints
+    parts = w.checkpoint()
+    # Then there is one part per date, numbered in increasing order, with exactly its orders
+    assert [(p.dt, p.part, p.records) for p in parts] == [("2026-09-20", 1, 2), ("2026-09-21", 2, 1)]
+    lines = gzip.decompress(get_bytes(settings, parts[0].key)).decode().splitlines()
+    assert [json.loads(x) for x in lines] == [a, c]
+    assert parts[1].key == (
+        f"exports/orders/v1/provider=clover/merchant_id={MID}/dt=2026-09-21/{w.run_id}-2.jsonl.gz"
+    )
+    # And every PUT carried the content headers, SHA-256 and MD5 of the bytes, and SSE-KMS with the alias
+    assert len(puts) == 2
+    for p, info in zip(puts, parts, strict=True):
+        data = get_bytes(settings, info.key)
+        assert hashlib.sha256(data).hexdigest() == info.sha256 and len(data) == info.bytes
+        assert p["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+        assert p["ContentMD5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+        assert (p["ContentType"], p["ContentEncoding"]) == ("application/x-ndjson", "gzip")
+        assert (p["ServerSideEncryption"], p["SSEKMSKeyId"]) == ("aws:kms", settings.resources.kms_alias)
+        head = aws.client("s3").head_object(Bucket=settings.bucket, Key=info.key)
+        assert head["ServerSideEncryption"] == "aws:kms"
+
+
+def test_checkpoint_with_nothing_open_uploads_nothing(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    puts = s3_calls("PutObject")
+    w = writer(settings)
+    assert w.checkpoint() == []
+    w.add(order("A", "2026-09-21T10:00:00.000Z"))
+    assert len(w.checkpoint()) == 1
+    assert w.checkpoint() == []
+    assert len(puts) == 1
+
+
+def test_manifest_lists_every_part_of_every_continuation_then_the_event_follows(settings: Settings) -> None:
+    # Given a run whose first invocation checkpointed twice and then stopped (continuation)
+    events = Events()
+    w1 = writer(settings, events=events)
+    w1.add(order("A", "2026-09-20T10:00:00.000Z"))
+    first = w1.checkpoint()
+    w1.add(order("B", "2026-09-20T11:00:00.000Z"))
+    w1.quarantine({"id": "BAD1"}, "payments: amount is not an integer")
+    second = w1.checkpoint()
+    w1.close()
+    # And a continuation of the same run id adds more, with one part left open at the end
+    w2 = writer(settings, events=events)
+    w2.add(order("C", "2026-09-21T10:00:00.000Z"))
+    third = w2.checkpoint()
+    w2.add(order("D", "2026-09-21T12:00:00.000Z"))
+    # When it finishes
+    key = w2.finish({"modified_ms": 1}, {"modified_ms": 2}, {"pages": 3})
+    # Then the manifest lists all four parts (distinct, increasing part numbers) with counts and checksums
+    assert key == manifest_key("run-1")
+    manifest = json.loads(get_bytes(settings, key))
+    files = [PartInfo.from_dict(f) for f in manifest["files"]]
+    assert [f.records for f in files] == [1, 1, 1, 1]
+    assert set(first + second + third) <= set(files)
+    assert len({f.part for f in files}) == 4 and len({f.key for f in files}) == 4
+    for f in files:
+        assert hashlib.sha256(get_bytes(settings, f.key)).hexdigest() == f.sha256
+    assert manifest["manifest_version"] == 1 and manifest["schema_version"] == 1
+    assert (manifest["provider"], manifest["merchant_id"], manifest["run_id"]) == ("clover", MID, "run-1")
+    assert manifest["cursor"] == {"from": {"modified_ms": 1}, "to": {"modified_ms": 2}}
+    assert manifest["counts"] == {"pages": 3, "exported": 4, "quarantined": 1}
+    assert len(manifest["quarantine"]) == 1 and manifest["quarantine"][0]["records"] == 1
+    assert manifest["started_at"] <= manifest["finished_at"]
+    # And the event came once, after the manifest existed, with the run's counts
+    assert events.manifest_existed == [True]
+    ((detail_type, detail),) = events.put
+    assert detail_type == "OrdersExported"
+    assert detail["manifest_key"] == key and detail["run_id"] == "run-1"
+    assert detail["counts"] == {"orders": 4, "files": 4, "quarantined": 1}
+
+
+def test_quarantine_is_one_put_per_date_with_reasons(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    puts = s3_calls("PutObject")
+    w = writer(settings)
+    for i in range(5):
+        w.quarantine({"id": f"BAD{i}", "total": "12.50"}, f"total: not an integer ({i})")
+    w.checkpoint()
+    assert len(puts) == 1
+    key = puts[0]["Key"]
+    assert key == f"quarantine/provider=clover/merchant_id={MID}/dt=2026-09-21/run-1-1.json"
+    doc = json.loads(get_bytes(settings, key))
+    assert [d["raw"]["id"] for d in doc] == [f"BAD{i}" for i in range(5)]
+    assert doc[3]["reason"] == "total: not an integer (3)"
+    assert w.records_quarantined == 5
+
+
+def test_a_part_past_the_size_threshold_is_uploaded_early_and_still_manifested(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    # Given a tiny part size limit
+    puts = s3_calls("PutObject")
+    w = writer(settings, max_part_bytes=4096)
+    # When many orders that do not compress well land on one date
+    for i in range(200):
+        w.add(order(f"O{i}", "2026-09-21T10:00:00.000Z", note=secrets.token_hex(200)))
+    # Then parts went up before any checkpoint, and the writer asks for one
+    early = len(puts)
+    assert early >= 2
+    assert w.should_checkpoint
+    key = w.finish()
+    manifest = json.loads(get_bytes(settings, key))
+    assert sum(f["records"] for f in manifest["files"]) == 200
+    assert len(manifest["files"]) >= early
+
+
+def test_two_writers_finishing_one_run_cannot_overwrite_its_manifest(settings: Settings) -> None:
+    w1, w2 = writer(settings), writer(settings)
+    w1.add(order("A", "2026-09-21T10:00:00.000Z"))
+    w2.add(order("B", "2026-09-21T10:00:00.000Z"))
+    key = w1.finish()
+    before = get_bytes(settings, key)
+    with pytest.raises(RunAlreadyFinished):
+        w2.finish()
+    assert get_bytes(settings, key) == before
+
+
+def test_a_writer_opened_on_an_already_manifested_run_continues_under_a_new_run_id(
+    settings: Settings,
+) -> None:
+    w1 = writer(settings)
+    w1.add(order("A", "2026-09-21T10:00:00.000Z"))
+    w1.finish()
+    w2 = writer(settings)
+    assert w2.run_id == "run-1-r1"
+    w2.add(order("B", "2026-09-21T11:00:00.000Z"))
+    assert w2.finish() == manifest_key("run-1-r1")
+    assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B"]
+
+
+def test_a_finished_writer_refuses_more_orders(settings: Settings) -> None:
+    w = writer(settings)
+    w.finish()
+    with pytest.raises(ExportError):
+        w.add(order("A", "2026-09-21T10:00:00.000Z"))
+
+
+def test_the_reader_refuses_a_file_that_does_not_match_its_manifest(settings: Settings) -> None:
+    # Given a finished run whose part was later replaced by other bytes
+    w = writer(settings)
+    w.add(order("A", "2026-09-21T10:00:00.000Z"))
+    key = w.finish()
+    part = json.loads(get_bytes(settings, key))["files"][0]["key"]
+    aws.client("s3").put_object(
+        Bucket=settings.bucket, Key=part, Body=gzip.compress(b'{"order_id":"EVIL"}\n')
+    )
+    # When it is read, Then nothing of it is yielded: the checksum fails first
+    got: list[dict[str, Any]] = []
+    with pytest.raises(ExportIntegrityError):
+        got.extend(read_manifested(settings))
+    assert got == []
+
+
+def test_the_reader_filters_by_since_provider_and_merchant(settings: Settings) -> None:
+    w = writer(settings)
+    for oid, ts in (
+        ("A", "2026-09-19T10:00:00.000Z"),
+        ("B", "2026-09-21T09:00:00.000Z"),
+        ("C", "2026-09-21T11:00:00.000Z"),
+    ):
+        w.add(order(oid, ts))
+    w.finish()
+    other = ExportWriter(
+        settings, "run-p", "poynt", "0f0e0d0c-0b0a-4908-8706-050403020100", put_event=Events()
+    )
+    other.add(order("P1", "2026-09-21T11:00:00.000Z", provider="poynt"))
+    other.finish()
+    assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B", "C", "P1"]
+    assert [
+        o["order_id"] for o in read_manifested(settings, since="2026-09-21T10:00:00Z", provider="clover")
+    ] == ["C"]
+    assert [o["order_id"] for o in read_manifested(settings, since="2026-09-20", merchant_id=MID)] == [
+        "B",
+        "C",
+    ]
+    assert list(read_manifested(settings, provider="poynt", merchant_id=MID)) == []
+
+
+def test_latest_keeps_the_newest_modified_at_per_order() -> None:
+    old = order("A", "2026-09-21T10:00:00.000Z", v=1)
+    new = order("A", "2026-09-21T10:00:00.001Z", v=2)
+    other_merchant = dict(order("A", "2026-09-20T10:00:00.000Z", v=3), merchant_id="ZZZZZZZZZZZZZ")
+    assert latest([new, old, other_merchant]) == [new, other_merchant]
+    assert latest([old, new]) == [new]
+
+
+def test_utc_date_uses_the_utc_day_of_offset_times() -> None:
+    assert utc_date("2026-09-21T01:30:00.000+02:00") == "2026-09-20"
+    assert utc_date("2026-09-21T23:30:00-02:00") == "2026-09-22"
+    with pytest.raises(ExportError):
+        utc_date("2026-09-21T10:00:00")  # no offset: ambiguous
+
+
+def test_run_ids_that_could_escape_the_key_layout_are_refused(settings: Settings) -> None:
+    for bad in ("../x", "a/b", "", "-lead", "x" * 101):
+        with pytest.raises(ExportError):
+            writer(settings, run_id=bad)
+
+
+class _NullS3:
+    """Accepts PUTs and forgets them: isolates the writer's own memory."""
+
+    def put_object(self, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    def get_object(self, **kw: Any) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no"}}, "GetObject")
+
+
+class _NullDdb:
+    def get_item(self, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    def transact_write_items(self, **kw: Any) -> dict[str, Any]:
+        return {}
+
+
+def _peak_bytes(n: int, tmp_path: Any) -> int:
+    s = Settings.from_env({"POSYNC_STAGE": "unitm"})
+    w = ExportWriter(
+        s,
+        "run-m",
+        "clover",
+        MID,
+        s3=_NullS3(),  # type: ignore[arg-type]
+        dynamodb=_NullDdb(),  # type: ignore[arg-type]
+        put_event=Events(),
+        tmpdir=str(tmp_path),
+    )
+    w.write_ref  # noqa: B018 - open before measuring
+    stamps = [f"2026-09-{d:02d}T10:{m:02d}:00.000Z" for d in range(1, 11) for m in range(60)]
+    o = order("O", stamps[0], line_items=[{"sku": "X", "qty": 1}])
+    tracemalloc.start()
+    try:
+        for i in range(n):  # one dict, changed in place: the writer must not keep what it was given
+            o["order_id"] = f"O{i:07d}"
+            o["modified_at"] = stamps[i % 600]
+            w.add(o)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert w.records_added == n
+    w.checkpoint()
+    return peak
+
+
+def test_writer_memory_does_not_grow_with_the_number_of_orders(tmp_path: Any) -> None:
+    # Given the same writer workload at 10k and 50k orders over ten partitions
+    small = _peak_bytes(10_000, tmp_path)
+    large = _peak_bytes(50_000, tmp_path)
+    # Then the peak of traced memory is flat (spooled to temp files), not 5x
+    assert large <= 1.25 * small + 256 * 1024, (small, large)

@@ -1,0 +1,382 @@
+"""OrderRepository: the exact DynamoDB calls (botocore Stubber), ALL_OLD handling, retries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import ANY, Stubber
+
+from posync.config import Settings
+from posync.store import MAX_INLINE_PAYLOAD, OrderRepository, StoreError
+
+SETTINGS = Settings.from_env({"POSYNC_STAGE": "unit"})
+CONN = "clover#ABCDEFGHIJKLM"
+RUN = "run-b"
+NOW = 1_790_000_000.0
+NOW_ISO = "2026-09-21T14:13:20.000Z"
+REF = "run-b/00000-cafe"
+
+
+class FakeLedger:
+    """The export side as the repository sees it: an open epoch and a set of committed ones."""
+
+    def __init__(self, committed: set[str] | None = None) -> None:
+        self.write_ref = REF
+        self.committed = committed or set()
+        self.asked: list[str] = []
+
+    def exported(self, ref: str) -> bool:
+        self.asked.append(ref)
+        return ref == self.write_ref or ref in self.committed
+
+
+def order(oid: str, modified_at: str = "2026-09-21T10:00:00.000Z", **extra: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "provider": "clover",
+        "merchant_id": "ABCDEFGHIJKLM",
+        "order_id": oid,
+        "modified_at": modified_at,
+        **extra,
+    }
+
+
+def ms(ts: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(ts).timestamp() * 1000)
+
+
+def put(o: dict[str, Any], *, old_ref: str | None = None, ref: str = REF) -> dict[str, Any]:
+    """The Put we expect for one order: the full item, the condition, ALL_OLD."""
+    item = {
+        "connection_id": {"S": CONN},
+        "order_id": {"S": o["order_id"]},
+        "modified_at": {"S": o["modified_at"]},
+        "modified_ms": {"N": str(ms(o["modified_at"]))},
+        "run_id": {"S": RUN},
+        "export_ref": {"S": ref},
+        "updated_at": {"S": NOW_ISO},
+        "payload": {"S": json.dumps(o, separators=(",", ":"))},
+    }
+    p: dict[str, Any] = {
+        "TableName": SETTINGS.orders_table,
+        "Item": item,
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+    if old_ref is None:
+        p["ConditionExpression"] = "attribute_not_exists(#oid) OR #m < :m"
+        p["ExpressionAttributeNames"] = {"#oid": "order_id", "#m": "modified_ms"}
+        p["ExpressionAttributeValues"] = {":m": {"N": str(ms(o["modified_at"]))}}
+    else:
+        p["ConditionExpression"] = "#m = :m AND #ref = :oldref"
+        p["ExpressionAttributeNames"] = {"#m": "modified_ms", "#ref": "export_ref"}
+        p["ExpressionAttributeValues"] = {":m": {"N": str(ms(o["modified_at"]))}, ":oldref": {"S": old_ref}}
+    return {"Put": p}
+
+
+def stored(o: dict[str, Any], ref: str, modified_at: str | None = None) -> dict[str, Any]:
+    m = modified_at or o["modified_at"]
+    return {
+        "connection_id": {"S": CONN},
+        "order_id": {"S": o["order_id"]},
+        "modified_at": {"S": m},
+        "modified_ms": {"N": str(ms(m))},
+        "run_id": {"S": ref.split("/", maxsplit=1)[0]},
+        "export_ref": {"S": ref},
+    }
+
+
+def cancelled(stub: Stubber, expected: list[dict[str, Any]], reasons: list[dict[str, Any]]) -> None:
+    stub.add_client_error(
+        "transact_write_items",
+        service_error_code="TransactionCanceledException",
+        service_message="Transaction cancelled",
+        http_status_code=400,
+        modeled_fields={"CancellationReasons": reasons},
+        expected_params={"TransactItems": expected},
+    )
+
+
+@pytest.fixture
+def ddb() -> Iterator[tuple[Any, Stubber]]:
+    c = boto3.client("dynamodb", region_name="us-east-1")
+    with Stubber(c) as stub:
+        yield c, stub
+        stub.assert_no_pending_responses()
+
+
+def repo_for(c: Any, sleeps: list[float] | None = None, s3: Any = None, **kw: Any) -> OrderRepository:
+    recorded = sleeps if sleeps is not None else []
+    return OrderRepository(SETTINGS, dynamodb=c, s3=s3, sleep=recorded.append, clock=lambda: NOW, **kw)
+
+
+def test_new_orders_are_written_in_one_conditioned_transaction_and_all_returned(
+    ddb: tuple[Any, Stubber],
+) -> None:
+    # Given three orders the table has never seen
+    c, stub = ddb
+    orders = [order("A"), order("B"), order("C", "2026-09-21T11:00:00.000Z")]
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(o) for o in orders]})
+    # When the page is written
+    out = repo_for(c).write(CONN, RUN, orders, ledger=FakeLedger())
+    # Then one call carried every item with the newest-wins condition, and all are to export
+    assert out == orders
+
+
+def test_duplicate_ids_in_a_page_keep_the_newest(ddb: tuple[Any, Stubber]) -> None:
+    # Given a page where order A appears twice, the later copy being older
+    c, stub = ddb
+    newer = order("A", "2026-09-21T12:00:00.000Z", note="newer")
+    older = order("A", "2026-09-21T09:00:00.000Z", note="older")
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(newer)]})
+    # When it is written
+    out = repo_for(c).write(CONN, RUN, [newer, older], ledger=FakeLedger())
+    # Then only the newest version went to DynamoDB and to the export
+    assert out == [newer]
+
+
+def test_a_page_of_250_goes_out_in_three_transactions_of_at_most_100(ddb: tuple[Any, Stubber]) -> None:
+    c, stub = ddb
+    orders = [order(f"O{i:04d}") for i in range(250)]
+    for lo, hi in ((0, 100), (100, 200), (200, 250)):
+        stub.add_response("transact_write_items", {}, {"TransactItems": [put(o) for o in orders[lo:hi]]})
+    repo = repo_for(c)
+    out = repo.write(CONN, RUN, orders, ledger=FakeLedger())
+    assert len(out) == 250
+    assert repo.calls == 3
+
+
+def test_older_or_committed_equal_versions_are_dropped_and_the_rest_retried(ddb: tuple[Any, Stubber]) -> None:
+    # Given: A is new; B is stored newer; C is stored at the same version by a committed epoch
+    c, stub = ddb
+    a, b, cc = order("A"), order("B"), order("C")
+    ledger = FakeLedger(committed={"run-a/00000-beef"})
+    cancelled(
+        stub,
+        [put(a), put(b), put(cc)],
+        [
+            {"Code": "None"},
+            {
+                "Code": "ConditionalCheckFailed",
+                "Message": "The conditional request failed",
+                "Item": stored(b, "run-a/00000-beef", "2026-09-21T10:00:00.001Z"),
+            },
+            {
+                "Code": "ConditionalCheckFailed",
+                "Message": "The conditional request failed",
+                "Item": stored(cc, "run-a/00000-beef"),
+            },
+        ],
+    )
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(a)]})
+    # When the page is written
+    repo = repo_for(c)
+    out = repo.write(CONN, RUN, [a, b, cc], ledger=ledger)
+    # Then only A is exported, after one retry that no longer carries B and C
+    assert out == [a]
+    assert repo.calls == 2
+    assert ledger.asked == ["run-a/00000-beef"]  # B (stored newer) needed no ledger question
+
+
+def test_equal_version_from_an_uncommitted_epoch_is_taken_over_and_exported(ddb: tuple[Any, Stubber]) -> None:
+    # Given order A stored at this very version by run-a's epoch that never committed (crash)
+    c, stub = ddb
+    a, b = order("A"), order("B")
+    crashed = "run-a/00001-dead"
+    cancelled(
+        stub,
+        [put(a), put(b)],
+        [
+            {"Code": "ConditionalCheckFailed", "Message": "failed", "Item": stored(a, crashed)},
+            {"Code": "None"},
+        ],
+    )
+    # Then the retry conditions A on exactly that stored version and epoch
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(a, old_ref=crashed), put(b)]})
+    out = repo_for(c).write(CONN, RUN, [a, b], ledger=FakeLedger(committed={"run-a/00000-beef"}))
+    assert out == [a, b]
+
+
+def test_equal_version_stamped_with_the_open_epoch_is_not_exported_twice(ddb: tuple[Any, Stubber]) -> None:
+    # Given A was written earlier in this same epoch (a lookback overlap inside one invocation)
+    c, stub = ddb
+    a = order("A")
+    cancelled(
+        stub, [put(a)], [{"Code": "ConditionalCheckFailed", "Message": "failed", "Item": stored(a, REF)}]
+    )
+    repo = repo_for(c)
+    assert repo.write(CONN, RUN, [a], ledger=FakeLedger()) == []
+    assert repo.calls == 1
+
+
+def test_a_stored_version_older_than_ours_after_a_race_is_retried_with_the_plain_condition(
+    ddb: tuple[Any, Stubber],
+) -> None:
+    c, stub = ddb
+    a = order("A")
+    cancelled(
+        stub,
+        [put(a)],
+        [
+            {
+                "Code": "ConditionalCheckFailed",
+                "Message": "failed",
+                "Item": stored(a, "run-x/00000-0000", "2026-09-21T09:00:00.000Z"),
+            }
+        ],
+    )
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(a)]})
+    assert repo_for(c).write(CONN, RUN, [a], ledger=FakeLedger()) == [a]
+
+
+def test_throttling_is_retried_with_capped_backoff(ddb: tuple[Any, Stubber]) -> None:
+    # Given DynamoDB throttles the call twice (real error codes), then accepts it
+    c, stub = ddb
+    a = order("A")
+    stub.add_client_error(
+        "transact_write_items",
+        service_error_code="ThrottlingException",
+        http_status_code=400,
+        expected_params={"TransactItems": [put(a)]},
+    )
+    stub.add_client_error(
+        "transact_write_items",
+        service_error_code="ProvisionedThroughputExceededException",
+        http_status_code=400,
+        expected_params={"TransactItems": [put(a)]},
+    )
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(a)]})
+    sleeps: list[float] = []
+    # When the page is written
+    out = repo_for(c, sleeps, backoff_base_s=0.1, backoff_cap_s=0.3).write(
+        CONN, RUN, [a], ledger=FakeLedger()
+    )
+    # Then it got through after two waits that grow but stay under the cap
+    assert out == [a]
+    assert len(sleeps) == 2
+    assert all(0 < s <= 0.3 for s in sleeps)
+    assert sleeps[1] >= 0.1  # attempt 2: base * 4 = 0.4 capped to 0.3, jittered to >= half
+
+
+def test_throttling_that_never_ends_raises_the_client_error(ddb: tuple[Any, Stubber]) -> None:
+    c, stub = ddb
+    a = order("A")
+    for _ in range(3):
+        stub.add_client_error(
+            "transact_write_items", service_error_code="ThrottlingException", http_status_code=400
+        )
+    sleeps: list[float] = []
+    with pytest.raises(ClientError) as info:
+        repo_for(c, sleeps, max_attempts=3).write(CONN, RUN, [a], ledger=FakeLedger())
+    assert info.value.response["Error"]["Code"] == "ThrottlingException"
+    assert len(sleeps) == 2
+
+
+def test_throttled_items_inside_a_cancelled_transaction_are_retried_after_a_wait(
+    ddb: tuple[Any, Stubber],
+) -> None:
+    c, stub = ddb
+    a, b = order("A"), order("B")
+    cancelled(stub, [put(a), put(b)], [{"Code": "None"}, {"Code": "ThrottlingError", "Message": "slow down"}])
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(a), put(b)]})
+    sleeps: list[float] = []
+    assert repo_for(c, sleeps).write(CONN, RUN, [a, b], ledger=FakeLedger()) == [a, b]
+    assert len(sleeps) == 1
+
+
+def test_a_validation_reason_is_not_retried(ddb: tuple[Any, Stubber]) -> None:
+    c, stub = ddb
+    a = order("A")
+    cancelled(stub, [put(a)], [{"Code": "ValidationError", "Message": "Item size has exceeded"}])
+    with pytest.raises(StoreError, match="ValidationError"):
+        repo_for(c).write(CONN, RUN, [a], ledger=FakeLedger())
+
+
+def test_other_client_errors_propagate_untouched(ddb: tuple[Any, Stubber]) -> None:
+    c, stub = ddb
+    stub.add_client_error("transact_write_items", service_error_code="ResourceNotFoundException")
+    with pytest.raises(ClientError):
+        repo_for(c).write(CONN, RUN, [order("A")], ledger=FakeLedger())
+
+
+def test_an_order_without_a_valid_modified_at_is_refused_before_any_call(ddb: tuple[Any, Stubber]) -> None:
+    c, _ = ddb
+    with pytest.raises(StoreError, match="order A"):
+        repo_for(c).write(CONN, RUN, [order("A", "yesterday")], ledger=FakeLedger())
+
+
+def test_an_order_over_350_kb_goes_to_s3_raw_with_a_pointer(ddb: tuple[Any, Stubber]) -> None:
+    # Given an order whose JSON is bigger than a DynamoDB item should be
+    c, stub = ddb
+    big = order("BIG", note="x" * (MAX_INLINE_PAYLOAD + 10))
+    s3 = boto3.client("s3", region_name="us-east-1")
+    key = f"raw/orders/clover/ABCDEFGHIJKLM/BIG/{ms(big['modified_at'])}.json"
+    expected = put(big)
+    del expected["Put"]["Item"]["payload"]
+    expected["Put"]["Item"]["payload_s3"] = {"S": key}
+    with Stubber(s3) as s3stub:
+        s3stub.add_response(
+            "put_object",
+            {},
+            {
+                "Bucket": SETTINGS.bucket,
+                "Key": key,
+                "Body": ANY,
+                "ContentType": "application/json",
+                "ServerSideEncryption": "aws:kms",
+                "SSEKMSKeyId": SETTINGS.resources.kms_alias,
+                "BucketKeyEnabled": True,
+            },
+        )
+        stub.add_response("transact_write_items", {}, {"TransactItems": [expected]})
+        # When it is written
+        out = repo_for(c, s3=s3).write(CONN, RUN, [big], ledger=FakeLedger())
+        # Then the payload went to S3 first and the item only points at it
+        s3stub.assert_no_pending_responses()
+    assert out == [big]
+
+
+def test_without_a_writer_a_run_counts_as_exported_once_it_has_a_manifest(ddb: tuple[Any, Stubber]) -> None:
+    # Given A stored by run-a (a repository used without a writer), and run-a has a manifest
+    c, stub = ddb
+    a, b = order("A"), order("B")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    cancelled(
+        stub,
+        [put(a, ref=RUN), put(b, ref=RUN)],
+        [
+            {"Code": "ConditionalCheckFailed", "Message": "f", "Item": stored(a, "run-a")},
+            {"Code": "ConditionalCheckFailed", "Message": "f", "Item": stored(b, "run-z")},
+        ],
+    )
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(b, old_ref="run-z", ref=RUN)]})
+    with Stubber(s3) as s3stub:
+        s3stub.add_response(
+            "get_object",
+            {"Body": _body(b'{"epochs":[]}')},
+            {"Bucket": SETTINGS.bucket, "Key": "exports/manifests/v1/run-a.json"},
+        )
+        s3stub.add_client_error(
+            "get_object",
+            service_error_code="NoSuchKey",
+            http_status_code=404,
+            expected_params={"Bucket": SETTINGS.bucket, "Key": "exports/manifests/v1/run-z.json"},
+        )
+        # When the same versions are read again by run-b without a writer
+        out = repo_for(c, s3=s3).write(CONN, RUN, [a, b])
+    # Then A (run-a is manifested) is dropped and B (run-z never finished) is exported again
+    assert out == [b]
+
+
+def _body(data: bytes) -> Any:
+    import io
+
+    from botocore.response import StreamingBody
+
+    return StreamingBody(io.BytesIO(data), len(data))
