@@ -1,0 +1,333 @@
+"""Merchant authorization: the connect redirect and the OAuth callback.
+
+``ConnectService.authorize_url(provider, ref, merchant_id)`` -> the provider's consent page
+with a signed, single-use state (``posync.oauth_state``).
+
+``CallbackService.complete(provider, params)`` runs the callback in this order, and stores
+nothing unless every step before the token write succeeded:
+
+1. the provider adapter reads its parameters (Clover ``state``/``code``/``merchant_id``/``error``,
+   Poynt ``context``/``code``/``status``);
+2. the state is verified (forged / expired) before anything else is looked at;
+3. a denial ends here with a clear page;
+4. the state's nonce is consumed (conditional put: replayed states end here);
+5. the code is exchanged (provider 4xx: refused; 5xx or timeout: 502);
+6. the merchant id is checked against its strict pattern;
+7. tokens go to the connection's secret (KMS), the connection record is upserted (cursor
+   kept on reconnect), and the first sync (backfill) is queued.
+
+Failures come out as ``CallbackFailed`` carrying the page to show (status, title, message
+and a fresh connect link that keeps the operator's ``ref`` when the state was genuine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from posync.config import Settings
+from posync.domain import (
+    Connection,
+    ConnectionStatus,
+    check_merchant_id,
+    check_provider,
+    check_ref,
+    connection_id,
+)
+from posync.errors import InvalidInput, InvalidState, PosyncError, ProviderError
+from posync.oauth_state import ExpiredState, StateNonces, StatePayload, StateSigner
+from posync.observability import logger, metrics
+from posync.providers import ExchangeRefused, OAuthProvider
+from posync.syncqueue import SyncKind, SyncRequest
+from posync.tokens import TokenStore
+
+PROVIDER_NAMES = {"clover": "Clover", "poynt": "Poynt"}
+
+
+def provider_title(provider: str) -> str:
+    return PROVIDER_NAMES.get(provider, "the provider")
+
+
+def connect_url(settings: Settings, provider: str, ref: str | None = None) -> str:
+    """Our own public connect link (the only place the merchant is sent to start again)."""
+    query = f"?{urlencode({'ref': ref})}" if ref else ""
+    return f"{settings.public_base_url}/connect/{check_provider(provider)}{query}"
+
+
+class CallbackFailed(PosyncError):
+    """The callback stored nothing; this is what the merchant sees. Texts are safe to show."""
+
+    def __init__(self, status: int, title: str, message: str, retry_url: str | None, reason: str) -> None:
+        super().__init__(f"{title}: {reason}")
+        self.status = status
+        self.title = title
+        self.message = message
+        self.retry_url = retry_url
+        self.reason = reason  # short machine-readable cause: forged/expired/replayed/denied/refused/provider
+
+
+@dataclass(frozen=True)
+class Connected:
+    provider: str
+    merchant_id: str
+    ref: str | None
+    access_expires_at: int
+
+    @property
+    def connection_id(self) -> str:
+        return connection_id(self.provider, self.merchant_id)
+
+
+class ConnectionWriter(Protocol):
+    def save_connected(self, conn: Connection) -> Connection: ...
+
+
+Enqueue = Callable[[SyncRequest, str], None]
+
+
+class ConnectService:
+    def __init__(
+        self, settings: Settings, signer: StateSigner, providers: Mapping[str, OAuthProvider]
+    ) -> None:
+        self._settings = settings
+        self._signer = signer
+        self._providers = providers
+
+    def authorize_url(self, provider: str, ref: str | None = None, merchant_id: str | None = None) -> str:
+        """The consent page URL. ``merchant_id`` (Clover App Market entry) preselects the merchant."""
+        provider = check_provider(provider)
+        ref = check_ref(ref)
+        hint = check_merchant_id(provider, merchant_id) if merchant_id else None
+        state = self._signer.issue(provider, ref=ref, merchant_hint=hint)
+        url = self._providers[provider].authorize_url(self._settings.redirect_uri(provider), state, hint)
+        metrics.add_metric(name="ConnectStarted", unit=MetricUnit.Count, value=1)
+        logger.info("consent redirect", extra={"provider": provider, "ref": ref, "merchant_hint": hint})
+        return url
+
+
+_STATE_PAGES: dict[str, tuple[str, str]] = {
+    "missing": (
+        "This sign-in response is incomplete",
+        "The answer from {p} did not carry the check value posync sent, so nothing was stored.",
+    ),
+    "forged": (
+        "This sign-in link is not valid",
+        "The answer from {p} could not be verified (it was altered or did not come from posync), "
+        "so nothing was stored.",
+    ),
+    "expired": (
+        "This sign-in link has expired",
+        "The approval at {p} took longer than 10 minutes, so nothing was stored.",
+    ),
+    "replayed": (
+        "This sign-in link was already used",
+        "Each sign-in link works once and this one was used before, so nothing was stored.",
+    ),
+}
+
+
+class CallbackService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        signer: StateSigner,
+        nonces: StateNonces,
+        providers: Mapping[str, OAuthProvider],
+        tokens: TokenStore,
+        connections: ConnectionWriter,
+        enqueue: Enqueue,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._signer = signer
+        self._nonces = nonces
+        self._providers = providers
+        self._tokens = tokens
+        self._connections = connections
+        self._enqueue = enqueue
+        self._clock = clock
+
+    def _fail(
+        self, status: int, provider: str, page: tuple[str, str], reason: str, ref: str | None
+    ) -> CallbackFailed:
+        title, message = page
+        metrics.add_metric(name="ConnectFailures", unit=MetricUnit.Count, value=1)
+        logger.warning("callback stored nothing", extra={"provider": provider, "reason": reason})
+        return CallbackFailed(status, title, message, connect_url(self._settings, provider, ref), reason)
+
+    def complete(self, provider: str, params: Mapping[str, str]) -> Connected:
+        provider = check_provider(provider)
+        oauth = self._providers[provider]
+        name = provider_title(provider)
+        callback = oauth.read_callback(params)
+
+        try:
+            state: StatePayload = self._signer.verify(provider, callback.state)
+        except InvalidState as exc:
+            title, message = _STATE_PAGES.get(exc.reason, _STATE_PAGES["forged"])
+            ref = exc.payload.ref if isinstance(exc, ExpiredState) else None  # only a genuine state's
+            raise self._fail(400, provider, (title, message.format(p=name)), exc.reason, ref) from exc
+
+        if callback.denied:
+            raise self._fail(
+                200,
+                provider,
+                (
+                    "Connection cancelled",
+                    f"posync was not approved at {name}, so nothing was connected and nothing was stored. "
+                    "You can start again whenever you like.",
+                ),
+                "denied",
+                state.ref,
+            )
+
+        if not self._nonces.consume(state.nonce, state.expires_at):
+            title, message = _STATE_PAGES["replayed"]
+            raise self._fail(400, provider, (title, message.format(p=name)), "replayed", state.ref)
+
+        redirect_uri = self._settings.redirect_uri(provider)
+        try:
+            grant = oauth.exchange_code(callback, redirect_uri)
+            merchant_id = check_merchant_id(provider, grant.merchant_id)
+        except ExchangeRefused as exc:
+            logger.warning("code exchange refused", extra={"provider": provider, "detail": str(exc)})
+            raise self._fail(
+                400,
+                provider,
+                (
+                    "The connection could not be completed",
+                    f"{name} did not accept the sign-in (it may have expired or been used already), "
+                    "so nothing was stored.",
+                ),
+                "refused",
+                state.ref,
+            ) from exc
+        except InvalidInput as exc:
+            raise self._fail(
+                400,
+                provider,
+                (
+                    "The connection could not be completed",
+                    f"{name} did not name a valid merchant, so nothing was stored.",
+                ),
+                "merchant",
+                state.ref,
+            ) from exc
+        except ProviderError as exc:
+            logger.warning("code exchange failed", extra={"provider": provider, "detail": str(exc)})
+            raise self._fail(
+                502,
+                provider,
+                (
+                    f"{name} is not responding",
+                    f"{name} did not complete the sign-in (an error or a timeout on their side), "
+                    "so nothing was stored. Please try again in a few minutes.",
+                ),
+                "provider",
+                state.ref,
+            ) from exc
+
+        now = self._clock()
+        tokens = grant.tokens
+        self._tokens.store_new(provider, merchant_id, tokens)
+        conn = self._connections.save_connected(
+            Connection(
+                provider=provider,
+                merchant_id=merchant_id,
+                status=ConnectionStatus.ACTIVE,
+                region=self._settings.provider_region,
+                ref=state.ref,
+                connected_at=_iso(now),
+                access_expires_at=tokens.access_expires_at,
+                refresh_expires_at=tokens.refresh_expires_at,
+            )
+        )
+        since = _iso(now - timedelta(days=self._settings.backfill_days).total_seconds())
+        request = SyncRequest(
+            provider=provider,
+            merchant_id=merchant_id,
+            kind=SyncKind.BACKFILL,
+            since=since,
+            reason="first sync after connect",
+        )
+        self._enqueue(request, f"{conn.connection_id}#connect#{state.nonce}")
+        metrics.add_metric(name="MerchantsConnected", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "merchant connected",
+            extra={
+                "connection_id": conn.connection_id,
+                "ref": conn.ref,
+                "backfill_since": since,
+                **tokens.expiry_log(),
+            },
+        )
+        return Connected(provider, merchant_id, conn.ref, tokens.access_expires_at)
+
+
+def success_location(settings: Settings, connected: Connected) -> str | None:
+    """Where to send the merchant after success: the configured URL plus provider and merchant id."""
+    if not settings.success_redirect_url:
+        return None
+    parts = urlsplit(settings.success_redirect_url)
+    extra = urlencode({"provider": connected.provider, "merchant_id": connected.merchant_id})
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# ----------------------------------------------------------------------------------------
+# Production wiring (handlers call these at cold start)
+# ----------------------------------------------------------------------------------------
+
+
+def sync_enqueuer(settings: Settings) -> Enqueue:
+    from posync.syncqueue import queue_url, send_sync
+
+    cached: list[str] = []
+
+    def enqueue(request: SyncRequest, dedup_id: str) -> None:
+        if not cached:
+            cached.append(queue_url(settings.sync_queue_url, settings.resources.queue("sync").name))
+        send_sync(cached[0], request, dedup_id)
+
+    return enqueue
+
+
+def build_connect_service(settings: Settings) -> ConnectService:
+    from posync.app_credentials import AppCredentialsStore
+    from posync.oauth_state import SecretsManagerStateKey
+    from posync.providers import build_providers
+
+    return ConnectService(
+        settings,
+        StateSigner(SecretsManagerStateKey(settings)),
+        build_providers(settings, AppCredentialsStore(settings)),
+    )
+
+
+def build_callback_service(settings: Settings) -> CallbackService:
+    from posync.app_credentials import AppCredentialsStore
+    from posync.connections import ConnectionRepository
+    from posync.oauth_state import DynamoStateNonces, SecretsManagerStateKey
+    from posync.providers import build_providers
+    from posync.tokens import SecretsManagerTokenStore
+
+    return CallbackService(
+        settings,
+        signer=StateSigner(SecretsManagerStateKey(settings)),
+        nonces=DynamoStateNonces(settings),
+        providers=build_providers(settings, AppCredentialsStore(settings)),
+        tokens=SecretsManagerTokenStore(settings),
+        connections=ConnectionRepository(settings),
+        enqueue=sync_enqueuer(settings),
+    )

@@ -1,0 +1,187 @@
+"""The connect, callback and webhooks handlers in-process against moto (no provider traffic)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from posync.answers import answer_for, body_bytes
+from posync.aws import reset_clients
+from posync.config import Settings
+from posync.errors import InvalidInput, ProviderError
+from posync.webhooks import PayloadTooLarge
+from tests.unit.test_oauth_connections import create_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTH = "clover-hook-auth"
+
+
+class Ctx:
+    function_name = "fn"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:fn"
+    aws_request_id = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        f"handler_{name}_{uuid.uuid4().hex}", ROOT / "functions" / name / "handler.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    env = {
+        "POSYNC_STAGE": "unith",
+        "POSYNC_PUBLIC_BASE_URL": "https://api.example.test",
+        "POSYNC_CLOVER_OAUTH_BASE": "http://clover.test",
+        "POSYNC_POYNT_OAUTH_BASE": "http://poynt-web.test",
+        "POSYNC_POYNT_API_BASE": "http://poynt.test",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        reset_clients()
+        settings = Settings.from_env()
+        create_tables(settings)
+        sm = boto3.client("secretsmanager", region_name="us-east-1")
+        sm.create_secret(
+            Name=settings.state_key_secret_name, SecretString=base64.b64encode(b"k" * 32).decode()
+        )
+        sm.create_secret(
+            Name=settings.app_secret_name("clover"),
+            SecretString=json.dumps(
+                {"client_id": "CLOVERAPP1", "client_secret": "x", "webhook_auth_code": AUTH}
+            ),
+        )
+        yield settings
+    reset_clients()
+
+
+def http_event(
+    method: str, path: str, provider: str, query: dict[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "pathParameters": {"provider": provider},
+        "queryStringParameters": query or {},
+        "headers": extra.pop("headers", {}),
+        "requestContext": {"http": {"method": method, "path": path}, "requestId": "r"},
+        **extra,
+    }
+
+
+def test_connect_redirects_to_the_consent_page(stack: Settings) -> None:
+    connect = load("connect")
+    resp = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "shop-1"}), Ctx())
+    assert resp["statusCode"] == 302
+    location = urlsplit(resp["headers"]["Location"])
+    assert location.netloc == "clover.test" and location.path == "/oauth/v2/authorize"
+    q = parse_qs(location.query)
+    assert q["client_id"] == ["CLOVERAPP1"]
+    assert q["redirect_uri"] == ["https://api.example.test/oauth/clover/callback"]
+    assert len(q["state"][0]) > 40
+
+
+def test_connect_answers_unknown_providers_bad_refs_and_missing_apps(stack: Settings) -> None:
+    connect = load("connect")
+    assert connect.handler(http_event("GET", "/connect/square", "square"), Ctx())["statusCode"] == 404
+    bad = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "<script>"}), Ctx())
+    assert bad["statusCode"] == 400
+    assert "<script>" not in bad["body"]
+    # Poynt has no app credentials in this stack
+    missing = connect.handler(http_event("GET", "/connect/poynt", "poynt"), Ctx())
+    assert missing["statusCode"] == 503
+    assert "text/html" in missing["headers"]["Content-Type"]
+
+
+def test_a_forged_callback_answers_a_page_that_links_a_fresh_connect(stack: Settings) -> None:
+    callback = load("callback")
+    resp = callback.handler(
+        http_event(
+            "GET",
+            "/oauth/clover/callback",
+            "clover",
+            {"merchant_id": "ABCDEFGHJK123", "code": "the-code-123", "state": "abc.def"},
+        ),
+        Ctx(),
+    )
+    assert resp["statusCode"] == 400
+    assert "not valid" in resp["body"]
+    assert 'href="https://api.example.test/connect/clover"' in resp["body"]
+    assert "the-code-123" not in resp["body"]
+
+
+def test_the_clover_verification_handshake_is_stored_for_the_operator(stack: Settings) -> None:
+    webhooks = load("webhooks")
+    body = base64.b64encode(json.dumps({"verificationCode": "v-123"}).encode()).decode()
+    resp = webhooks.handler(
+        http_event("POST", "/webhooks/clover", "clover", body=body, isBase64Encoded=True), Ctx()
+    )
+    assert resp["statusCode"] == 200
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=stack.control_table, Key={"pk": {"S": "webhook#clover#verification"}}
+    )["Item"]
+    assert item["code"]["S"] == "v-123"
+
+
+def test_webhook_answers_401_413_and_200(stack: Settings) -> None:
+    webhooks = load("webhooks")
+    body = json.dumps({"appId": "A", "merchants": {"ABCDEFGHJK123": [{"objectId": "O:1", "type": "UPDATE"}]}})
+    bad = webhooks.handler(
+        http_event("POST", "/webhooks/clover", "clover", body=body, headers={"X-Clover-Auth": "no"}), Ctx()
+    )
+    assert (bad["statusCode"], json.loads(bad["body"])) == (401, {"error": "unauthorized"})
+    big = webhooks.handler(
+        http_event(
+            "POST", "/webhooks/clover", "clover", body="x" * (256 * 1024 + 1), headers={"X-Clover-Auth": AUTH}
+        ),
+        Ctx(),
+    )
+    assert big["statusCode"] == 413
+    # An authentic message for a merchant we do not know: 200, nothing revealed
+    ok = webhooks.handler(
+        http_event("POST", "/webhooks/clover", "clover", body=body, headers={"X-Clover-Auth": AUTH}), Ctx()
+    )
+    assert (ok["statusCode"], json.loads(ok["body"])) == (200, {"ok": True})
+
+
+def test_answer_for_maps_domain_errors_without_leaking_detail() -> None:
+    assert answer_for(ProviderError("clover token endpoint answered 500"), "page", "r")["statusCode"] == 502
+    assert answer_for(InvalidInput("not a valid clover merchant id"), "json", "r")["statusCode"] == 400
+    boom = answer_for(RuntimeError("secret-value-xyz"), "page", "req-9")
+    assert boom["statusCode"] == 500
+    assert "secret-value-xyz" not in boom["body"] and "req-9" in boom["body"]
+
+
+def test_body_bytes_limits_before_and_after_base64() -> None:
+    assert body_bytes({"body": "abc"}, 10) == b"abc"
+    assert body_bytes({"body": base64.b64encode(b"abc").decode(), "isBase64Encoded": True}, 10) == b"abc"
+    with pytest.raises(PayloadTooLarge):
+        body_bytes({"body": base64.b64encode(b"a" * 11).decode(), "isBase64Encoded": True}, 10)
+    with pytest.raises(PayloadTooLarge):
+        body_bytes({"body": "a" * 100, "isBase64Encoded": True}, 10)
+    with pytest.raises(InvalidInput):
+        body_bytes({"body": "!!!!", "isBase64Encoded": True}, 10)
