@@ -80,10 +80,12 @@ def _discount(d: dict[str, Any], basis: int) -> int:
     p = number(pct, "percentage")
     if not 0 <= p <= 100:
         raise malformed("percentage", "outside 0..100")
-    return -rdiv(basis * round(p * 1000), 100_000)
+    return -rdiv(max(basis, 0) * round(p * 1000), 100_000)
 
 
-def _line(li: dict[str, Any], discounts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Any] | None]:
+def _line(
+    li: dict[str, Any], discounts: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[tuple[tuple[str, int], str | None, int]]]:
     """One line item (without its tax yet) and its raw tax rates."""
     unit_price = opt_money(li, "price", "price")
     price = unit_price
@@ -121,12 +123,28 @@ def _line(li: dict[str, Any], discounts: list[dict[str, Any]]) -> tuple[dict[str
         "total": gross + line_discount,
         "refunded": refunded is True,
     }
-    return line, elements(li.get("taxRates"), "taxRates")
+    return line, _rates(elements(li.get("taxRates"), "taxRates"))
+
+
+def _rates(raw_rates: list[Any] | None) -> list[tuple[tuple[str, int], str | None, int]]:
+    """A line's tax rates as ((key), name, rate in 1/100000 %)."""
+    parsed: list[tuple[tuple[str, int], str | None, int]] = []
+    if not raw_rates:
+        return parsed
+    for j, r_raw in enumerate(raw_rates):
+        r = item(r_raw, f"taxRates[{j}]")
+        rate = opt_int(r.get("rate"), f"taxRates[{j}].rate")
+        if rate is None or rate < 0:
+            raise malformed(f"taxRates[{j}].rate", "missing or negative")
+        name = opt_str(r.get("name"), f"taxRates[{j}].name")
+        key_id = opt_id(r.get("id"), f"taxRates[{j}].id") or name or ""
+        parsed.append(((key_id, rate), name, rate))
+    return parsed
 
 
 def _taxes(
     lines: list[dict[str, Any]],
-    rates: list[list[Any] | None],
+    rates: list[list[tuple[tuple[str, int], str | None, int]]],
     order_discount: int,
     vat: bool,
 ) -> list[dict[str, Any]]:
@@ -135,24 +153,18 @@ def _taxes(
     for line in lines:
         base += line["total"]
     by_rate: dict[tuple[str, int], list[Any]] = {}  # key -> [name, rate, taxable or tax]
-    for i, (line, line_rates) in enumerate(zip(lines, rates, strict=True)):
-        if not line_rates:
+    for line, parsed in zip(lines, rates, strict=True):
+        if not parsed:
             continue
         net = line["total"]
-        taxable = net + rdiv(order_discount * net, base) if base and order_discount else net
-        parsed: list[tuple[tuple[str, int], str | None, int]] = []
-        for j, r_raw in enumerate(line_rates):
-            path = f"lineItems[{i}].taxRates[{j}]"
-            r = item(r_raw, path)
-            rate = opt_int(r.get("rate"), f"{path}.rate")
-            if rate is None or rate < 0:
-                raise malformed(f"{path}.rate", "missing or negative")
-            name = opt_str(r.get("name"), f"{path}.name")
-            key_id = opt_id(r.get("id"), f"{path}.id") or name or ""
-            parsed.append(((key_id, rate), name, rate))
+        if base > 0 and order_discount:
+            net += rdiv(order_discount * net, base)
+        taxable = max(net, 0)
         line_tax = 0
         if vat:
-            inclusive = TAX_SCALE + sum(rate for _, _, rate in parsed)
+            inclusive = TAX_SCALE
+            for _, _, rate in parsed:
+                inclusive += rate
             for key, name, rate in parsed:
                 share = rdiv(taxable * rate, inclusive)
                 line_tax += share
@@ -246,7 +258,7 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
 
     discounts: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
-    line_rates: list[list[Any] | None] = []
+    line_rates: list[list[tuple[tuple[str, int], str | None, int]]] = []
     raw_lines = elements(raw.get("lineItems"), "lineItems")
     if raw_lines:
         for i, li in enumerate(raw_lines):
