@@ -1,0 +1,561 @@
+"""The Poynt sandbox: consent page, ``/token`` (JWT bearer, authorization code, refresh), orders.
+
+Poynt serves consent on poynt.net and the token endpoint and API on services.poynt.net; the
+sandbox serves all of them on one host (point both ``POSYNC_POYNT_*_BASE`` settings at it).
+
+Choices where Poynt's docs are silent, or where the sandbox must pick:
+
+- Consent ``GET /applications/authorize?client_id&redirect_uri&context`` (the older
+  ``applicationId`` / ``callback`` names work too). Approval redirects to
+  ``redirect_uri?code=..&status=success&context=..&businessId=..`` (``businessId`` is the
+  deprecated parameter Poynt still sends); denial to ``redirect_uri?status=denied&context=..``
+  with no code (Poynt documents only that ``status`` says whether the merchant authorized).
+- ``POST /token`` (form; ``grantType`` and ``grant_type`` are both read):
+  (a) ``urn:ietf:params:oauth:grant-type:jwt-bearer`` + ``assertion``: the RS256 JWT is verified
+  against the registered public key of its ``iss``; ``sub`` must equal ``iss``, ``aud`` must be
+  the sandbox's URL or Poynt's public API base, ``exp`` in the future, ``exp - iat <= 300`` and
+  ``jti`` never seen before. It gives an app token.
+  (b) ``authorization_code`` + ``code``, ``client_id``, ``redirect_uri`` with
+  ``Authorization: Bearer <app JWT>`` (verified as in (a), ``iss`` must be ``client_id``; the
+  ``redirect_uri`` must be the one the consent carried) gives merchant tokens.
+  (c) ``REFRESH_TOKEN`` + ``refreshToken`` gives a new pair; the old refresh token is dead from
+  then on. No Authorization header is needed (one sent is ignored).
+  A bad JWT -> 401 ``{"code": "UNAUTHORIZED", ...}``; a bad, used or expired code or refresh
+  token, or a revoked authorization -> 400 ``{"code": "INVALID_GRANT", "error": "invalid_grant"}``.
+- Access tokens are JWTs signed RS256 by the sandbox's own key (``public_key_pem``) with ``iss``
+  (the sandbox URL), ``sub`` and ``aud`` (the app id), ``iat``, ``exp``, ``jti``, and for merchant
+  tokens ``poynt.biz``, ``poynt.uid``, ``poynt.str`` and ``poynt.sct``. The sandbox's record of
+  a token decides (``expire_access_tokens`` and ``revoke`` end tokens whose ``exp`` is still
+  ahead). ``expiresIn`` is ``knobs.access_ttl_s`` (default 86400); refresh tokens are opaque and
+  live ``knobs.refresh_ttl_s`` (default one year).
+- ``GET /businesses/{businessId}/orders``: a merchant token of that business, or an app token of
+  an app the business has authorized (and not revoked); otherwise 401 (no valid token) or 403
+  (another business). A missing ``api-version`` header is tolerated (counted in
+  ``stats.missing_api_version``). ``startAt`` (inclusive) and ``endAt`` (exclusive) filter on
+  ``updatedAt`` (ISO 8601; no offset means UTC); ``If-Modified-Since`` (an HTTP date) keeps
+  orders updated at or after it; ``limit`` defaults to 10 and values above 100 act as 100;
+  ``startOffset`` skips. Sorted by ``updatedAt`` then ``id``. ``links`` holds a ``next`` link
+  (relative, with the same query and the next ``startOffset``) only while more remain; the
+  ``If-Modified-Since`` header is not part of it: send it again. ``count`` is the total.
+- Webhooks (``send_webhook``): one POST per order, an event
+  ``{"eventType": "ORDER_UPDATED", "businessId", "resourceId", "resource": "/orders", ...}``
+  signed with ``Poynt-Webhook-Signature`` = base64 HMAC-SHA1 of the body keyed with
+  ``webhook_secret``. ``send_uninstall`` sends ``APPLICATION_SUBSCRIPTION_END``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from posync.config import provider_hosts
+from posync_local.sandbox.clover import _post
+from posync_local.sandbox.data import PoyntFactory, derive_seed, iso_ms, uuid4
+from posync_local.sandbox.keys import generate_rsa_keypair
+from posync_local.sandbox.merchants import (
+    Grant,
+    Issued,
+    OrderSandbox,
+    consent_page,
+    error_page,
+    redirect_ok,
+    with_query,
+)
+from posync_local.sandbox.orderbook import INF, Query
+from posync_local.sandbox.server import (
+    Principal,
+    Request,
+    Response,
+    SandboxKnobs,
+    html_response,
+    json_response,
+    redirect,
+)
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Poynt's public API base is also an accepted audience of app JWTs (the value apps use in production).
+PUBLIC_AUDIENCE = provider_hosts("poynt", {}).api_base
+MAX_ASSERTION_LIFETIME_S = 300
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_BID = r"(?P<bid>[0-9a-fA-F-]+)"
+_OID = r"(?P<oid>[0-9a-fA-F-]+)"
+
+
+@dataclass
+class PoyntApp:
+    app_id: str
+    public_key: rsa.RSAPublicKey
+    redirect_uri: str | None = None
+    name: str = "posync"
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class PoyntSandbox(OrderSandbox):
+    """Poynt's consent, token and orders endpoints on one host (see the module docstring)."""
+
+    provider = "poynt"
+    factory_cls = PoyntFactory
+    default_access_ttl = 86_400
+
+    def __init__(
+        self, port: int = 0, knobs: SandboxKnobs | None = None, seed: int = 7, *, cache_mb: int = 64
+    ) -> None:
+        super().__init__(port, knobs, seed, cache_mb=cache_mb)
+        rng = random.Random(derive_seed(seed, "poynt-app"))  # noqa: S311
+        self.apps: dict[str, PoyntApp] = {}
+        self._signing_key_pem, self.public_key_pem = generate_rsa_keypair()
+        self._signing_key = serialization.load_pem_private_key(self._signing_key_pem, password=None)
+        self.app_id = f"urn:aid:{uuid4(rng)}"
+        self.app_private_key_pem, app_public = generate_rsa_keypair()
+        self.register_app(self.app_id, app_public)
+        self.webhook_secret = secrets.token_urlsafe(24)
+        self._jti_lock = threading.Lock()
+        self._seen_jti: dict[str, int] = {}
+        r = self.add_route
+        r(
+            "GET",
+            re.compile(r"/applications/authorize"),
+            "GET /applications/authorize",
+            self._consent_page,
+            "page",
+        )
+        r(
+            "POST",
+            re.compile(r"/applications/authorize"),
+            "POST /applications/authorize",
+            self._consent_post,
+            "page",
+        )
+        r("POST", re.compile(r"/token"), "POST /token", self._token, "oauth")
+        r("GET", re.compile(rf"/businesses/{_BID}"), "GET /businesses/{businessId}", self._business, "api")
+        r(
+            "GET",
+            re.compile(rf"/businesses/{_BID}/orders"),
+            "GET /businesses/{businessId}/orders",
+            self._list,
+            "api",
+        )
+        r(
+            "GET",
+            re.compile(rf"/businesses/{_BID}/orders/{_OID}"),
+            "GET /businesses/{businessId}/orders/{orderId}",
+            self._get_order,
+            "api",
+        )
+
+    # ids ----------------------------------------------------------------------------------------
+
+    def new_merchant_id(self, rng: random.Random) -> str:
+        return uuid4(rng)
+
+    def new_order_id(self, rng: random.Random) -> str:
+        return uuid4(rng)
+
+    def check_merchant_id(self, merchant_id: str) -> None:
+        if not _UUID.fullmatch(merchant_id):
+            raise ValueError("a Poynt business id is a lower-case UUID")
+
+    # apps and credentials -----------------------------------------------------------------------
+
+    def register_app(self, app_id: str, public_key_pem: bytes, redirect_uri: str | None = None) -> None:
+        key = serialization.load_pem_public_key(public_key_pem)
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ValueError("a Poynt app key must be RSA")
+        self.apps[app_id] = PoyntApp(app_id, key, redirect_uri)
+
+    @property
+    def app_credentials(self) -> dict[str, str]:
+        """The default app as posync stores it: ``{app_id, private_key_pem, webhook_secret}``."""
+        return {
+            "app_id": self.app_id,
+            "private_key_pem": self.app_private_key_pem.decode(),
+            "webhook_secret": self.webhook_secret,
+        }
+
+    def error_body(self, status: int, message: str) -> Any:
+        code = {
+            400: "INVALID_REQUEST",
+            401: "UNAUTHORIZED",
+            403: "FORBIDDEN",
+            404: "RESOURCE_NOT_FOUND",
+            405: "METHOD_NOT_ALLOWED",
+            429: "TOO_MANY_REQUESTS",
+        }.get(status, "INTERNAL_SERVER_ERROR" if status >= 500 else "ERROR")
+        return {
+            "code": code,
+            "httpStatus": status,
+            "message": message,
+            "developerMessage": message,
+            "requestId": str(uuid.uuid4()),
+        }
+
+    def _error(self, status: int, message: str, **extra: str) -> Response:
+        return json_response(status, {**self.error_body(status, message), **extra})
+
+    def _invalid_grant(self, why: str) -> Response:
+        return self._error(400, f"invalid_grant: {why}", code="INVALID_GRANT", error="invalid_grant")
+
+    # consent ------------------------------------------------------------------------------------
+
+    def _consent_params(self, get: Any) -> dict[str, str | None]:
+        return {
+            "client_id": get("client_id") or get("applicationId"),
+            "redirect_uri": get("redirect_uri") or get("callback"),
+            "context": get("context"),
+            "business_id": get("businessId") or get("business_id"),
+        }
+
+    def _app_for(self, params: dict[str, str | None]) -> PoyntApp | Response:
+        app = self.apps.get(params["client_id"] or "")
+        if app is None:
+            return html_response(400, error_page("Unknown application", "No application has this client_id."))
+        uri = params["redirect_uri"]
+        if not redirect_ok(uri) or (app.redirect_uri is not None and uri != app.redirect_uri):
+            return html_response(400, error_page("Bad request", "redirect_uri is missing or not registered."))
+        return app
+
+    def _approve(self, app: PoyntApp, business_id: str, params: dict[str, str | None]) -> Response:
+        code = self.codes.issue(app.app_id, business_id, params["redirect_uri"] or "")
+        return redirect(
+            with_query(
+                params["redirect_uri"] or "",
+                {"code": code, "status": "success", "context": params["context"], "businessId": business_id},
+            )
+        )
+
+    @staticmethod
+    def _deny(params: dict[str, str | None]) -> Response:
+        return redirect(
+            with_query(params["redirect_uri"] or "", {"status": "denied", "context": params["context"]})
+        )
+
+    def _consent_page(self, req: Request, _: Any) -> Response:
+        params = self._consent_params(req.arg)
+        app = self._app_for(params)
+        if isinstance(app, Response):
+            return app
+        first = self.ensure_merchant()
+        selected = params["business_id"] if params["business_id"] in self.merchants else first
+        if self.knobs.auto_deny:
+            return self._deny(params)
+        if self.knobs.auto_approve:
+            return self._approve(app, selected, params)
+        return html_response(
+            200,
+            consent_page(
+                title="Poynt sandbox: authorize application",
+                action="/applications/authorize",
+                app_name=app.name,
+                hidden={k: v for k, v in params.items() if k != "business_id"},
+                merchants=[(bid, self.merchant_name(bid)) for bid in self.merchants],
+                selected=selected,
+                field_name="business_id",
+            ),
+        )
+
+    def _consent_post(self, req: Request, _: Any) -> Response:
+        form = req.form()
+        params = self._consent_params(form.get)
+        app = self._app_for(params)
+        if isinstance(app, Response):
+            return app
+        decision = form.get("decision")
+        if decision == "deny":
+            return self._deny(params)
+        if decision != "approve":
+            return html_response(400, error_page("Bad request", "Choose Approve or Deny."))
+        bid = params["business_id"]
+        if bid not in self.merchants:
+            return html_response(400, error_page("Bad request", "Unknown business."))
+        assert bid is not None
+        return self._approve(app, bid, params)
+
+    # tokens -------------------------------------------------------------------------------------
+
+    def verify_assertion(self, assertion: str | None) -> str:
+        """Check an app's self-signed JWT; returns the app id or raises ``_Unauthorized``."""
+        if not assertion:
+            raise _Unauthorized("a self-signed JWT is required")
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise _Unauthorized("malformed JWT") from exc
+        iss = unverified.get("iss")
+        app = self.apps.get(iss) if isinstance(iss, str) else None
+        if app is None:
+            raise _Unauthorized("unknown application")
+        try:
+            claims = jwt.decode(
+                assertion,
+                app.public_key,
+                algorithms=["RS256"],
+                audience=[self.url, PUBLIC_AUDIENCE],
+                options={"require": ["iss", "sub", "aud", "iat", "exp", "jti"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise _Unauthorized("JWT expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise _Unauthorized("invalid audience") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise _Unauthorized("invalid signature") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise _Unauthorized(f"missing claim {exc.claim}") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise _Unauthorized("iat is in the future") from exc
+        except jwt.PyJWTError as exc:
+            raise _Unauthorized("invalid JWT") from exc
+        if claims["sub"] != iss:
+            raise _Unauthorized("sub must equal iss")
+        if int(claims["exp"]) - int(claims["iat"]) > MAX_ASSERTION_LIFETIME_S:
+            raise _Unauthorized(f"exp - iat must be at most {MAX_ASSERTION_LIFETIME_S} seconds")
+        jti = str(claims["jti"])
+        now = int(time.time())
+        with self._jti_lock:
+            if jti in self._seen_jti:
+                raise _Unauthorized("jti already used")
+            if len(self._seen_jti) > 10_000:
+                self._seen_jti = {k: v for k, v in self._seen_jti.items() if v >= now}
+            self._seen_jti[jti] = int(claims["exp"])
+        return str(iss)
+
+    def _issue(self, grant: Grant) -> Issued:
+        now = int(time.time())
+        ttl = self.access_ttl
+        claims: dict[str, Any] = {
+            "iss": self.url,
+            "sub": grant.app_id,
+            "aud": grant.app_id,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": str(uuid.uuid4()),
+        }
+        if grant.merchant_id is not None:
+            prof = self.merchant(grant.merchant_id).profile
+            claims.update(
+                {
+                    "poynt.biz": grant.merchant_id,
+                    "poynt.uid": prof.poynt_uid,
+                    "poynt.str": prof.store_id,
+                    "poynt.sct": "J",
+                }
+            )
+        access = jwt.encode(claims, self._signing_key_pem, algorithm="RS256")
+        refresh = "1:1:1:2:" + secrets.token_urlsafe(48)
+        return self.tokens.issue(grant, access, refresh, ttl, self.refresh_ttl)
+
+    @staticmethod
+    def _token_body(t: Issued) -> dict[str, Any]:
+        return {
+            "accessToken": t.access_token,
+            "refreshToken": t.refresh_token,
+            "expiresIn": t.expires_in,
+            "scope": "ALL",
+            "tokenType": "BEARER",
+        }
+
+    def _token(self, req: Request, _: Any) -> Response:
+        form = req.form()
+        grant_type = form.get("grantType") or form.get("grant_type") or ""
+        try:
+            if grant_type == JWT_BEARER:
+                app_id = self.verify_assertion(form.get("assertion"))
+                self.stats.incr("app_token_grants")
+                return json_response(200, self._token_body(self._issue(self.tokens.new_grant(app_id, None))))
+            if grant_type == "authorization_code":
+                return self._exchange(req, form)
+        except _Unauthorized as exc:
+            return self._error(401, str(exc))
+        if grant_type.upper() == "REFRESH_TOKEN":
+            return self._refresh(form)
+        return self._error(400, "unsupported grant type", error="unsupported_grant_type")
+
+    def _exchange(self, req: Request, form: dict[str, str]) -> Response:
+        app_id = self.verify_assertion(req.bearer())
+        if form.get("client_id") != app_id:
+            raise _Unauthorized("client_id does not match the JWT issuer")
+        rec = self.codes.peek(form.get("code"))
+        if rec is None or rec.client_id != app_id:
+            return self._invalid_grant("the code is invalid, used or expired")
+        if form.get("redirect_uri") != rec.redirect_uri:
+            return self._invalid_grant("redirect_uri does not match the authorization request")
+        if not self.codes.consume(rec):
+            return self._invalid_grant("the code is invalid, used or expired")
+        self.stats.incr("token_exchanges")
+        grant = self.tokens.new_grant(app_id, rec.merchant_id)
+        return json_response(200, self._token_body(self._issue(grant)))
+
+    def _refresh(self, form: dict[str, str]) -> Response:
+        rt = self.tokens.find_refresh(form.get("refreshToken") or form.get("refresh_token"))
+        if rt is None:
+            return self._invalid_grant("unknown refresh token")
+        who = rt.grant.merchant_id or rt.grant.app_id
+        self.stats.incr("refresh_calls", who)
+        problem = self.tokens.refresh_problem(rt)
+        if problem is not None or not self.tokens.consume(rt):
+            return self._invalid_grant(f"refresh token {problem or 'used'}")
+        self.stats.incr("refreshes", who)
+        return json_response(200, self._token_body(self._issue(rt.grant)))
+
+    # API ----------------------------------------------------------------------------------------
+
+    def authenticate(self, req: Request, match: Any) -> Principal | Response:
+        a = self.tokens.access(req.bearer())
+        if a is None:
+            return self._error(401, "access token is missing, invalid or expired")
+        bid = match.group("bid")
+        g = a.grant
+        allowed = g.merchant_id == bid if g.merchant_id is not None else self.tokens.authorized(g.app_id, bid)
+        if not allowed or bid not in self._merchants:
+            return self._error(403, "the token does not grant access to this business")
+        if not req.headers.get("api-version"):
+            self.stats.incr("missing_api_version")
+        return Principal(a.token, g.app_id, bid)
+
+    def _business(self, req: Request, match: Any, who: Principal) -> Response:
+        prof = self.merchant(match.group("bid")).profile
+        store = {"id": prof.store_id, "displayName": prof.name, "currency": prof.currency}
+        body = {
+            "id": prof.merchant_id,
+            "legalName": prof.name,
+            "doingBusinessAs": prof.name,
+            "stores": [store],
+        }
+        return json_response(200, body)
+
+    @staticmethod
+    def _parse_time(raw: str | None, name: str) -> int | None:
+        if raw is None or raw == "":
+            return None
+        try:
+            dt = datetime.fromisoformat(raw.strip().replace(" ", "+").replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"{name} must be an ISO 8601 time") from exc
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
+
+    def _list(self, req: Request, match: Any, who: Principal) -> Response:
+        try:
+            start = self._parse_time(req.arg("startAt"), "startAt")
+            end = self._parse_time(req.arg("endAt"), "endAt")
+            offset = int(req.arg("startOffset") or 0)
+            limit = int(req.arg("limit") or 0) or DEFAULT_LIMIT
+        except ValueError as exc:
+            return self._error(
+                400, str(exc) if "ISO" in str(exc) else "startOffset and limit must be integers"
+            )
+        if offset < 0 or limit < 0:
+            return self._error(400, "startOffset and limit must not be negative")
+        limit = min(limit, MAX_LIMIT)
+        lo = start if start is not None else -INF
+        ims = req.headers.get("If-Modified-Since")
+        if ims:
+            with contextlib.suppress(TypeError, ValueError):  # an unparseable date is ignored (HTTP)
+                lo = max(lo, int(parsedate_to_datetime(ims).timestamp() * 1000))
+        hi = end - 1 if end is not None else INF
+        q = Query(
+            order_field="modified", desc=False, bounds={"modified": (lo, hi)}, offset=offset, limit=limit
+        )
+        bid = match.group("bid")
+        m = self.merchant(bid)
+        recs, states, total = m.book.page(q)
+        assert total is not None
+        frags = self.fragments(m, recs, states, None)
+        links = []
+        if offset + len(recs) < total:
+            params = {k: v[0] for k, v in req.query.items() if k != "startOffset"}
+            params["startOffset"] = str(offset + len(recs))
+            params.setdefault("limit", str(limit))
+            href = f"/businesses/{bid}/orders?{urlencode(params)}"
+            links.append({"href": href, "rel": "next", "method": "GET"})
+        body = (
+            b'{"links":'
+            + json.dumps(links, separators=(",", ":")).encode()
+            + b',"orders":['
+            + b",".join(frags)
+            + b'],"count":'
+            + str(total).encode()
+            + b"}"
+        )
+        self.after_page(m, q, len(recs))
+        return Response(200, body)
+
+    def _get_order(self, req: Request, match: Any, who: Principal) -> Response:
+        m = self.merchant(match.group("bid"))
+        rec = m.book.get(match.group("oid"))
+        if rec is None:
+            return self._error(404, "order not found")
+        return Response(200, self.fragments(m, [rec], [rec.state], None)[0])
+
+    # webhooks -----------------------------------------------------------------------------------
+
+    def sign_webhook(self, body: bytes) -> dict[str, str]:
+        """Headers of a webhook POST: ``Poynt-Webhook-Signature`` = base64 HMAC-SHA1 of the body."""
+        digest = hmac.new(self.webhook_secret.encode(), body, hashlib.sha1).digest()
+        return {
+            "Poynt-Webhook-Signature": base64.b64encode(digest).decode(),
+            "Content-Type": "application/json",
+        }
+
+    def webhook_event(
+        self, business_id: str, resource_id: str, event_type: str = "ORDER_UPDATED", resource: str = "/orders"
+    ) -> dict[str, Any]:
+        now = iso_ms(self.now_ms())
+        return {
+            "id": str(uuid.uuid4()),
+            "createdAt": now,
+            "updatedAt": now,
+            "eventType": event_type,
+            "businessId": business_id,
+            "applicationId": self.app_id,
+            "resource": resource,
+            "resourceId": resource_id,
+            "hookId": str(uuid.uuid4()),
+            "deliveryCount": 0,
+            "links": [
+                {
+                    "href": f"{self.url}/businesses/{business_id}{resource}/{resource_id}",
+                    "rel": "resource",
+                    "method": "GET",
+                }
+            ],
+            "properties": {},
+        }
+
+    def post(self, url: str, payload: dict[str, Any]) -> int:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return _post(url, body, self.sign_webhook(body))
+
+    def send_webhook(
+        self, url: str, merchant_id: str, order_ids: Sequence[str], event_type: str = "ORDER_UPDATED"
+    ) -> list[int]:
+        """One signed event POST per order id; returns the HTTP statuses."""
+        return [self.post(url, self.webhook_event(merchant_id, oid, event_type)) for oid in order_ids]
+
+    def send_uninstall(self, url: str, business_id: str) -> int:
+        event = self.webhook_event(business_id, self.app_id, "APPLICATION_SUBSCRIPTION_END", "/applications")
+        return self.post(url, event)
