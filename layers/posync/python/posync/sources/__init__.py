@@ -26,9 +26,9 @@ offsets staying put:
 - **Cursor.** Pages are yielded in the order their fetches complete, each with a
   ``progress`` snapshot that is valid once that page and every page before it are
   durable (fetches running ahead are not in it). The sync engine commits it only after its
-  checkpoint; :meth:`OrderSource.resume` continues from it exactly.
+  checkpoint; :meth:`KeysetSource.resume` continues from it exactly.
 
-Providers plug in :meth:`OrderSource.fetch` (one request, plus any nested paging) and
+Providers plug in :meth:`KeysetSource.fetch` (one request, plus any nested paging) and
 their time encoding; see ``clover.py`` and ``poynt.py``.
 """
 
@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from posync.errors import InvalidInput
 from posync.ratelimit import Deadline
+from posync.transport import Transport, TransportStats
 
 DAY_MS = 86_400_000
 DEFAULT_LOOKBACK_MS = 2 * 60_000
@@ -123,7 +124,7 @@ class Page:
     rows: int  # rows the provider sent (before keyset de-duplication)
 
 
-class OrderSource:
+class KeysetSource:
     """The keyset engine; subclasses implement :meth:`fetch` and the time encoding."""
 
     provider = ""
@@ -131,12 +132,26 @@ class OrderSource:
     max_window_ms = 90 * DAY_MS
     max_page_limit = 100
 
-    def __init__(self, config: SourceConfig | None = None) -> None:
+    def __init__(self, transport: Transport, config: SourceConfig | None = None) -> None:
+        self.transport = transport
         self.config = config or SourceConfig()
+        self._on_close: list[Callable[[], None]] = []
         limit = self.config.page_limit or self.max_page_limit
         self.page_limit = max(1, min(limit, self.max_page_limit))
         self.requests = 0
         self._lock = threading.Lock()
+
+    @property
+    def stats(self) -> TransportStats:
+        return self.transport.stats
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        self._on_close.append(fn)
+
+    def close(self) -> None:
+        """Release what the source holds (e.g. the app's concurrency lease)."""
+        while self._on_close:
+            self._on_close.pop()()
 
     # ---- provider hooks
 
@@ -198,6 +213,10 @@ class OrderSource:
             if stop - start > self.max_window_ms or stop <= start:
                 raise InvalidInput("sync progress holds an invalid window")
         return Plan(end=end, slices=slices)
+
+    def plan_progress(self, plan: Plan) -> dict[str, Any] | None:
+        """The progress snapshot of a plan nothing of which has been read yet."""
+        return self._progress(plan.end, [Slice(a, b, set(ids), off) for a, b, ids, off in plan.slices])
 
     def _progress(self, end: int, slices: Sequence[Slice]) -> dict[str, Any] | None:
         if not slices:
@@ -324,3 +343,16 @@ def iso_to_ms(value: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def build_source(provider: str, merchant_id: str, transport: Transport, config: SourceConfig) -> KeysetSource:
+    """The keyset source for one connection's provider."""
+    if provider == "clover":
+        from posync.sources.clover import CloverSource
+
+        return CloverSource(transport, merchant_id, config)
+    if provider == "poynt":
+        from posync.sources.poynt import PoyntSource
+
+        return PoyntSource(transport, merchant_id, config)
+    raise InvalidInput(f"unknown provider {provider[:32]!r}")

@@ -19,7 +19,7 @@ from typing import Any
 from posync.errors import ProviderError
 from posync.observability import logger
 from posync.ratelimit import Deadline
-from posync.sources import DAY_MS, Fetched, OrderSource, SliceView, SourceConfig
+from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig
 from posync.transport import Transport
 
 NESTED_CUT = 100
@@ -28,15 +28,14 @@ EXPAND = "lineItems,payments,refunds"
 LINE_ITEM_EXPAND = "discounts,modifications,taxRates"
 
 
-class CloverSource(OrderSource):
+class CloverSource(KeysetSource):
     provider = "clover"
     time_key = "modified_ms"
     max_window_ms = 90 * DAY_MS
     max_page_limit = 1000
 
     def __init__(self, transport: Transport, merchant_id: str, config: SourceConfig | None = None) -> None:
-        super().__init__(config)
-        self.transport = transport
+        super().__init__(transport, config)
         self.merchant_id = merchant_id
         self.base = f"/v3/merchants/{merchant_id}"
 

@@ -25,21 +25,20 @@ from urllib.parse import parse_qsl, urlsplit
 
 from posync.errors import InvalidInput, ProviderError
 from posync.ratelimit import Deadline
-from posync.sources import DAY_MS, Fetched, OrderSource, SliceView, SourceConfig, iso_to_ms, ms_to_iso
+from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig, iso_to_ms, ms_to_iso
 from posync.transport import Transport
 
 KEYSET_PARAMS = frozenset({"startAt", "endAt", "startOffset", "limit"})
 
 
-class PoyntSource(OrderSource):
+class PoyntSource(KeysetSource):
     provider = "poynt"
     time_key = "updated_at"
     max_window_ms = 90 * DAY_MS
     max_page_limit = 100
 
     def __init__(self, transport: Transport, business_id: str, config: SourceConfig | None = None) -> None:
-        super().__init__(config)
-        self.transport = transport
+        super().__init__(transport, config)
         self.business_id = business_id
         self.path = f"/businesses/{business_id}/orders"
 
