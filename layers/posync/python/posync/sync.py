@@ -636,3 +636,64 @@ class _Run:
                 position = self.now_ms
         lag = max(0.0, self.clock.time() - position / 1000)
         m.add_metric(name="SyncLagSeconds", unit=MetricUnit.Seconds, value=round(lag, 3))
+
+
+# --------------------------------------------------------------------------- production wiring
+
+
+def build_sync_service(settings: Settings, config: SyncConfig, *, clock: Clock = SYSTEM_CLOCK) -> SyncService:
+    """The worker's wiring: DynamoDB connections and orders, S3 exports, Secrets Manager tokens,
+    the provider APIs behind the rate limiters, and the sync queue for continuations."""
+    from posync.aws import client
+    from posync.connections import ConnectionRepository
+    from posync.exports import ExportWriter
+    from posync.ratelimit import DynamoAppRate, DynamoAppSlots, LocalAppRate
+    from posync.store import OrderRepository
+    from posync.syncqueue import queue_url, send_sync
+    from posync.tokens import build_token_service
+
+    connections = ConnectionRepository(settings)
+    repository = OrderRepository(settings)
+    tokens = build_token_service(settings)
+
+    app_rates: dict[str, AppRate] = {}
+    app_slots: Callable[[str], AppSlots] | None = None
+    for p in PROVIDERS:
+        rps = config.limits[p].app_rps
+        if rps and config.app_limit == "dynamodb":
+            app_rates[p] = DynamoAppRate(client("dynamodb"), settings.control_table, p, rps, clock=clock)
+        elif rps and config.app_limit == "local":
+            app_rates[p] = LocalAppRate(rps, clock)
+    if config.app_limit == "dynamodb":
+
+        def slots(provider: str) -> AppSlots:
+            capacity = config.limits[provider].app_concurrency
+            if not capacity:
+                from posync.ratelimit import UnlimitedApp
+
+                return UnlimitedApp()
+            return DynamoAppSlots(client("dynamodb"), settings.control_table, provider, capacity, clock=clock)
+
+        app_slots = slots
+
+    sources = SourceFactory(settings, tokens, config, app_rates=app_rates, app_slots=app_slots, clock=clock)
+
+    def sinks(conn: Connection, run_id: str) -> StoreSink:
+        writer = ExportWriter(settings, run_id, conn.provider, conn.merchant_id)
+        return StoreSink(repository, writer, conn.connection_id)
+
+    urls: list[str] = []
+
+    def enqueue(request: SyncRequest, dedup_id: str) -> None:
+        if not urls:
+            urls.append(queue_url(settings.sync_queue_url, settings.resources.queue("sync").name))
+        send_sync(urls[0], request, dedup_id)
+
+    return SyncService(
+        connections=connections,
+        sources=sources,
+        sinks=sinks,
+        enqueue=enqueue,
+        config=config,
+        clock=clock,
+    )
