@@ -104,10 +104,10 @@ def clover_reference(raw: Raw) -> tuple[int, int, int, dict[str, int], int]:
     discount += order_discount
     taxable_by_rate: dict[str, Fraction] = {}
     vat_by_rate: dict[str, int] = {}
+    factor = max(base + order_discount, Fraction(0)) / base if base > 0 and order_discount else Fraction(1)
     if raw.get("taxRemoved") is not True:
         for li, net in zip(lines, nets, strict=True):
-            share = rhalf(order_discount * net / base) if base > 0 and order_discount else 0
-            taxable = max(net + share, Fraction(0))
+            taxable = max(net, Fraction(0)) * factor
             rates = li.get("taxRates", {}).get("elements", [])
             inclusive = Fraction(10**7 + sum(r["rate"] for r in rates))
             for r in rates:

@@ -50,9 +50,9 @@ def cafe_order() -> dict[str, Any]:
 
     Latte: 450 + oat 75 = 525 (taxed). Beans: 1999 x 1.5 = 2998.5 -> 2999, 10 % off -> -300, net 2699
     (taxed). Gift card: 2500 (no tax). Subtotal 6024; line discounts -300; base 5724; loyalty -200.
-    Loyalty allocated pro rata: latte -200*525/5724 = -18.3 -> -18 (taxable 507), beans
-    -200*2699/5724 = -94.3 -> -94 (taxable 2605). Tax once per rate: (507 + 2605) x 8.875 % = 276.19
-    -> 276 (latte 45, beans 231). Total 6024 - 500 + 276 = 5800.
+    Loyalty scales the taxable amounts by (5724 - 200) / 5724: tax once per rate is
+    (525 + 2699) x 5524/5724 x 8.875 % = 276.13 -> 276 (lines: 525 -> 44.97 -> 45, 2699 -> 231.17 -> 231).
+    Total 6024 - 500 + 276 = 5800.
     """
     return copy.deepcopy(
         base_order(

@@ -9,10 +9,11 @@ total (Clover computes it on the device).
 
 The arithmetic (docs/canonical-order-v1.md, "Clover"): per line
 ``gross = round((price + Σ modifications) * unitQty / 1000)``, line discounts
-(percentages of ``gross``), ``net = gross + line discounts``; order discounts
-(percentages of ``Σ net``) are allocated to lines pro rata; exclusive tax per rate on
-the sum of the taxed lines' amounts, rounded once per rate; VAT (``isVat``) is the
-share ``rate / (100 % + Σ rates)`` of each line, rounded per line. Rounding is half
+(percentages of ``gross``), ``net = gross + line discounts``; order discounts ``D``
+(percentages of ``S = Σ net``) scale every taxable amount by ``(S + D) / S``; exclusive
+tax per rate is ``round(Σ net of the taxed lines * (S + D) / S * rate)``, rounded once
+per rate; VAT (``isVat``) is the share ``rate / (100 % + Σ rates)`` of each line's
+scaled net, rounded per line and rate. Rounding is half
 away from zero, in integers. The order's ``total`` is authoritative: for a
 tax-exclusive order with line items, ``tax`` is what remains of it after subtotal,
 discounts and service charges, so the totals always add up.
@@ -148,37 +149,39 @@ def _taxes(
     order_discount: int,
     vat: bool,
 ) -> list[dict[str, Any]]:
-    """Fill each line's ``tax`` and return the per-rate breakdown."""
+    """Fill each line's ``tax`` and return the per-rate breakdown.
+
+    Order discounts scale every taxable amount by ``(S + D) / S`` exactly (``S`` = Σ line
+    nets, ``D`` = order discounts), so the only rounding is the final one.
+    """
     base = 0
     for line in lines:
         base += line["total"]
-    by_rate: dict[tuple[str, int], list[Any]] = {}  # key -> [name, rate, taxable or tax]
+    num, den = (max(base + order_discount, 0), base) if base > 0 and order_discount else (1, 1)
+    by_rate: dict[tuple[str, int], list[Any]] = {}  # key -> [name, rate, Σ net or Σ VAT]
     for line, parsed in zip(lines, rates, strict=True):
         if not parsed:
             continue
-        net = line["total"]
-        if base > 0 and order_discount:
-            net += rdiv(order_discount * net, base)
-        taxable = max(net, 0)
+        net = max(line["total"], 0) * num
         line_tax = 0
         if vat:
             inclusive = TAX_SCALE
             for _, _, rate in parsed:
                 inclusive += rate
             for key, name, rate in parsed:
-                share = rdiv(taxable * rate, inclusive)
+                share = rdiv(net * rate, den * inclusive)
                 line_tax += share
                 by_rate.setdefault(key, [name, rate, 0])[2] += share
         else:
             for key, name, rate in parsed:
-                line_tax += rdiv(taxable * rate, TAX_SCALE)
-                by_rate.setdefault(key, [name, rate, 0])[2] += taxable
+                line_tax += rdiv(net * rate, den * TAX_SCALE)
+                by_rate.setdefault(key, [name, rate, 0])[2] += net
         line["tax"] = line_tax
     return [
         {
             "name": name,
             "rate": rate / 100_000,
-            "amount": acc if vat else rdiv(acc * rate, TAX_SCALE),
+            "amount": acc if vat else rdiv(acc * rate, den * TAX_SCALE),
         }
         for name, rate, acc in by_rate.values()
     ]
