@@ -230,14 +230,18 @@ class RunLedger:
         self._s3: S3Client = s3 if s3 is not None else client("s3")
         self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
         self._known: set[str] = set()
+        self._unknown: set[str] = set()  # asked and not committed (a dead epoch stays dead)
         self._manifests: dict[str, frozenset[str] | None] = {}
 
     def mark(self, ref: str) -> None:
         self._known.add(ref)
+        self._unknown.discard(ref)
 
     def committed(self, ref: str) -> bool:
         if ref in self._known:
             return True
+        if ref in self._unknown:
+            return False
         run, sep, epoch = ref.partition("/")
         if sep and self._record_ref(run, epoch) == ref:
             self._known.add(ref)
@@ -246,6 +250,7 @@ class RunLedger:
         if epochs is not None and (ref in epochs or not sep):
             self._known.add(ref)
             return True
+        self._unknown.add(ref)
         return False
 
     def _record_ref(self, run: str, epoch: str) -> str | None:
