@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import click
 
+from posync_local.local_cli import local_group
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="posync")
 def cli() -> None:
     """posync: point-of-sale orders from Clover and Poynt into your own AWS account."""
+
+
+cli.add_command(local_group)
 
 
 def main() -> None:

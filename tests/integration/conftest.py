@@ -1,0 +1,231 @@
+"""Integration fixtures: the local runtime (embedded AWS + sandboxes + HTTP front) and isolation helpers.
+
+- ``local_runtime`` (session): one :class:`LocalRuntime` on free ports, stage ``it``,
+  with the Clover and Poynt sandboxes. Its environment (``AWS_ENDPOINT_URL``,
+  ``POSYNC_*``) is applied before every integration test and put back when the
+  suite leaves this folder, so unit tests never see it.
+- ``clean_runtime`` (function): the session runtime with its tables, queues, bucket
+  and connection secrets emptied first, and the sandboxes' knobs at their defaults.
+- ``module_runtime`` (module): a runtime of its own stage (own tables, queues,
+  bucket, front) sharing the session's AWS and sandboxes: no other module sees its data.
+- ``captured_logs`` (session): every log record of the process since the session
+  started, formatted as its own handler would (Powertools JSON included), for
+  secret scanning: ``captured_logs.text``, ``captured_logs.mark()`` /
+  ``captured_logs.since(mark)``, ``captured_logs.find(secrets)``.
+
+Sandbox knobs changed by a test are reset after it. Set ``POSYNC_EXTERNAL_AWS=1``
+with ``AWS_ENDPOINT_URL`` to run against LocalStack (``make test-localstack``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posync_local.local_aws import external_aws_requested
+from posync_local.runtime import LocalRuntime
+
+HERE = Path(__file__).resolve().parent
+_STANDARD_RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_module_stage_numbers = itertools.count(1)
+
+
+def sandbox_available() -> bool:
+    """The provider sandboxes (posync_local.sandbox) are importable."""
+    try:
+        return importlib.util.find_spec("posync_local.sandbox") is not None and hasattr(
+            importlib.import_module("posync_local.sandbox"), "CloverSandbox"
+        )
+    except ImportError:
+        return False
+
+
+# --- log capture ------------------------------------------------------------------------------
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record as text: its own handler's format (Powertools JSON included) plus extras."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self._lines: list[str] = []
+        self._guard = threading.Lock()
+        self._attached: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Powertools puts a SuppressFilter on every root handler that drops any logger whose
+        # name contains the service name ("posync", hence also "posync_local.*"): keep them all.
+        return True
+
+    def _formatter_for(self, name: str) -> logging.Formatter | None:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            for h in logger.handlers:
+                if h is not self and h.formatter is not None and not isinstance(h, LogCapture):
+                    return h.formatter
+            logger = logger.parent
+        return None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            formatter = self._formatter_for(record.name)
+            text = formatter.format(record) if formatter is not None else logging.Formatter().format(record)
+            extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_ATTRS}
+            if extras:
+                text += " " + json.dumps(extras, default=repr)
+        except Exception:
+            text = f"{record.name} {record.levelname} {record.msg!r} {record.args!r}"
+        with self._guard:
+            self._lines.append(text)
+
+    def attach(self) -> None:
+        """On the root logger and on every logger that does not propagate to it."""
+        root = logging.getLogger()
+        if self not in root.handlers:
+            root.addHandler(self)
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger) and not logger.propagate and name not in self._attached:
+                logger.addHandler(self)
+                self._attached.add(name)
+
+    def detach(self) -> None:
+        logging.getLogger().removeHandler(self)
+        for name in self._attached:
+            logging.getLogger(name).removeHandler(self)
+        self._attached.clear()
+
+    @property
+    def text(self) -> str:
+        with self._guard:
+            return "\n".join(self._lines)
+
+    def mark(self) -> int:
+        with self._guard:
+            return len(self._lines)
+
+    def since(self, mark: int) -> str:
+        with self._guard:
+            return "\n".join(self._lines[mark:])
+
+    def find(self, needles: Iterable[str], since: int = 0) -> list[str]:
+        """The needles (e.g. tokens, secrets) that appear in the captured text."""
+        text = self.since(since)
+        return [n for n in needles if n and n in text]
+
+
+_capture = LogCapture()
+
+
+@pytest.fixture(scope="session")
+def captured_logs() -> Iterator[LogCapture]:
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "werkzeug", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _capture.attach()
+    yield _capture
+    _capture.detach()
+
+
+# --- runtimes ---------------------------------------------------------------------------------
+
+
+class _Current:
+    """The runtime whose environment the integration tests run in (top of the stack)."""
+
+    stack: list[LocalRuntime] = []
+    knob_defaults: dict[int, dict[str, Any]] = {}
+
+
+def _snapshot_knobs(rt: LocalRuntime) -> None:
+    for sb in (rt.clover, rt.poynt):
+        knobs = getattr(sb, "knobs", None)
+        if sb is None or knobs is None or not dataclasses.is_dataclass(knobs):
+            continue
+        _Current.knob_defaults[id(sb)] = {
+            f.name: getattr(knobs, f.name) for f in dataclasses.fields(knobs) if not f.name.startswith("_")
+        }
+
+
+def _reset_knobs(rt: LocalRuntime) -> None:
+    for sb in (rt.clover, rt.poynt):
+        defaults = _Current.knob_defaults.get(id(sb))
+        if sb is None or defaults is None:
+            continue
+        for name, value in defaults.items():
+            setattr(sb.knobs, name, value)
+        clear = getattr(sb.knobs, "clear_failures", None)
+        if callable(clear):
+            clear()
+
+
+def _stage(prefix: str) -> str:
+    # Under an external AWS (LocalStack, an account) stages get a random suffix: reruns never collide.
+    return f"{prefix}{secrets.token_hex(3)}" if external_aws_requested() else prefix
+
+
+@pytest.fixture(scope="session")
+def local_runtime(captured_logs: LogCapture) -> Iterator[LocalRuntime]:
+    """The session's local stack: embedded AWS, sandboxes (when present), HTTP front on free ports."""
+    rt = LocalRuntime(api_port=0, aws_port=0, sandbox=sandbox_available(), stage=_stage("it"))
+    rt.start()
+    captured_logs.attach()  # loggers the handlers created while loading
+    _snapshot_knobs(rt)
+    _Current.stack.append(rt)
+    try:
+        yield rt
+    finally:
+        _Current.stack.remove(rt)
+        rt.stop()
+
+
+@pytest.fixture(scope="module")
+def module_runtime(local_runtime: LocalRuntime) -> Iterator[LocalRuntime]:
+    """A stage of this module's own (fresh tables, queues, bucket, front), sharing AWS and sandboxes."""
+    rt = local_runtime.derive(_stage(f"m{next(_module_stage_numbers)}x"))
+    rt.start()
+    _Current.stack.append(rt)
+    try:
+        yield rt
+    finally:
+        _Current.stack.remove(rt)
+        rt.stop()
+        local_runtime.apply_env()
+
+
+@pytest.fixture
+def clean_runtime(local_runtime: LocalRuntime) -> LocalRuntime:
+    """The session runtime with empty tables, queues, bucket and no connection secrets."""
+    local_runtime.reset_data()
+    return local_runtime
+
+
+@pytest.fixture(autouse=True)
+def _local_runtime_env() -> Iterator[None]:
+    """Every integration test runs in the current runtime's environment; knobs reset after it."""
+    rt = _Current.stack[-1] if _Current.stack else None
+    if rt is not None:
+        rt.apply_env()
+        _capture.attach()
+    yield
+    for r in _Current.stack:
+        _reset_knobs(r)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Leaving this folder: put the environment back so later suites (unit tests) never see it."""
+    if nextitem is not None and HERE in Path(str(nextitem.path)).resolve().parents:
+        return
+    for rt in reversed(_Current.stack):
+        rt.restore_env()
