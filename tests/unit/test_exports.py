@@ -60,7 +60,10 @@ def provision(s: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def _moto() -> Iterator[None]:
-    with mock_aws():
+    """moto in-process for the module; no endpoint from the environment may redirect the clients."""
+    with pytest.MonkeyPatch.context() as mp, mock_aws():
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_DYNAMODB"):
+            mp.delenv(name, raising=False)
         aws.reset_clients()
         yield
     aws.reset_clients()
