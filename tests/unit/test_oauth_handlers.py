@@ -18,6 +18,7 @@ import pytest
 from moto import mock_aws
 
 from posync.answers import answer_for, body_bytes
+from posync.authorization import Connected
 from posync.aws import reset_clients
 from posync.config import Settings
 from posync.errors import InvalidInput, ProviderError
@@ -132,6 +133,52 @@ def test_a_forged_callback_answers_a_page_that_links_a_fresh_connect(stack: Sett
     assert "not valid" in resp["body"]
     assert 'href="https://api.example.test/connect/clover"' in resp["body"]
     assert "the-code-123" not in resp["body"]
+
+
+def test_a_successful_callback_redirects_to_the_configured_page(
+    stack: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stage with a success URL and a callback service that completes
+    monkeypatch.setenv("POSYNC_SUCCESS_REDIRECT_URL", "https://shop.example/done")
+    callback = load("callback")
+
+    class Done:
+        def complete(self, provider: str, params: dict[str, str]) -> Connected:
+            assert (provider, params) == (
+                "clover",
+                {"code": "c", "state": "s", "merchant_id": "ABCDEFGHJK123"},
+            )
+            return Connected("clover", "ABCDEFGHJK123", None, 0)
+
+    setattr(callback, "SERVICE", Done())  # noqa: B010 (a module attribute mypy cannot see)
+    # When the provider sends the merchant back
+    resp = callback.handler(
+        http_event(
+            "GET",
+            "/oauth/clover/callback",
+            "clover",
+            {"code": "c", "state": "s", "merchant_id": "ABCDEFGHJK123"},
+        ),
+        Ctx(),
+    )
+    # Then the browser goes to the operator's page with provider and merchant id
+    assert resp["statusCode"] == 302
+    assert (
+        resp["headers"]["Location"] == "https://shop.example/done?provider=clover&merchant_id=ABCDEFGHJK123"
+    )
+
+
+def test_without_a_success_url_the_callback_shows_a_page(stack: Settings) -> None:
+    callback = load("callback")
+
+    class Done:
+        def complete(self, provider: str, params: dict[str, str]) -> Connected:
+            return Connected("poynt", "0b9f1c2e-1111-4222-8333-444455556666", None, 0)
+
+    setattr(callback, "SERVICE", Done())  # noqa: B010 (a module attribute mypy cannot see)
+    resp = callback.handler(http_event("GET", "/oauth/poynt/callback", "poynt", {}), Ctx())
+    assert resp["statusCode"] == 200
+    assert "Poynt connected" in resp["body"]
 
 
 def test_the_clover_verification_handshake_is_stored_for_the_operator(stack: Settings) -> None:
