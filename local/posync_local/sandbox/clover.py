@@ -109,9 +109,15 @@ class CloverSandbox(OrderSandbox):
     default_access_ttl = 1800
 
     def __init__(
-        self, port: int = 0, knobs: SandboxKnobs | None = None, seed: int = 7, *, cache_mb: int = 64
+        self,
+        port: int = 0,
+        knobs: SandboxKnobs | None = None,
+        seed: int = 7,
+        *,
+        cache_mb: int = 64,
+        anchor_ms: int | None = None,
     ) -> None:
-        super().__init__(port, knobs, seed, cache_mb=cache_mb)
+        super().__init__(port, knobs, seed, cache_mb=cache_mb, anchor_ms=anchor_ms)
         rng = random.Random(derive_seed(seed, "clover-app"))  # noqa: S311
         self.apps: dict[str, CloverApp] = {}
         self.client_id = id13(rng)

@@ -212,15 +212,16 @@ def make_profile(
 
 
 def skeleton(
-    provider: str, prof: MerchantProfile, n: int, days: int, now_ms: int, *, first_seq: int = 0
+    provider: str, prof: MerchantProfile, n: int, days: int, anchor_ms: int, *, first_seq: int = 0
 ) -> list[OrderState]:
-    """Ids and times of ``n`` orders created over the last ``days`` days (newest a minute ago).
+    """Ids and times of ``n`` orders created over the ``days`` days before ``anchor_ms`` (the newest a
+    minute before it).
 
     Most orders close within minutes of being opened, some within hours, a few days later;
-    about 4% close in the same millisecond as the order before them. Never later than now.
+    about 4% close in the same millisecond as the order before them. Never later than the anchor.
     """
     rng = random.Random(derive_seed(prof.seed, "skeleton", first_seq, n, days))
-    end = now_ms - 60_000
+    end = anchor_ms - 60_000
     start = end - days * DAY_MS
     created = sorted(start + int(rng.random() * (end - start)) for _ in range(n))
     out: list[OrderState] = []
@@ -234,7 +235,7 @@ def skeleton(
             delta = int(rng.random() * 7_200_000)
         else:
             delta = int(rng.random() * 3 * DAY_MS)
-        m = min(c + delta, now_ms)
+        m = min(c + delta, anchor_ms)
         if prev_mod >= c and rng.random() < 0.04:
             m = prev_mod  # closed in the same millisecond as the previous order
             out[-1] = out[-1]._replace(modified_ms=m, base_modified_ms=m)

@@ -251,9 +251,16 @@ class OrderSandbox(SandboxServer):
     default_refresh_ttl = YEAR_S
 
     def __init__(
-        self, port: int = 0, knobs: SandboxKnobs | None = None, seed: int = 7, *, cache_mb: int = 64
+        self,
+        port: int = 0,
+        knobs: SandboxKnobs | None = None,
+        seed: int = 7,
+        *,
+        cache_mb: int = 64,
+        anchor_ms: int | None = None,
     ) -> None:
         super().__init__(port, knobs, seed)
+        self.anchor_ms = anchor_ms
         self._merchants: dict[str, Merchant] = {}
         self._mlock = threading.RLock()
         self._id_rng = random.Random(derive_seed(seed, self.provider, "merchant-ids"))  # noqa: S311
@@ -294,8 +301,10 @@ class OrderSandbox(SandboxServer):
     ) -> str:
         """Add a merchant with ``orders`` seeded orders created over the last ``days`` days.
 
-        The id is drawn from the sandbox seed unless given; the same seed and the same calls give
-        the same merchants and orders.
+        The id is drawn from the sandbox seed unless given. The same seed and the same calls give
+        the same merchants and orders; their times count back from the sandbox's ``anchor_ms``
+        when it was given, else from now rounded down to the minute (so two sandboxes made in
+        the same minute agree to the millisecond). Currencies: USD, CAD, EUR, GBP, JPY.
         """
         if orders < 0 or days < 1:
             raise ValueError("orders must be >= 0 and days >= 1")
@@ -313,7 +322,10 @@ class OrderSandbox(SandboxServer):
             factory = self.factory_cls(prof)
             factory.base = self.url if self.running else ""
             book = OrderBook(self.cache)
-            book.load(skeleton(self.provider, prof, orders, days, SandboxServer.now_ms()))
+            anchor = (
+                self.anchor_ms if self.anchor_ms is not None else SandboxServer.now_ms() // 60_000 * 60_000
+            )
+            book.load(skeleton(self.provider, prof, orders, days, anchor))
             rng = random.Random(derive_seed(prof.seed, "modifications"))  # noqa: S311
             self._merchants[merchant_id] = Merchant(merchant_id, prof, factory, book, rng)
             return merchant_id

@@ -102,6 +102,19 @@ _BID = r"(?P<bid>[0-9a-fA-F-]+)"
 _OID = r"(?P<oid>[0-9a-fA-F-]+)"
 
 
+_SIGNING_KEYS: tuple[bytes, bytes] | None = None
+_SIGNING_LOCK = threading.Lock()
+
+
+def _signing_keys() -> tuple[bytes, bytes]:
+    """The sandbox's own token-signing key pair: Poynt's key, made once per process."""
+    global _SIGNING_KEYS  # noqa: PLW0603 (a process-wide lazy constant)
+    with _SIGNING_LOCK:
+        if _SIGNING_KEYS is None:
+            _SIGNING_KEYS = generate_rsa_keypair()
+        return _SIGNING_KEYS
+
+
 @dataclass
 class PoyntApp:
     app_id: str
@@ -122,13 +135,18 @@ class PoyntSandbox(OrderSandbox):
     default_access_ttl = 86_400
 
     def __init__(
-        self, port: int = 0, knobs: SandboxKnobs | None = None, seed: int = 7, *, cache_mb: int = 64
+        self,
+        port: int = 0,
+        knobs: SandboxKnobs | None = None,
+        seed: int = 7,
+        *,
+        cache_mb: int = 64,
+        anchor_ms: int | None = None,
     ) -> None:
-        super().__init__(port, knobs, seed, cache_mb=cache_mb)
+        super().__init__(port, knobs, seed, cache_mb=cache_mb, anchor_ms=anchor_ms)
         rng = random.Random(derive_seed(seed, "poynt-app"))  # noqa: S311
         self.apps: dict[str, PoyntApp] = {}
-        self._signing_key_pem, self.public_key_pem = generate_rsa_keypair()
-        self._signing_key = serialization.load_pem_private_key(self._signing_key_pem, password=None)
+        self._signing_key_pem, self.public_key_pem = _signing_keys()
         self.app_id = f"urn:aid:{uuid4(rng)}"
         self.app_private_key_pem, app_public = generate_rsa_keypair()
         self.register_app(self.app_id, app_public)

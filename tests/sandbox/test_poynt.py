@@ -1,0 +1,380 @@
+"""Poynt sandbox: consent, the /token grants (JWT bearer verification, code, refresh), merchant
+tokens, and the orders API (paging links, filters, limits, access rules)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import jwt
+import pytest
+import requests
+
+from posync_local.sandbox import PoyntSandbox
+from posync_local.sandbox.client import (
+    DEFAULT_REDIRECT,
+    poynt_assertion,
+    poynt_code,
+    poynt_connect,
+    poynt_headers,
+    query_of,
+)
+from posync_local.sandbox.data import iso_ms
+from posync_local.sandbox.keys import app_assertion, generate_rsa_keypair
+from posync_local.sandbox.poynt import JWT_BEARER, PUBLIC_AUDIENCE
+
+pytestmark = pytest.mark.integration
+
+
+def app_token(poynt: PoyntSandbox, assertion: str) -> requests.Response:
+    return requests.post(
+        f"{poynt.url}/token", data={"grantType": JWT_BEARER, "assertion": assertion}, timeout=10
+    )
+
+
+def orders(poynt: PoyntSandbox, bid: str, token: str, **params: Any) -> requests.Response:
+    headers = poynt_headers(token)
+    headers.update(params.pop("headers", {}))
+    return requests.get(f"{poynt.url}/businesses/{bid}/orders", params=params, headers=headers, timeout=30)
+
+
+# consent ------------------------------------------------------------------------------------------
+
+
+def test_consent_page_and_approve_redirect(poynt: PoyntSandbox, http: requests.Session) -> None:
+    bid = poynt.add_merchant(orders=1)
+    params = {"client_id": poynt.app_id, "redirect_uri": DEFAULT_REDIRECT, "context": "signed-state"}
+    page = http.get(f"{poynt.url}/applications/authorize", params=params)
+    assert page.status_code == 200
+    assert 'id="approve"' in page.text
+    assert 'id="deny"' in page.text
+    assert f'<option value="{bid}" selected>' in page.text
+    r = http.post(
+        f"{poynt.url}/applications/authorize",
+        data={**params, "business_id": bid, "decision": "approve"},
+        allow_redirects=False,
+    )
+    assert r.status_code == 302
+    q = query_of(r.headers["Location"])
+    assert q["status"] == "success"
+    assert q["context"] == "signed-state"
+    assert q["businessId"] == bid
+    assert q["code"]
+
+
+def test_consent_deny_and_the_auto_knobs(poynt: PoyntSandbox, http: requests.Session) -> None:
+    bid = poynt.add_merchant(orders=1)
+    params = {"client_id": poynt.app_id, "redirect_uri": DEFAULT_REDIRECT, "context": "c1"}
+    r = http.post(
+        f"{poynt.url}/applications/authorize",
+        data={**params, "business_id": bid, "decision": "deny"},
+        allow_redirects=False,
+    )
+    assert r.status_code == 302
+    assert query_of(r.headers["Location"]) == {"status": "denied", "context": "c1"}
+    poynt.knobs.auto_approve = True
+    r = http.get(f"{poynt.url}/applications/authorize", params=params, allow_redirects=False)
+    assert query_of(r.headers["Location"])["status"] == "success"
+    poynt.knobs.auto_approve = False
+    poynt.knobs.auto_deny = True
+    r = http.get(f"{poynt.url}/applications/authorize", params=params, allow_redirects=False)
+    assert query_of(r.headers["Location"])["status"] == "denied"
+
+
+def test_unknown_application_gets_a_400_page(poynt: PoyntSandbox, http: requests.Session) -> None:
+    r = http.get(
+        f"{poynt.url}/applications/authorize",
+        params={"client_id": "urn:aid:nope", "redirect_uri": DEFAULT_REDIRECT},
+    )
+    assert r.status_code == 400
+    assert "Unknown application" in r.text
+
+
+# the JWT bearer grant -----------------------------------------------------------------------------
+
+
+def test_a_good_self_signed_jwt_gets_an_app_token(poynt: PoyntSandbox) -> None:
+    r = app_token(poynt, poynt_assertion(poynt))
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"accessToken", "refreshToken", "expiresIn", "scope", "tokenType"}
+    assert body["expiresIn"] == 86400
+    assert body["tokenType"] == "BEARER"
+    # Poynt's public API base is an accepted audience too
+    assert app_token(poynt, poynt_assertion(poynt, audience=PUBLIC_AUDIENCE)).status_code == 200
+    assert poynt.stats.app_token_grants == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("bad signature", "invalid signature"),
+        ("wrong aud", "invalid audience"),
+        ("exp - iat over 300 s", "at most 300 seconds"),
+        ("expired", "JWT expired"),
+        ("sub differs from iss", "sub must equal iss"),
+        ("unknown app", "unknown application"),
+        ("not a JWT", "malformed JWT"),
+    ],
+)
+def test_bad_self_signed_jwts_are_refused(poynt: PoyntSandbox, case: str, reason: str) -> None:
+    now = int(time.time())
+    if case == "bad signature":
+        other_key, _ = generate_rsa_keypair()
+        assertion = app_assertion(poynt.app_id, other_key, poynt.url)
+    elif case == "wrong aud":
+        assertion = poynt_assertion(poynt, audience="https://example.com")
+    elif case == "exp - iat over 300 s":
+        assertion = poynt_assertion(poynt, ttl_s=301)
+    elif case == "expired":
+        assertion = poynt_assertion(poynt, iat=now - 400, ttl_s=300)
+    elif case == "sub differs from iss":
+        assertion = poynt_assertion(poynt, extra={"sub": "urn:aid:someone-else"})
+    elif case == "unknown app":
+        assertion = app_assertion("urn:aid:unknown", poynt.app_private_key_pem, poynt.url)
+    else:
+        assertion = "not.a.jwt"
+    r = app_token(poynt, assertion)
+    assert r.status_code == 401
+    body = r.json()
+    assert body["code"] == "UNAUTHORIZED"
+    assert reason in body["developerMessage"]
+    assert assertion not in r.text
+
+
+def test_a_jti_works_once(poynt: PoyntSandbox) -> None:
+    assertion = poynt_assertion(poynt, jti=str(uuid.uuid4()))
+    assert app_token(poynt, assertion).status_code == 200
+    replay = app_token(poynt, assertion)
+    assert replay.status_code == 401
+    assert "jti already used" in replay.json()["developerMessage"]
+
+
+def test_a_registered_app_can_use_its_own_key(poynt: PoyntSandbox) -> None:
+    private, public = generate_rsa_keypair()
+    poynt.register_app("urn:aid:second-app", public)
+    assert app_token(poynt, app_assertion("urn:aid:second-app", private, poynt.url)).status_code == 200
+
+
+# the authorization code grant and merchant tokens -------------------------------------------------
+
+
+def test_the_merchant_access_token_is_a_jwt_carrying_the_business_id(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=2)
+    tokens = poynt_connect(poynt, bid)
+    claims = jwt.decode(
+        tokens["accessToken"],
+        poynt.public_key_pem,
+        algorithms=["RS256"],
+        audience=poynt.app_id,
+        issuer=poynt.url,
+    )
+    assert claims["poynt.biz"] == bid
+    assert claims["sub"] == poynt.app_id
+    assert isinstance(claims["poynt.uid"], int)
+    assert claims["exp"] - claims["iat"] == 86400
+    assert {"jti", "iat", "exp"} <= set(claims)
+    assert tokens["refreshToken"] not in tokens["accessToken"]
+    assert poynt.stats.token_exchanges == 1
+
+
+def test_code_exchange_checks_the_app_jwt_client_id_redirect_and_single_use(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=1)
+    code = poynt_code(poynt, bid)
+    url = f"{poynt.url}/token"
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": poynt.app_id,
+        "redirect_uri": DEFAULT_REDIRECT,
+    }
+    no_jwt = requests.post(url, data=form, timeout=10)
+    assert no_jwt.status_code == 401
+    wrong_redirect = requests.post(
+        url,
+        data={**form, "redirect_uri": "http://127.0.0.1:9/other"},
+        headers={"Authorization": f"Bearer {poynt_assertion(poynt)}"},
+        timeout=10,
+    )
+    assert wrong_redirect.status_code == 400
+    assert "invalid_grant" in wrong_redirect.text
+    ok = requests.post(
+        url, data=form, headers={"Authorization": f"Bearer {poynt_assertion(poynt)}"}, timeout=10
+    )
+    assert ok.status_code == 200
+    again = requests.post(
+        url, data=form, headers={"Authorization": f"Bearer {poynt_assertion(poynt)}"}, timeout=10
+    )
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_grant"
+
+
+def test_refresh_rotates_and_the_old_refresh_token_dies(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=2)
+    first = poynt_connect(poynt, bid)
+    url = f"{poynt.url}/token"
+    r1 = requests.post(
+        url, data={"grantType": "REFRESH_TOKEN", "refreshToken": first["refreshToken"]}, timeout=10
+    )
+    assert r1.status_code == 200
+    second = r1.json()
+    assert jwt.decode(second["accessToken"], options={"verify_signature": False})["poynt.biz"] == bid
+    r2 = requests.post(
+        url, data={"grantType": "REFRESH_TOKEN", "refreshToken": first["refreshToken"]}, timeout=10
+    )
+    assert r2.status_code == 400
+    assert "invalid_grant" in r2.text
+    assert orders(poynt, bid, second["accessToken"]).status_code == 200
+    assert poynt.stats.refreshes[bid] == 1
+    assert poynt.stats.refresh_calls[bid] == 2
+
+
+def test_forced_expiry_and_revoke(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=2)
+    tokens = poynt_connect(poynt, bid)
+    poynt.expire_access_tokens(bid)
+    assert orders(poynt, bid, tokens["accessToken"]).status_code == 401
+    refreshed = requests.post(
+        f"{poynt.url}/token",
+        data={"grantType": "REFRESH_TOKEN", "refreshToken": tokens["refreshToken"]},
+        timeout=10,
+    ).json()
+    assert orders(poynt, bid, refreshed["accessToken"]).status_code == 200
+    poynt.revoke(bid)
+    assert orders(poynt, bid, refreshed["accessToken"]).status_code == 401
+    r = requests.post(
+        f"{poynt.url}/token",
+        data={"grantType": "REFRESH_TOKEN", "refreshToken": refreshed["refreshToken"]},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    assert "invalid_grant" in r.text
+
+
+# orders -------------------------------------------------------------------------------------------
+
+
+def test_orders_need_a_token_for_that_business(poynt: PoyntSandbox) -> None:
+    mine = poynt.add_merchant(orders=3)
+    other = poynt.add_merchant(orders=3)
+    tokens = poynt_connect(poynt, mine)
+    assert orders(poynt, mine, tokens["accessToken"]).status_code == 200
+    wrong = orders(poynt, other, tokens["accessToken"])
+    assert wrong.status_code == 403
+    assert wrong.json()["code"] == "FORBIDDEN"
+    none = requests.get(f"{poynt.url}/businesses/{mine}/orders", timeout=10)
+    assert none.status_code == 401
+    assert none.json()["code"] == "UNAUTHORIZED"
+    # an app token opens the businesses that authorized the app, and no others
+    app = app_token(poynt, poynt_assertion(poynt)).json()["accessToken"]
+    assert orders(poynt, mine, app).status_code == 200
+    assert orders(poynt, other, app).status_code == 403
+
+
+def test_following_links_pages_every_order_in_updated_order(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=250, currency="GBP")
+    token = poynt_connect(poynt, bid)["accessToken"]
+    first = orders(poynt, bid, token, limit=100)
+    body = first.json()
+    assert body["count"] == 250
+    got = body["orders"]
+    links = body["links"]
+    while links:
+        (link,) = links
+        assert link["rel"] == "next"
+        assert link["method"] == "GET"
+        r = requests.get(poynt.url + link["href"], headers=poynt_headers(token), timeout=10)
+        got += r.json()["orders"]
+        links = r.json()["links"]
+    truth = poynt.orders(bid)
+    assert [o["id"] for o in got] == [o["id"] for o in truth]
+    assert got == truth
+    keys = [(o["updatedAt"], o["id"]) for o in got]
+    assert keys == sorted(keys)
+
+
+def test_default_and_maximum_limits(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=150)
+    token = poynt_connect(poynt, bid)["accessToken"]
+    assert len(orders(poynt, bid, token).json()["orders"]) == 10
+    assert len(orders(poynt, bid, token, limit=500).json()["orders"]) == 100
+    last = orders(poynt, bid, token, limit=100, startOffset=100).json()
+    assert len(last["orders"]) == 50
+    assert last["links"] == []
+
+
+def test_start_end_and_if_modified_since_filter_on_updated_at(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=200, days=30)
+    token = poynt_connect(poynt, bid)["accessToken"]
+    truth = poynt.orders(bid)
+    start, end = truth[40]["updatedAt"], truth[120]["updatedAt"]
+    got = orders(poynt, bid, token, startAt=start, endAt=end, limit=100).json()
+    assert [o["id"] for o in got["orders"]] == [o["id"] for o in truth if start <= o["updatedAt"] < end]
+    assert got["count"] == len([o for o in truth if start <= o["updatedAt"] < end])
+    since = datetime.fromisoformat(truth[150]["updatedAt"].replace("Z", "+00:00")).replace(microsecond=0)
+    ims = orders(
+        poynt,
+        bid,
+        token,
+        limit=100,
+        headers={"If-Modified-Since": format_datetime(since.astimezone(UTC), usegmt=True)},
+    ).json()
+    floor = iso_ms(int(since.timestamp() * 1000))
+    assert [o["id"] for o in ims["orders"]] == [o["id"] for o in truth if o["updatedAt"] >= floor]
+    assert orders(poynt, bid, token, startAt="yesterday").status_code == 400
+
+
+def test_missing_api_version_is_served_and_counted(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=3)
+    token = poynt_connect(poynt, bid)["accessToken"]
+    r = requests.get(
+        f"{poynt.url}/businesses/{bid}/orders", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert r.status_code == 200
+    assert poynt.stats.missing_api_version == 1
+    assert orders(poynt, bid, token).status_code == 200
+    assert poynt.stats.missing_api_version == 1
+
+
+def test_single_order_and_business(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=3, currency="CAD")
+    token = poynt_connect(poynt, bid)["accessToken"]
+    truth = poynt.orders(bid)[0]
+    r = requests.get(
+        f"{poynt.url}/businesses/{bid}/orders/{truth['id']}", headers=poynt_headers(token), timeout=10
+    )
+    assert r.json() == truth
+    missing = requests.get(
+        f"{poynt.url}/businesses/{bid}/orders/{uuid.uuid4()}", headers=poynt_headers(token), timeout=10
+    )
+    assert missing.status_code == 404
+    biz = requests.get(f"{poynt.url}/businesses/{bid}", headers=poynt_headers(token), timeout=10).json()
+    assert biz["id"] == bid
+    assert biz["stores"][0]["currency"] == "CAD"
+
+
+def test_a_naive_link_follower_misses_orders_modified_while_paging(poynt: PoyntSandbox) -> None:
+    # Given orders in a window ending before now, and 3 orders modified after every page
+    bid = poynt.add_merchant(orders=120, days=20)
+    token = poynt_connect(poynt, bid)["accessToken"]
+    end = iso_ms(time.time_ns() // 1_000_000 - 1)
+    window = [o["id"] for o in poynt.orders(bid) if o["updatedAt"] < end]
+    poynt.knobs.modify_during_paging = 3
+    # When a client follows the next links
+    body = orders(poynt, bid, token, endAt=end, limit=30).json()
+    seen = [o["id"] for o in body["orders"]]
+    pages = 1
+    while body["links"]:
+        body = requests.get(
+            poynt.url + body["links"][0]["href"], headers=poynt_headers(token), timeout=10
+        ).json()
+        seen += [o["id"] for o in body["orders"]]
+        pages += 1
+    # Then it misses 3 orders per link it followed, and a re-read without endAt finds them all
+    assert len(set(window) - set(seen)) == 3 * (pages - 1)
+    poynt.knobs.modify_during_paging = 0
+    everything = orders(poynt, bid, token, limit=100, startOffset=0).json()["count"]
+    assert everything == len(window)
