@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from posync_local.cli_credentials import credentials_group
 from posync_local.local_cli import local_group
 
 
@@ -14,6 +15,7 @@ def cli() -> None:
 
 
 cli.add_command(local_group)
+cli.add_command(credentials_group)
 
 
 def main() -> None:
