@@ -55,7 +55,6 @@ class Access:
     send_to_sync_queue: bool = False
     bucket_objects: tuple[str, ...] = ()  # s3 object actions, on bucket_prefixes only
     bucket_prefixes: tuple[str, ...] = ()
-    list_bucket: bool = False  # ListBucket, conditioned on bucket_prefixes
     put_events: bool = False
 
     def actions(self) -> set[str]:
@@ -66,8 +65,6 @@ class Access:
         out.update(self.state_key, self.app_secrets, self.connection_secrets, self.bucket_objects)
         if self.send_to_sync_queue:
             out.add("sqs:SendMessage")
-        if self.list_bucket:
-            out.add("s3:ListBucket")
         if self.put_events:
             out.add("events:PutEvents")
         return out
@@ -97,66 +94,73 @@ class Access:
 ACCESS: dict[str, Access] = {
     # GET /health answers from configuration alone.
     "health": Access(),
-    # GET /connect/{provider}: signs the state with the state key; records it in the control table.
+    # GET /connect/{provider}: signs the OAuth state with the state key and builds the provider's
+    # authorize URL from the app's client id (app credentials). The state's single use is recorded
+    # at callback time, so connect writes nothing.
     "connect": Access(
         state_key=READ_SECRET,
-        tables={"control": ("dynamodb:PutItem",)},
+        app_secrets=READ_SECRET,
     ),
-    # GET /oauth/{provider}/callback: verifies the state (single use: conditional put), exchanges the
-    # code with the app credentials, stores the tokens in the connection's secret (created here, or
-    # updated / restored from a pending deletion on reconnect), upserts the connection, queues the backfill.
+    # GET /oauth/{provider}/callback: verifies the state and records its single use (conditional put),
+    # exchanges the code with the app credentials, stores the tokens in the connection's secret (created
+    # here with tags, or updated / restored from a pending deletion on reconnect), upserts the
+    # connection, queues the first backfill.
     "callback": Access(
         state_key=READ_SECRET,
         app_secrets=READ_SECRET,
         connection_secrets=(
             "secretsmanager:CreateSecret",
-            "secretsmanager:PutSecretValue",
+            "secretsmanager:TagResource",
             "secretsmanager:DescribeSecret",
             "secretsmanager:RestoreSecret",
+            "secretsmanager:PutSecretValue",
         ),
         tables={
-            "control": ("dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"),
-            "connections": ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+            "control": ("dynamodb:PutItem",),
+            "connections": ("dynamodb:UpdateItem",),
         },
         send_to_sync_queue=True,
     ),
-    # POST /webhooks/{provider}: verifies with the app's webhook secret, dedups in the control table,
-    # queues targeted syncs, marks uninstalled connections revoked and schedules their secret's deletion.
+    # POST /webhooks/{provider}: verifies with the app's webhook secret, stores Clover's verification
+    # code, queues targeted syncs, marks uninstalled connections revoked, schedules their secret's
+    # deletion and emits ConnectionRevoked.
     "webhooks": Access(
         app_secrets=READ_SECRET,
         connection_secrets=("secretsmanager:DeleteSecret",),
         tables={
             "connections": ("dynamodb:GetItem", "dynamodb:UpdateItem"),
-            "control": ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+            "control": ("dynamodb:PutItem",),
         },
         send_to_sync_queue=True,
+        put_events=True,
     ),
-    # Scheduled: pages the active connections (by-status index) and queues one sync each.
+    # Scheduled: pages the active connections from the by-status index (reading an item itself only
+    # if the index ever returns keys alone) and queues one sync each.
     "dispatcher": Access(
-        tables={"connections": ("dynamodb:Scan",)},
-        indexes={("connections", "by-status"): ("dynamodb:Query", "dynamodb:Scan")},
+        tables={"connections": ("dynamodb:GetItem",)},
+        indexes={("connections", "by-status"): ("dynamodb:Query",)},
         send_to_sync_queue=True,
     ),
-    # SQS: syncs one connection. Tokens (read, refresh-and-save), connection state and cursor, orders
-    # (newest-wins transactions), leases and rate-limit buckets, export parts / quarantine / raw payloads,
-    # OrdersExported and ConnectionNeedsReauth events, continuations on the queue.
+    # SQS: syncs one connection. Tokens (read; refresh and save), connection state, cursor and token
+    # expiries, orders (newest-wins transactions of conditional puts), refresh leases, rate-limit
+    # buckets and export-run ledger in the control table, export parts / manifests / quarantine / raw
+    # payloads, OrdersExported and ConnectionNeedsReauth events, continuations on the queue.
     "worker": Access(
         app_secrets=READ_SECRET,
         connection_secrets=("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"),
         tables={
             "connections": ("dynamodb:GetItem", "dynamodb:UpdateItem"),
-            "orders": (
+            "orders": ("dynamodb:GetItem", "dynamodb:PutItem"),
+            "control": (
                 "dynamodb:GetItem",
                 "dynamodb:BatchGetItem",
                 "dynamodb:PutItem",
                 "dynamodb:UpdateItem",
-                "dynamodb:ConditionCheckItem",
+                "dynamodb:DeleteItem",
             ),
-            "control": ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"),
         },
         bucket_objects=("s3:PutObject", "s3:GetObject"),
         bucket_prefixes=(EXPORTS_PREFIX, QUARANTINE_PREFIX, RAW_PREFIX),
-        list_bucket=True,
         put_events=True,
         send_to_sync_queue=True,
     ),
@@ -262,13 +266,6 @@ class FunctionAccess(Construct):
                     f"Objects under {prefix} are keyed per provider, merchant, day and run; the grant is "
                     "scoped to this one prefix of the stage's exports bucket.",
                 )
-        if a.list_bucket:
-            allow(
-                "BucketList",
-                ("s3:ListBucket",),
-                [bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in a.bucket_prefixes]}},
-            )
         if a.put_events:
             allow("EventBusPut", ("events:PutEvents",), [event_bus.event_bus_arn])
         kms_actions = a.kms_actions()

@@ -159,14 +159,15 @@ def test_state_key_is_readable_only_by_connect_and_callback(synth: Synth) -> Non
     assert readers == {"connect", "callback"}
 
 
-def test_app_credentials_are_not_readable_by_connect_or_dispatcher(synth: Synth) -> None:
+def test_app_credentials_are_not_readable_by_health_or_dispatcher(synth: Synth) -> None:
     clover = f"<{logical_id(synth, 'AWS::SecretsManager::Secret', Name='posync/dev/app/clover')}>"
     readers = {
         n
         for n, st in statements_by_function(synth).items()
         if clover in grants(st, "secretsmanager:GetSecretValue")
     }
-    assert readers == {"callback", "webhooks", "worker"}
+    # connect needs the client id for the authorize URL; the others talk to the provider.
+    assert readers == {"connect", "callback", "webhooks", "worker"}
     # Nobody may write the app credentials from a function (the CLI does).
     for st in statements_by_function(synth).values():
         assert clover not in grants(st, "secretsmanager:PutSecretValue")
@@ -187,14 +188,19 @@ def test_connection_secrets_lifecycle_is_split_by_function(synth: Synth) -> None
     assert grants(fns["worker"], "secretsmanager:PutSecretValue") == patterns
 
 
-def test_only_the_worker_touches_orders_exports_and_events(synth: Synth) -> None:
+def test_only_the_worker_touches_orders_and_exports(synth: Synth) -> None:
     fns = statements_by_function(synth)
     orders = f"<{logical_id(synth, 'AWS::DynamoDB::Table', TableName='posync-dev-orders')}.Arn>"
     for name, st in fns.items():
         touches_orders = any(orders in grants(st, a) for a in actions_of(st) if a.startswith("dynamodb:"))
         assert touches_orders == (name == "worker"), name
         assert bool(grants(st, "s3:PutObject")) == (name == "worker"), name
-        assert bool(grants(st, "events:PutEvents")) == (name == "worker"), name
+        assert bool(grants(st, "s3:GetObject")) == (name == "worker"), name
+    # Events: the worker (OrdersExported, ConnectionNeedsReauth) and webhooks (ConnectionRevoked).
+    bus = logical_id(synth, "AWS::Events::EventBus", Name="posync-dev")
+    emitters = {n for n, st in fns.items() if grants(st, "events:PutEvents")}
+    assert emitters == {"worker", "webhooks"}
+    assert all(grants(fns[n], "events:PutEvents") == {f"<{bus}.Arn>"} for n in emitters)
 
 
 def test_dispatcher_queries_the_status_index_and_sends_to_the_queue(synth: Synth) -> None:
@@ -203,7 +209,9 @@ def test_dispatcher_queries_the_status_index_and_sends_to_the_queue(synth: Synth
     queue = logical_id(synth, "AWS::SQS::Queue", QueueName="posync-dev-sync.fifo")
     assert grants(st, "dynamodb:Query") == {f"<{table}.Arn>/index/by-status"}
     assert grants(st, "sqs:SendMessage") == {f"<{queue}.Arn>"}
-    assert not {a for a in actions_of(st) if a.startswith(("secretsmanager:", "s3:", "dynamodb:Put"))}
+    assert not {
+        a for a in actions_of(st) if a.startswith(("secretsmanager:", "s3:", "dynamodb:Put", "dynamodb:Scan"))
+    }
 
 
 def test_only_producers_may_send_to_the_sync_queue(synth: Synth) -> None:
