@@ -79,6 +79,10 @@ chaos: install
 synth: install
 	$(CDK) synth --quiet
 
+# The dependency layer (build/layers/deps), rebuilt only when its inputs' hash changes; synth builds it too.
+layer: $(VENV)/.synced
+	$(PY) -m infra.layer_build
+
 bench: install
 	$(PY) -m bench.run
 
