@@ -262,13 +262,20 @@ def test_two_writers_finishing_one_run_cannot_overwrite_its_manifest(settings: S
 def test_a_writer_opened_on_an_already_manifested_run_continues_under_a_new_run_id(
     settings: Settings,
 ) -> None:
-    w1 = writer(settings)
+    # Given run-1 was manifested (and maybe its event was lost with the process)
+    events = Events()
+    w1 = writer(settings, events=events)
     w1.add(order("A", "2026-09-21T10:00:00.000Z"))
     w1.finish()
-    w2 = writer(settings)
+    # When a redelivered message opens a writer on the same run id
+    w2 = writer(settings, events=events)
+    # Then it goes on as run-1-r1, and run-1's event is put again (at least once)
     assert w2.run_id == "run-1-r1"
+    assert [d["run_id"] for _, d in events.put] == ["run-1", "run-1"]
+    assert events.put[0] == events.put[1]
     w2.add(order("B", "2026-09-21T11:00:00.000Z"))
     assert w2.finish() == manifest_key("run-1-r1")
+    assert [d["run_id"] for _, d in events.put] == ["run-1", "run-1", "run-1-r1"]
     assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B"]
 
 

@@ -43,6 +43,7 @@ from posync.aws import client
 from posync.config import Settings
 from posync.domain import check_merchant_id, check_provider
 from posync.errors import PosyncError
+from posync.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -231,7 +232,7 @@ class RunLedger:
         self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
         self._known: set[str] = set()
         self._unknown: set[str] = set()  # asked and not committed (a dead epoch stays dead)
-        self._manifests: dict[str, frozenset[str] | None] = {}
+        self._manifest_docs: dict[str, dict[str, Any] | None] = {}
 
     def mark(self, ref: str) -> None:
         self._known.add(ref)
@@ -268,20 +269,43 @@ class RunLedger:
         item = reply.get("Item")
         return item["ref"].get("S") if item and "ref" in item else None
 
-    def manifest_epochs(self, run: str) -> frozenset[str] | None:
-        """The epoch references a run's manifest lists, or None when the run has no manifest."""
-        if run in self._manifests:
-            return self._manifests[run]
+    def manifest(self, run: str) -> dict[str, Any] | None:
+        """A run's manifest, or None when the run has none (cached)."""
+        if run in self._manifest_docs:
+            return self._manifest_docs[run]
         try:
             body = self._s3.get_object(Bucket=self._settings.bucket, Key=manifest_key(run))["Body"].read()
         except ClientError as exc:
             if not _is_missing(exc):
                 raise
-            self._manifests[run] = None
+            self._manifest_docs[run] = None
             return None
-        epochs = frozenset(str(e) for e in json.loads(body).get("epochs", []))
-        self._manifests[run] = epochs
-        return epochs
+        doc: dict[str, Any] = json.loads(body)
+        self._manifest_docs[run] = doc
+        return doc
+
+    def manifest_epochs(self, run: str) -> frozenset[str] | None:
+        """The epoch references a run's manifest lists, or None when the run has no manifest."""
+        doc = self.manifest(run)
+        return None if doc is None else frozenset(str(e) for e in doc.get("epochs", []))
+
+
+def event_detail(manifest: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The ``OrdersExported`` detail for a manifest."""
+    return {
+        "run_id": manifest["run_id"],
+        "provider": manifest["provider"],
+        "merchant_id": manifest["merchant_id"],
+        "bucket": manifest["bucket"],
+        "manifest_key": key,
+        "schema_version": manifest["schema_version"],
+        "manifest_version": manifest["manifest_version"],
+        "counts": {
+            "orders": int(manifest["record_count"]),
+            "files": len(manifest["files"]),
+            "quarantined": sum(int(q["records"]) for q in manifest["quarantine"]),
+        },
+    }
 
 
 # --------------------------------------------------------------------------- writer
@@ -393,9 +417,22 @@ class ExportWriter:
         if self._opened:
             return
         run, i = self._base_run, 0
-        while self._ledger.manifest_epochs(run) is not None:
+        previous: dict[str, Any] | None = None
+        while (doc := self._ledger.manifest(run)) is not None:
+            previous = doc
             i += 1
             run = f"{self._base_run}-r{i}"
+        if previous is not None:
+            # The run was manifested, then the process died before the caller settled: its
+            # event may never have been put. Put it again (events are at least once).
+            key = manifest_key(str(previous["run_id"]))
+            try:
+                self._put_event(self._settings, EVENT_DETAIL_TYPE, event_detail(previous, key))
+            except (PosyncError, ClientError) as exc:
+                logger.warning(
+                    "could not put the OrdersExported event again",
+                    extra={"manifest_key": key, "error": type(exc).__name__},
+                )
         reply = self._ddb.get_item(
             TableName=self._settings.control_table,
             Key={"pk": {"S": f"exportrun#{run}"}},
@@ -641,20 +678,7 @@ class ExportWriter:
                 raise RunAlreadyFinished(f"run {self._run} already has a manifest") from exc
             raise
         self._closed = True
-        self._put_event(
-            self._settings,
-            EVENT_DETAIL_TYPE,
-            {
-                "run_id": self._run,
-                "provider": self.provider,
-                "merchant_id": self.merchant_id,
-                "bucket": self._settings.bucket,
-                "manifest_key": key,
-                "schema_version": SCHEMA_VERSION,
-                "manifest_version": MANIFEST_VERSION,
-                "counts": {"orders": records, "files": len(files), "quarantined": n_quarantined},
-            },
-        )
+        self._put_event(self._settings, EVENT_DETAIL_TYPE, event_detail(manifest, key))
         return key
 
     def close(self) -> None:
