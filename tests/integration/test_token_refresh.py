@@ -257,6 +257,27 @@ def test_a_poynt_token_is_refreshed_and_the_new_refresh_token_saved(rt: LocalRun
     assert api_accepts(rt, "poynt", merchant, token)
 
 
+def test_the_poynt_app_token_is_granted_once_and_cached(rt: LocalRuntime, seen: Secrets) -> None:
+    # Given the Poynt adapter built as a Lambda builds it, and a business that authorized the app
+    from posync.app_credentials import AppCredentialsStore
+    from posync.providers import build_providers
+    from posync.providers.poynt_oauth import PoyntOAuth
+
+    merchant = connected(rt, seen, "poynt")
+    poynt = build_providers(rt.settings, AppCredentialsStore(rt.settings))["poynt"]
+    assert isinstance(poynt, PoyntOAuth)
+    grants = rt.poynt.stats.snapshot()["app_token_grants"]
+    # When app-level calls ask for the app token several times
+    tokens = {poynt.app_access_token() for _ in range(3)}
+    # Then the sandbox verified one self-signed assertion (aud, exp - iat <= 300, fresh jti) and
+    # the token is reused, and it reads the business's orders
+    assert len(tokens) == 1
+    assert rt.poynt.stats.snapshot()["app_token_grants"] == grants + 1
+    token = tokens.pop()
+    seen.add(token)
+    assert api_accepts(rt, "poynt", merchant, token)
+
+
 def test_no_token_reached_the_logs(rt: LocalRuntime, seen: Secrets, captured_logs: object) -> None:
     seen.add(rt.clover.client_secret)
     assert len(seen.values) >= 10

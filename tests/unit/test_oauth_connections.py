@@ -13,6 +13,7 @@ from posync.config import Settings
 from posync.connections import ConnectionRepository
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import ConnectionNotFound, InvalidInput
+from posync.ports import ConnectionStore
 from tests.unit.oauth_fakes import unit_settings
 
 M1, M2, M3 = "AAAAAAAAAAAA1", "AAAAAAAAAAAA2", "AAAAAAAAAAAA3"
@@ -69,6 +70,12 @@ def connected(merchant: str = M1, ref: str | None = "shop-1") -> Connection:
         access_expires_at=1_800_000_000,
         refresh_expires_at=1_900_000_000,
     )
+
+
+def test_the_repository_is_the_sync_engines_connection_store(repo: ConnectionRepository) -> None:
+    # (checked by mypy: ConnectionRepository satisfies posync.ports.ConnectionStore)
+    store: ConnectionStore = repo
+    assert store.list_by_status("active") == ([], None)
 
 
 def test_a_saved_connection_reads_back(repo: ConnectionRepository) -> None:

@@ -11,6 +11,7 @@ import pytest
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked, ProviderError
 from posync.observability import metrics
+from posync.ports import AccessTokens
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenService, TokenSet, refresh_lease_name
 from tests.unit.oauth_fakes import (
     EventLog,
@@ -58,6 +59,12 @@ class World:
 @pytest.fixture(autouse=True)
 def _clear_metrics() -> None:
     metrics.clear_metrics()
+
+
+def test_the_service_is_the_sync_engines_access_tokens_port() -> None:
+    # (checked by mypy: TokenService satisfies posync.ports.AccessTokens)
+    port: AccessTokens = World().service()
+    assert callable(port.access_token) and callable(port.after_unauthorized)
 
 
 def test_a_valid_token_is_read_once_and_then_served_from_the_cache() -> None:
