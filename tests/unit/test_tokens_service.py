@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked, ProviderError
@@ -20,6 +21,7 @@ from tests.unit.oauth_fakes import (
     FakeLeases,
     FakeTokenStore,
     ScriptedRefresher,
+    client_error,
     unit_settings,
 )
 
@@ -316,3 +318,40 @@ def test_a_revoked_connection_is_not_refreshed() -> None:
         w.service().access_token(w.conn)
     # Then the provider was not called
     assert w.refresher.calls == 0
+
+
+def test_a_lease_that_cannot_be_released_does_not_lose_the_new_token() -> None:
+    # Given DynamoDB failing the lease release (the lease then simply expires)
+    w = World(expires_in=10)
+
+    def broken_release(name: str, owner: str) -> None:
+        raise client_error("InternalServerError", "DeleteItem")
+
+    w.leases.release = broken_release  # type: ignore[method-assign]
+    # When the token is refreshed, the caller still gets the saved new token
+    assert w.service().access_token(w.conn) == "access-1"
+    assert w.store.secrets[("clover", MERCHANT)].access_token == "access-1"
+
+
+def test_an_event_bus_outage_does_not_hide_the_revocation() -> None:
+    # Given EventBridge unreachable and a refused refresh
+    w = World(expires_in=10)
+    w.refresher.raises = [RefreshRefused("clover refused the refresh token (401: Invalid refresh token)")]
+
+    def unreachable(detail_type: str, detail: dict[str, object]) -> object:
+        raise EndpointConnectionError(endpoint_url="http://events.test")
+
+    svc = TokenService(
+        w.settings,
+        refreshers={"clover": w.refresher},
+        store=w.store,
+        leases=w.leases,
+        connections=w.connections,
+        events=unreachable,
+        clock=w.clock,
+        sleep=w.fake_clock.sleep,
+    )
+    # Then the sync still gets AuthorizationRevoked and the status is recorded
+    with pytest.raises(AuthorizationRevoked):
+        svc.access_token(w.conn)
+    assert w.conn.status is ConnectionStatus.NEEDS_REAUTH

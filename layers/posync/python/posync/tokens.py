@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from posync.aws import client
 from posync.config import Settings
@@ -476,7 +476,7 @@ class TokenService:
                 try:
                     return self._refresh_under_lease(conn, stale, forced=forced)
                 finally:
-                    self._leases.release(name, owner)
+                    self._release(name, owner, cid)
             # Someone else holds the lease: wait, then look at the secret again (fresh read).
             self._sleep(delay * (0.5 + random.random()))  # noqa: S311 (jitter, not crypto)
             delay = min(delay * 2, 1.0)
@@ -490,6 +490,14 @@ class TokenService:
                 if not forced and not fresh.is_expired(self._clock()):
                     return fresh  # still valid: let the caller go on; the next call retries
                 raise ProviderError(f"timed out waiting for another caller's token refresh of {cid}")
+
+    def _release(self, name: str, owner: str, cid: str) -> None:
+        try:
+            self._leases.release(name, owner)
+        except (ClientError, BotoCoreError) as exc:  # it expires by itself within the lease TTL
+            logger.warning(
+                "could not release the refresh lease", extra={"connection_id": cid, "error": str(exc)}
+            )
 
     def _refresh_under_lease(self, conn: Connection, stale: TokenSet, *, forced: bool) -> TokenSet:
         cid = conn.connection_id
@@ -539,7 +547,7 @@ class TokenService:
         logger.info("token refreshed", extra={"connection_id": cid, **new.expiry_log()})
         try:
             self._connections.record_token_expiry(cid, new.access_expires_at, new.refresh_expires_at)
-        except (ClientError, ConnectionNotFound) as exc:  # informational copy only
+        except (ClientError, BotoCoreError, ConnectionNotFound) as exc:  # informational copy only
             logger.warning("could not record token expiry", extra={"connection_id": cid, "error": str(exc)})
         return new
 
@@ -550,7 +558,7 @@ class TokenService:
             try:
                 self._store.save(conn.provider, conn.merchant_id, new)
                 return
-            except ClientError as exc:
+            except (ClientError, BotoCoreError) as exc:
                 last = exc
                 self._sleep(0.2 * 2**attempt)
         reason = "refreshed tokens could not be saved; the merchant must reconnect"
@@ -566,7 +574,7 @@ class TokenService:
             self._connections.set_status(cid, ConnectionStatus.NEEDS_REAUTH, reason)
         except ConnectionNotFound:
             return  # deleted meanwhile: nothing to flag
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             logger.error("could not mark needs_reauth", extra={"connection_id": cid, "error": str(exc)})
         try:
             self._events(
@@ -579,7 +587,7 @@ class TokenService:
                     "at": _iso(self._clock()),
                 },
             )
-        except (ClientError, PosyncError) as exc:
+        except (ClientError, BotoCoreError, PosyncError) as exc:
             logger.error(
                 "could not emit ConnectionNeedsReauth", extra={"connection_id": cid, "error": str(exc)}
             )

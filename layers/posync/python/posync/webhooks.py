@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from posync.app_credentials import AppCredentials, AppNotConfigured
 from posync.aws import client
@@ -316,7 +316,7 @@ class WebhookService:
                     "at": datetime.fromtimestamp(self._clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 },
             )
-        except (ClientError, PosyncError) as exc:
+        except (ClientError, BotoCoreError, PosyncError) as exc:
             logger.error("could not emit ConnectionRevoked", extra={"connection_id": cid, "error": str(exc)})
 
 
