@@ -198,3 +198,27 @@ def test_jpy_has_no_minor_unit_and_amounts_are_whole_yen() -> None:
     prices = [li["price"] for o in clover.orders(mid) for li in elements(o, "lineItems")]
     assert all(isinstance(p, int) for p in prices)
     assert min(prices) >= 100  # yen, not cents of a yen
+
+
+def test_the_fragment_cache_keeps_to_its_budget_and_never_mixes_versions() -> None:
+    from posync_local.sandbox.orderbook import FragmentCache, OrderRec, OrderState
+
+    # Given a cache of 5 kB and 20 orders of 1 kB each
+    cache = FragmentCache(5_000)
+    recs = [OrderRec(OrderState(i, f"O{i}", 0, 0, 0)) for i in range(20)]
+    for i, rec in enumerate(recs):
+        cache.put(rec, ("k", 0), bytes([i]) * 1_000)
+        # Then it never holds more than its budget
+        assert cache.size <= 5_000
+    # And the newest entries are served, the oldest were dropped
+    assert cache.get(recs[-1], ("k", 0)) == bytes([19]) * 1_000
+    assert cache.get(recs[0], ("k", 0)) is None
+    # And a key of another version (or expand set) never matches
+    assert cache.get(recs[-1], ("k", 1)) is None
+    assert cache.get(recs[-1], ("other", 0)) is None
+    cache.drop(recs[-1])
+    assert cache.get(recs[-1], ("k", 0)) is None
+    assert cache.size == 4_000
+    cache.clear()
+    assert cache.size == 0
+    assert all(r.cached is None for r in recs)

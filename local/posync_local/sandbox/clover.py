@@ -114,7 +114,7 @@ class CloverSandbox(OrderSandbox):
         knobs: SandboxKnobs | None = None,
         seed: int = 7,
         *,
-        cache_mb: int = 64,
+        cache_mb: int = 32,
         anchor_ms: int | None = None,
     ) -> None:
         super().__init__(port, knobs, seed, cache_mb=cache_mb, anchor_ms=anchor_ms)

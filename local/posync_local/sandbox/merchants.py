@@ -244,7 +244,12 @@ def redirect_ok(uri: str | None) -> bool:
 
 
 class OrderSandbox(SandboxServer):
-    """A sandbox with merchants, seeded orders, an order book per merchant and OAuth state."""
+    """A sandbox with merchants, seeded orders, an order book per merchant and OAuth state.
+
+    ``cache_mb``: byte budget of the serialized-order cache shared by all merchants (default
+    32 MiB, 0 disables it; a scan over more orders than fit simply renders them, ~10 us each).
+    ``anchor_ms``: the time the seeded orders count back from (default: now, to the minute).
+    """
 
     factory_cls: type[OrderFactory] = OrderFactory
     default_access_ttl = 1800
@@ -256,7 +261,7 @@ class OrderSandbox(SandboxServer):
         knobs: SandboxKnobs | None = None,
         seed: int = 7,
         *,
-        cache_mb: int = 64,
+        cache_mb: int = 32,
         anchor_ms: int | None = None,
     ) -> None:
         super().__init__(port, knobs, seed)

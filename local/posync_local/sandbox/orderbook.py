@@ -35,53 +35,66 @@ class OrderState(NamedTuple):
 
 
 class OrderRec:
-    __slots__ = ("frag", "frag_key", "state")
+    __slots__ = ("cached", "state")
 
     def __init__(self, state: OrderState) -> None:
         self.state = state
-        self.frag_key: object = None
-        self.frag: bytes | None = None
+        # (key, JSON) in one attribute, so a reader never pairs one version's key with another's JSON
+        self.cached: tuple[object, bytes] | None = None
 
 
 class FragmentCache:
-    """A byte-budgeted FIFO of serialized order versions, shared by all merchants of a sandbox."""
+    """A byte-budgeted FIFO of serialized order versions, shared by all merchants of a sandbox.
+
+    Keys carry the order version, so a fragment rendered from a version that was modified
+    meanwhile can never be served for the new one.
+    """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
         self.size = 0
-        self._fifo: deque[tuple[OrderRec, bytes]] = deque()
+        self._fifo: deque[tuple[OrderRec, tuple[object, bytes]]] = deque()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, rec: OrderRec, key: object) -> bytes | None:
-        frag = rec.frag
-        if frag is not None and rec.frag_key == key:
+        cached = rec.cached
+        if cached is not None and cached[0] == key:
             self.hits += 1
-            return frag
+            return cached[1]
         self.misses += 1
         return None
 
     def put(self, rec: OrderRec, key: object, data: bytes) -> None:
         if self.budget <= 0:
             return
+        entry = (key, data)
         with self._lock:
-            if rec.frag is not None:
-                self.size -= len(rec.frag)
-            rec.frag, rec.frag_key = data, key
+            if rec.cached is not None:
+                self.size -= len(rec.cached[1])
+            rec.cached = entry
             self.size += len(data)
-            self._fifo.append((rec, data))
+            self._fifo.append((rec, entry))
             while self.size > self.budget and self._fifo:
-                old, frag = self._fifo.popleft()
-                if old.frag is frag:
-                    old.frag = old.frag_key = None
-                    self.size -= len(frag)
+                old, old_entry = self._fifo.popleft()
+                if old.cached is old_entry:
+                    old.cached = None
+                    self.size -= len(old_entry[1])
 
     def drop(self, rec: OrderRec) -> None:
         with self._lock:
-            if rec.frag is not None:
-                self.size -= len(rec.frag)
-            rec.frag = rec.frag_key = None
+            if rec.cached is not None:
+                self.size -= len(rec.cached[1])
+            rec.cached = None
+
+    def clear(self) -> None:
+        with self._lock:
+            for rec, entry in self._fifo:
+                if rec.cached is entry:
+                    rec.cached = None
+            self._fifo.clear()
+            self.size = 0
 
 
 @dataclass(frozen=True)
@@ -191,10 +204,25 @@ class OrderBook:
 
     def page(self, q: Query) -> tuple[list[OrderRec], list[OrderState], int | None]:
         """The page's records with a consistent snapshot of their states, and the total count
-        (None when the query filters on a second field, where counting would cost a scan)."""
+        (None when the query filters on a second field, where counting would cost a scan).
+        O(log n + limit) when only the ordering field is filtered."""
         with self.lock:
-            ids, total = self._positions(q, q.offset + q.limit)
-            recs = [self.by_id[oid] for oid in ids[q.offset :]]
+            if self._matcher(q) is None:
+                keys = self._index[q.order_field]
+                lo, hi = q.bounds.get(q.order_field, (-INF, INF))
+                i = bisect_left(keys, (lo,))
+                j = bisect_left(keys, (hi + 1,)) if hi < INF else len(keys)
+                if q.desc:
+                    stop = max(i, j - q.offset)
+                    span = keys[max(i, stop - q.limit) : stop][::-1]
+                else:
+                    start = min(j, i + q.offset)
+                    span = keys[start : min(j, start + q.limit)]
+                recs = [self.by_id[oid] for _, oid in span]
+                total: int | None = j - i
+            else:
+                ids, total = self._positions(q, q.offset + q.limit)
+                recs = [self.by_id[oid] for oid in ids[q.offset :]]
             return recs, [r.state for r in recs], total
 
     def served_prefix(self, q: Query, end: int) -> list[str]:
