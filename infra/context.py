@@ -6,6 +6,7 @@ message instead of producing a template that deploys and misbehaves.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from posync.resources import STAGE_PATTERN
 
 PROVIDER_REGIONS = ("sandbox", "us", "eu", "la")
 LOG_RETENTION_CHOICES = (7, 14, 30, 60, 90, 180, 365)
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class ContextError(ValueError):
@@ -52,6 +54,7 @@ class InfraContext:
     log_retention_days: int = 30
     api_rate_limit: int = 50  # requests/s, steady state, on the HTTP API's default stage
     api_burst_limit: int = 100
+    alarm_email: str | None = None  # subscribed to the alarm topic when set
 
     @classmethod
     def from_values(cls, get: Any) -> InfraContext:
@@ -69,6 +72,10 @@ class InfraContext:
                 raise ContextError(f"context publicBaseUrl must be an https URL, got {public!r}")
             public = str(public).rstrip("/")
 
+        email = get("alarmEmail") or None
+        if email is not None and not EMAIL.fullmatch(str(email)):
+            raise ContextError(f"context alarmEmail must be an email address, got {email!r}")
+
         def num(name: str, default: int, lo: int, hi: int) -> int:
             raw = get(name)
             return default if raw is None or raw == "" else _int(raw, name, lo, hi)
@@ -85,6 +92,7 @@ class InfraContext:
             log_retention_days=_retention(get("logRetentionDays")),
             api_rate_limit=num("apiRateLimit", 50, 1, 10000),
             api_burst_limit=num("apiBurstLimit", 100, 1, 5000),
+            alarm_email=str(email) if email is not None else None,
         )
 
     @classmethod

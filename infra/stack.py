@@ -111,6 +111,7 @@ class PosyncStack(Stack):
             functions=fns,
             dead_letter_queue=self.sync.dead_letter_queue,
             schedule_minutes=ctx.schedule_minutes,
+            alarm_email=ctx.alarm_email,
         )
         self._outputs(public_base_url)
 

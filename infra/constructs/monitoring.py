@@ -16,6 +16,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -52,11 +53,14 @@ class Monitoring(Construct):
         functions: Mapping[str, lambda_.IFunction],
         dead_letter_queue: sqs.IQueue,
         schedule_minutes: int,
+        alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(
             self, "Alarms", display_name=f"posync {stage} alarms", master_key=key, enforce_ssl=True
         )
+        if alarm_email is not None:
+            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         self.alarms: dict[str, cw.Alarm] = {}
         five = Duration.minutes(5)
         slot = Duration.minutes(schedule_minutes)

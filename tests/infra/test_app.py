@@ -80,6 +80,7 @@ def test_cdk_json_runs_the_app_from_the_repo_root() -> None:
         ({"workerMaxConcurrency": 1}, "workerMaxConcurrency"),
         ({"exportsIaDays": 7}, "exportsIaDays"),
         ({"logRetentionDays": 31}, "logRetentionDays"),
+        ({"alarmEmail": "not-an-address"}, "alarmEmail"),
     ],
 )
 def test_bad_context_is_refused(values: dict[str, Any], message: str) -> None:
@@ -103,6 +104,7 @@ KNOBS = {
     "scheduleMinutes": "5",
     "workerMaxConcurrency": "4",
     "exportsIaDays": "60",
+    "alarmEmail": "ops@example.com",
 }
 
 
@@ -149,6 +151,8 @@ def test_knobs_reach_the_template(qa: dict[str, Any]) -> None:
     # Outputs: connect links on the custom domain
     assert qa["Outputs"]["ConnectUrlClover"]["Value"] == "https://pos.example.com/connect/clover"
     assert qa["Outputs"]["ApiUrl"]["Value"] == "https://pos.example.com"
-    # Alarms: lag is two (shorter) schedule periods
+    # Alarms: mailed to the operator, lag is two (shorter) schedule periods
+    (sub,) = of_type(qa, "AWS::SNS::Subscription")
+    assert (sub["Protocol"], sub["Endpoint"]) == ("email", "ops@example.com")
     lag = next(a for a in of_type(qa, "AWS::CloudWatch::Alarm") if a.get("MetricName") == "SyncLagSeconds")
     assert lag["Threshold"] == 2 * 5 * 60

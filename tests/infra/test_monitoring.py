@@ -31,6 +31,8 @@ def test_topic_is_kms_encrypted_and_tls_only(synth: Synth) -> None:
     (deny,) = policy["PolicyDocument"]["Statement"]
     assert deny["Effect"] == "Deny"
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # Nobody is subscribed unless the alarmEmail context names someone.
+    assert not synth.props("AWS::SNS::Subscription")
 
 
 def test_every_alarm_notifies_the_topic(synth: Synth) -> None:
