@@ -186,6 +186,20 @@ def test_a_code_works_once_and_only_with_the_right_secret(
     assert bogus.status_code == 401
 
 
+def test_a_code_expires_after_ten_minutes(clover: CloverSandbox, http: requests.Session) -> None:
+    mid = clover.add_merchant(orders=1)
+    code = clover_code(clover, mid)
+    rec = clover.codes.peek(code)
+    assert rec is not None
+    assert 599 <= rec.expires_at - time.time() <= 600
+    rec.expires_at = time.time() - 1  # ten minutes later
+    r = http.post(
+        f"{clover.url}/oauth/v2/token",
+        json={"client_id": clover.client_id, "client_secret": clover.client_secret, "code": code},
+    )
+    assert r.status_code == 401
+
+
 def test_a_code_is_bound_to_its_app(clover: CloverSandbox, http: requests.Session) -> None:
     mid = clover.add_merchant(orders=1)
     clover.add_app("OTHERAPP00000", "other-secret")

@@ -46,7 +46,10 @@ def key(o: dict[str, Any]) -> tuple[int, str]:
 def test_orders_are_listed_with_the_default_order_and_limit(clover: CloverSandbox) -> None:
     mid = clover.add_merchant(orders=150, days=60)
     api = Api(clover, mid)
-    got = api.elements()
+    reply = api.get().json()
+    assert set(reply) == {"elements", "href"}
+    assert reply["href"].startswith(f"{clover.url}/v3/merchants/{mid}/orders")
+    got = reply["elements"]
     # default: 100, by createdTime descending (ties by id, reversed)
     assert len(got) == 100
     truth = sorted(clover.orders(mid), key=lambda o: (o["createdTime"], o["id"]), reverse=True)

@@ -219,6 +219,33 @@ def test_error_rate_answers_a_seeded_fraction_with_5xx(make_clover: Callable[...
     assert runs[0] == runs[1]
 
 
+def test_error_statuses_choose_what_error_rate_answers(clover: CloverSandbox) -> None:
+    clover.knobs.error_rate = 1.0
+    clover.knobs.error_statuses = (504,)
+    client = Client(clover)
+    assert {client.call().status_code for _ in range(5)} == {504}
+    clover.knobs.error_rate = 0.0
+    assert client.call().status_code == 200
+
+
+def test_rate_tolerance_sets_the_window_length(clover: CloverSandbox) -> None:
+    # Given 2 calls per window and a 600 ms tolerance: a 400 ms window
+    clover.knobs.per_token_rps = 2
+    clover.knobs.retry_after_ms = 10
+    clover.knobs.rate_tolerance_ms = 600
+    client = Client(clover)
+    assert [client.call().status_code, client.call().status_code] == [200, 200]
+    # When the third call comes 550 ms later, it is admitted
+    time.sleep(0.55)
+    assert client.call().status_code == 200
+    # But with the default tolerance (a 900 ms window) the same pattern is refused
+    clover.knobs.rate_tolerance_ms = 100
+    clover.limiter.reset()
+    assert [client.call().status_code, client.call().status_code] == [200, 200]
+    time.sleep(0.55)
+    assert client.call().status_code == 429
+
+
 def test_fail_next_fails_exactly_the_next_calls(clover: CloverSandbox) -> None:
     client = Client(clover)
     clover.fail_next(2, status=503)

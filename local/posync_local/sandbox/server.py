@@ -434,6 +434,7 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # bursts of concurrent clients must not wait for SYN retries
 
     def __init__(self, addr: tuple[str, int], app: SandboxServer) -> None:
         self.app = app
