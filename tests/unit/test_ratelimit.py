@@ -462,3 +462,18 @@ def test_slot_leases_of_a_crashed_worker_expire() -> None:
     other = DynamoAppSlots(ddb, "control", "clover", 4, clock=clock)
     clock.sleep(60 + DynamoAppSlots.GRACE_S + 1)
     assert other.lease(3, Deadline.after(60, clock)) == 3
+
+
+def test_a_named_limit_from_a_429_is_adopted_and_only_ever_lowers() -> None:
+    # Given a limiter configured for 16/s and 5 concurrent
+    clock = FakeClock()
+    limiter = TokenLimiter(16, 5, clock)
+    # When the provider says the token's limits are 4/s and 2 concurrent (and later claims 100/s)
+    assert limiter.adopt_limit("token-rps", 4)
+    assert limiter.adopt_limit("token-concurrency", 2)
+    assert not limiter.adopt_limit("token-rps", 100)
+    assert not limiter.adopt_limit("token-rps", float("nan"))
+    # Then requests keep to 4 per second from now on
+    times = starts(limiter, clock, 20)
+    assert max_in_any_window(times) <= 4
+    assert limiter.concurrency == 2

@@ -384,3 +384,12 @@ def test_logs_never_carry_the_token(caplog: pytest.LogCaptureFixture) -> None:
     assert "rate limited" in text  # the logs were captured
     assert "secret-access-token" not in text
     assert "Bearer" not in text
+
+
+def test_a_429_naming_the_token_limit_teaches_the_limiter() -> None:
+    clock = FakeClock()
+    limiter = RequestLimiter(TokenLimiter(16, 5, clock))
+    headers = {"Retry-After": "1", "X-RateLimit-Type": "token-rps", "X-RateLimit-Limit": "4"}
+    t, _, _, _ = make([response(429, {}, headers), response(200, {})], clock=clock, limiter=limiter)
+    t.get("/x", deadline=far(clock))
+    assert limiter.token.interval >= 0.25

@@ -178,6 +178,7 @@ class TokenLimiter:
         safety: float = 0.03,
     ) -> None:
         self.clock = clock
+        self.safety = safety
         self.interval = 0.0 if not rps else (1.0 / rps) * (1.0 + safety)
         self.concurrency = concurrency
         self._cond = threading.Condition()
@@ -190,6 +191,27 @@ class TokenLimiter:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def adopt_limit(self, kind: str, limit: float) -> bool:
+        """A 429 named the limit it enforced (``X-RateLimit-Type``/``-Limit``): never exceed it again.
+
+        Only ever lowers this token's rate or concurrency (for the container's lifetime).
+        Returns whether anything changed.
+        """
+        if not (limit > 0) or math.isinf(limit):
+            return False
+        with self._cond:
+            if kind.endswith("rps"):
+                interval = (1.0 / limit) * (1.0 + self.safety)
+                if interval > self.interval:
+                    self.interval = interval
+                    return True
+            elif kind.endswith("concurrency"):
+                cap = max(1, int(limit))
+                if self.concurrency is None or cap < self.concurrency:
+                    self.concurrency = cap
+                    return True
+        return False
 
     def set_concurrency(self, concurrency: int | None) -> None:
         with self._cond:

@@ -193,6 +193,16 @@ class Transport:
             path_or_url = "/" + path_or_url
         return self.api_base + path_or_url
 
+    def _adopt(self, headers: Mapping[str, str]) -> None:
+        """Learn the token's real limit from a 429 that names it (kept under from then on)."""
+        kind = headers.get("X-RateLimit-Type", "")
+        try:
+            limit = float(headers.get("X-RateLimit-Limit", ""))
+        except ValueError:
+            return
+        if kind.startswith("token") and self.limiter.token.adopt_limit(kind, limit):
+            logger.info("adopted the provider's limit", extra={"limit": kind, "value": limit})
+
     # ------------------------------------------------------------------ the call
 
     def get(
@@ -246,6 +256,8 @@ class Transport:
                         self.rng.uniform(0, self.policy.jitter_429_s)
                     )
                     app_wide = self.profile.app_wide(resp.headers)
+                    if not app_wide:
+                        self._adopt(resp.headers)
                     logger.warning(
                         "rate limited by the provider",
                         extra={
