@@ -56,8 +56,9 @@ def build_app(
 
 
 def main() -> None:
-    # The CLI provides cdk.json's context, -c overrides and the output directory.
-    define(App()).app.synth()
+    # The CLI provides cdk.json's context, -c overrides and the output directory, and its context
+    # wins over the defaults given here; the defaults make `python -m infra.app` work alone too.
+    define(App(context=cdk_json_context())).app.synth()
 
 
 if __name__ == "__main__":
