@@ -22,7 +22,6 @@ from posync.exports import (
     ExportIntegrityError,
     ExportWriter,
     PartInfo,
-    RunAlreadyFinished,
     latest,
     manifest_key,
     read_manifested,
@@ -248,15 +247,55 @@ def test_a_part_past_the_size_threshold_is_uploaded_early_and_still_manifested(
     assert len(manifest["files"]) >= early
 
 
-def test_two_writers_finishing_one_run_cannot_overwrite_its_manifest(settings: Settings) -> None:
-    w1, w2 = writer(settings), writer(settings)
+def test_a_second_finisher_never_overwrites_the_manifest_and_goes_out_as_the_next_rollover(
+    settings: Settings,
+) -> None:
+    # Given two writers on one run (or one whose predecessor died between manifest and record)
+    events = Events()
+    w1, w2 = writer(settings, events=events), writer(settings, events=events)
     w1.add(order("A", "2026-09-21T10:00:00.000Z"))
     w2.add(order("B", "2026-09-21T10:00:00.000Z"))
     key = w1.finish()
     before = get_bytes(settings, key)
-    with pytest.raises(RunAlreadyFinished):
-        w2.finish()
+    # When the second one finishes
+    key2 = w2.finish()
+    # Then the first manifest is untouched, the second went out as run-1-r1, and both are read once
     assert get_bytes(settings, key) == before
+    assert key2 == manifest_key("run-1-r1") and w2.run_id == "run-1-r1"
+    assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B"]
+    assert [d["manifest_key"] for _, d in events.put][-1] == key2
+    # And each writer's epoch counts as exported (no re-export of A or B by a later run)
+    later = writer(settings, run_id="run-2")
+    assert later.exported(w1.write_ref) and later.exported(w2.write_ref)
+    assert not later.exported("run-1/00007-feedface")
+
+
+def test_a_crash_between_the_manifest_and_its_record_loses_no_event_and_overwrites_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given run-1 wrote its manifest and died before recording it in the control table
+    events = Events()
+    w1 = writer(settings, events=events)
+    w1.add(order("A", "2026-09-21T10:00:00.000Z"))
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("process killed")
+
+    monkeypatch.setattr(w1, "_mark_finished", die)
+    with pytest.raises(RuntimeError):
+        w1.finish()
+    assert events.put == []  # the event was lost with the process
+    first = get_bytes(settings, manifest_key("run-1"))
+    # When the redelivered message resumes run-1 (same run id) and finds one more order on the same day
+    w2 = writer(settings, events=events)
+    assert w2.run_id == "run-1"  # nothing recorded says it finished
+    w2.add(order("B", "2026-09-21T11:00:00.000Z"))
+    key = w2.finish()
+    # Then run-1's manifest and parts are untouched, B went out as run-1-r1, and run-1's event was put
+    assert get_bytes(settings, manifest_key("run-1")) == first
+    assert key == manifest_key("run-1-r1")
+    assert [d["run_id"] for _, d in events.put] == ["run-1", "run-1-r1"]
+    assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B"]
 
 
 def test_a_writer_opened_on_an_already_manifested_run_continues_under_a_new_run_id(
@@ -368,7 +407,8 @@ class _NullDdb:
         return {}
 
 
-def _peak_bytes(n: int, tmp_path: Any) -> int:
+def test_writer_memory_does_not_grow_with_the_number_of_orders(tmp_path: Any) -> None:
+    # Given a writer (opened, nothing written) and one order dict changed in place for every add
     s = Settings.from_env({"POSYNC_STAGE": "unitm"})
     w = ExportWriter(
         s,
@@ -383,23 +423,19 @@ def _peak_bytes(n: int, tmp_path: Any) -> int:
     w.write_ref  # noqa: B018 - open before measuring
     stamps = [f"2026-09-{d:02d}T10:{m:02d}:00.000Z" for d in range(1, 11) for m in range(60)]
     o = order("O", stamps[0], line_items=[{"sku": "X", "qty": 1}])
+    peaks: dict[int, int] = {}
+    # When 50,000 orders over ten partitions are added, noting the traced peak at 10,000 and 50,000
     tracemalloc.start()
     try:
-        for i in range(n):  # one dict, changed in place: the writer must not keep what it was given
+        for i in range(50_000):
             o["order_id"] = f"O{i:07d}"
             o["modified_at"] = stamps[i % 600]
             w.add(o)
-        _, peak = tracemalloc.get_traced_memory()
+            if i + 1 in (10_000, 50_000):
+                peaks[i + 1] = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert w.records_added == n
     w.checkpoint()
-    return peak
-
-
-def test_writer_memory_does_not_grow_with_the_number_of_orders(tmp_path: Any) -> None:
-    # Given the same writer workload at 10k and 50k orders over ten partitions
-    small = _peak_bytes(10_000, tmp_path)
-    large = _peak_bytes(50_000, tmp_path)
-    # Then the peak of traced memory is flat (spooled to temp files), not 5x
-    assert large <= 1.25 * small + 256 * 1024, (small, large)
+    # Then the peak is flat (parts are spooled to temp files), not five times bigger
+    assert w.records_added == 50_000
+    assert peaks[50_000] <= 1.25 * peaks[10_000] + 256 * 1024, peaks

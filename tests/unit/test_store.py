@@ -342,36 +342,55 @@ def test_an_order_over_350_kb_goes_to_s3_raw_with_a_pointer(ddb: tuple[Any, Stub
     assert out == [big]
 
 
-def test_without_a_writer_a_run_counts_as_exported_once_it_has_a_manifest(ddb: tuple[Any, Stubber]) -> None:
-    # Given A stored by run-a (a repository used without a writer), and run-a has a manifest
+def test_without_a_writer_a_run_counts_as_exported_once_it_is_finished(ddb: tuple[Any, Stubber]) -> None:
+    # Given versions stored by runs used without a writer (run-level references):
+    # run-a is finished (its header says so), run-y's header expired but its manifest is in S3,
+    # run-z never finished (no header; S3 answers 403, as it does without s3:ListBucket)
     c, stub = ddb
-    a, b = order("A"), order("B")
+    a, y, z = order("A"), order("Y"), order("Z")
     s3 = boto3.client("s3", region_name="us-east-1")
     cancelled(
         stub,
-        [put(a, ref=RUN), put(b, ref=RUN)],
+        [put(a, ref=RUN), put(y, ref=RUN), put(z, ref=RUN)],
         [
             {"Code": "ConditionalCheckFailed", "Message": "f", "Item": stored(a, "run-a")},
-            {"Code": "ConditionalCheckFailed", "Message": "f", "Item": stored(b, "run-z")},
+            {"Code": "ConditionalCheckFailed", "Message": "f", "Item": stored(y, "run-y")},
+            {"Code": "ConditionalCheckFailed", "Message": "f", "Item": stored(z, "run-z")},
         ],
     )
-    stub.add_response("transact_write_items", {}, {"TransactItems": [put(b, old_ref="run-z", ref=RUN)]})
+
+    def header(run: str, item: dict[str, Any] | None) -> None:
+        stub.add_response(
+            "get_item",
+            {"Item": item} if item else {},
+            {
+                "TableName": SETTINGS.control_table,
+                "Key": {"pk": {"S": f"exportrun#{run}"}},
+                "ConsistentRead": True,
+            },
+        )
+
+    header("run-a", {"pk": {"S": "exportrun#run-a"}, "manifest_key": {"S": "k"}, "epochs": {"SS": ["run-a"]}})
+    header("run-y", None)
+    header("run-z", None)
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(z, old_ref="run-z", ref=RUN)]})
     with Stubber(s3) as s3stub:
         s3stub.add_response(
             "get_object",
-            {"Body": _body(b'{"epochs":[]}')},
-            {"Bucket": SETTINGS.bucket, "Key": "exports/manifests/v1/run-a.json"},
+            {"Body": _body(b'{"epochs":["run-y"]}')},
+            {"Bucket": SETTINGS.bucket, "Key": "exports/manifests/v1/run-y.json"},
         )
         s3stub.add_client_error(
             "get_object",
-            service_error_code="NoSuchKey",
-            http_status_code=404,
+            service_error_code="AccessDenied",
+            http_status_code=403,
             expected_params={"Bucket": SETTINGS.bucket, "Key": "exports/manifests/v1/run-z.json"},
         )
         # When the same versions are read again by run-b without a writer
-        out = repo_for(c, s3=s3).write(CONN, RUN, [a, b])
-    # Then A (run-a is manifested) is dropped and B (run-z never finished) is exported again
-    assert out == [b]
+        out = repo_for(c, s3=s3).write(CONN, RUN, [a, y, z])
+        s3stub.assert_no_pending_responses()
+    # Then A and Y (finished runs) are dropped and Z (never finished) is exported again
+    assert out == [z]
 
 
 def _body(data: bytes) -> Any:

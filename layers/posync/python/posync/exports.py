@@ -218,10 +218,13 @@ class _Spool:
 class RunLedger:
     """Answers "is the order version stamped with this epoch reference already exported?".
 
-    True when the epoch's checkpoint record exists (its parts are durable and the run's
-    manifest will list them) or when the run's manifest lists it. A reference without an
+    Yes when the epoch's checkpoint record exists (its parts are durable and the run's
+    manifest will list them), or when the run is finished and its manifest, or the
+    manifest of one of its roll-overs (``{run}-r1``...), lists the epoch. "Finished" is
+    read from the run's header in the control table (written right after the manifest);
+    once that header has expired, from the S3 manifest itself. A reference without an
     epoch part (``{run_id}`` alone: a repository used without a writer) counts as exported
-    once that run has a manifest. Answers are cached per instance.
+    once that run is finished. Answers are cached per instance.
     """
 
     def __init__(
@@ -232,7 +235,7 @@ class RunLedger:
         self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
         self._known: set[str] = set()
         self._unknown: set[str] = set()  # asked and not committed (a dead epoch stays dead)
-        self._manifest_docs: dict[str, dict[str, Any] | None] = {}
+        self._finished: dict[str, frozenset[str] | None] = {}
 
     def mark(self, ref: str) -> None:
         self._known.add(ref)
@@ -244,15 +247,17 @@ class RunLedger:
         if ref in self._unknown:
             return False
         run, sep, epoch = ref.partition("/")
-        if sep and self._record_ref(run, epoch) == ref:
-            self._known.add(ref)
-            return True
-        epochs = self.manifest_epochs(run)
-        if epochs is not None and (ref in epochs or not sep):
-            self._known.add(ref)
-            return True
-        self._unknown.add(ref)
-        return False
+        yes = bool(sep) and self._record_ref(run, epoch) == ref
+        candidate, i = run, 0
+        while not yes:
+            epochs = self.finished_epochs(candidate)
+            if epochs is None:
+                break
+            yes = ref in epochs or not sep
+            i += 1
+            candidate = f"{run}-r{i}"
+        (self._known if yes else self._unknown).add(ref)
+        return yes
 
     def _record_ref(self, run: str, epoch: str) -> str | None:
         try:
@@ -269,25 +274,42 @@ class RunLedger:
         item = reply.get("Item")
         return item["ref"].get("S") if item and "ref" in item else None
 
+    def header(self, run: str) -> dict[str, Any]:
+        """The run's header item in the control table ({} when absent). Never cached."""
+        reply = self._ddb.get_item(
+            TableName=self._settings.control_table, Key={"pk": {"S": f"exportrun#{run}"}}, ConsistentRead=True
+        )
+        return dict(reply.get("Item") or {})
+
+    def finished_epochs(self, run: str) -> frozenset[str] | None:
+        """The epochs a finished run's manifest lists; None while the run is not finished."""
+        if run in self._finished:
+            return self._finished[run]
+        header = self.header(run)
+        epochs: frozenset[str] | None = None
+        if "manifest_key" in header:
+            epochs = frozenset(header.get("epochs", {}).get("SS", []))
+        elif not header:  # never checkpointed, or the header expired: the S3 manifest decides
+            doc = self.manifest(run)
+            epochs = None if doc is None else frozenset(str(e) for e in doc.get("epochs", []))
+        if epochs is not None:
+            self._finished[run] = epochs  # a finished run stays finished
+        return epochs
+
     def manifest(self, run: str) -> dict[str, Any] | None:
-        """A run's manifest, or None when the run has none (cached)."""
-        if run in self._manifest_docs:
-            return self._manifest_docs[run]
+        """A run's manifest from S3, or None when there is none.
+
+        Without ``s3:ListBucket`` S3 answers 403 rather than 404 for a missing key: both
+        count as missing here (the worst outcome is an order version exported twice).
+        """
         try:
             body = self._s3.get_object(Bucket=self._settings.bucket, Key=manifest_key(run))["Body"].read()
         except ClientError as exc:
-            if not _is_missing(exc):
-                raise
-            self._manifest_docs[run] = None
-            return None
+            if _is_missing(exc) or str(exc.response.get("Error", {}).get("Code")) in ("403", "AccessDenied"):
+                return None
+            raise
         doc: dict[str, Any] = json.loads(body)
-        self._manifest_docs[run] = doc
         return doc
-
-    def manifest_epochs(self, run: str) -> frozenset[str] | None:
-        """The epoch references a run's manifest lists, or None when the run has no manifest."""
-        doc = self.manifest(run)
-        return None if doc is None else frozenset(str(e) for e in doc.get("epochs", []))
 
 
 def event_detail(manifest: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -368,6 +390,7 @@ class ExportWriter:
         self._run = self._base_run
         self._k_open = 0  # checkpoints recorded by earlier invocations of this run
         self._k = 0  # the open epoch's checkpoint number
+        self._rollover = 0  # N when writing as {run_id}-rN
         self._ref = ""
         self._next_part = 1
         self._started_at = _now_iso(clock)
@@ -416,36 +439,43 @@ class ExportWriter:
     def _open(self) -> None:
         if self._opened:
             return
-        run, i = self._base_run, 0
-        previous: dict[str, Any] | None = None
-        while (doc := self._ledger.manifest(run)) is not None:
-            previous = doc
-            i += 1
-            run = f"{self._base_run}-r{i}"
-        if previous is not None:
-            # The run was manifested, then the process died before the caller settled: its
-            # event may never have been put. Put it again (events are at least once).
-            key = manifest_key(str(previous["run_id"]))
-            try:
-                self._put_event(self._settings, EVENT_DETAIL_TYPE, event_detail(previous, key))
-            except (PosyncError, ClientError) as exc:
-                logger.warning(
-                    "could not put the OrdersExported event again",
-                    extra={"manifest_key": key, "error": type(exc).__name__},
-                )
-        reply = self._ddb.get_item(
-            TableName=self._settings.control_table,
-            Key={"pk": {"S": f"exportrun#{run}"}},
-            ConsistentRead=True,
-        )
-        header = reply.get("Item") or {}
-        self._run = run
-        self._k_open = self._k = int(header["checkpoints"]["N"]) if "checkpoints" in header else 0
-        self._next_part = int(header["next_part"]["N"]) if "next_part" in header else 1
-        if "started_at" in header:
-            self._started_at = str(header["started_at"]["S"])
+        self._settle_run(0)
         self._ref = self._new_ref()
         self._opened = True
+
+    def _settle_run(self, i: int) -> None:
+        """Take roll-over ``i`` of the run (0: the run itself), or the first unfinished one after it."""
+        finished: dict[str, Any] | None = None
+        run = self._base_run if i == 0 else f"{self._base_run}-r{i}"
+        while True:
+            header = self._ledger.header(run)
+            if "manifest_key" not in header:
+                break
+            # Finished already (a crash between finish and the caller's cursor commit): go on
+            # under a new run id, so the manifest is never rewritten.
+            finished = header
+            i += 1
+            run = f"{self._base_run}-r{i}"
+        if finished is not None:
+            self._put_event_again(finished)  # it may never have been put (events: at least once)
+        self._run = run
+        self._rollover = i
+        self._k_open = self._k = int(header["checkpoints"]["N"]) if "checkpoints" in header else 0
+        self._next_part = max(self._next_part, int(header["next_part"]["N"]) if "next_part" in header else 1)
+        if "started_at" in header:
+            self._started_at = str(header["started_at"]["S"])
+
+    def _put_event_again(self, header: Mapping[str, Any]) -> None:
+        if "event" not in header:
+            return
+        detail = json.loads(header["event"]["S"])
+        try:
+            self._put_event(self._settings, EVENT_DETAIL_TYPE, detail)
+        except (PosyncError, ClientError) as exc:
+            logger.warning(
+                "could not put the OrdersExported event again",
+                extra={"manifest_key": detail.get("manifest_key"), "error": type(exc).__name__},
+            )
 
     def _writable(self) -> None:
         if self._closed:
@@ -489,32 +519,57 @@ class ExportWriter:
         self._next_part += 1
         return n
 
-    def _put(self, key: str, spool: _Spool, content_type: str, encoding: str | None) -> PartInfo:
+    def _put(
+        self, spool: _Spool, key_for: Callable[[int], str], content_type: str, encoding: str | None
+    ) -> PartInfo:
+        """Upload a sealed spool under a key no one has used (parts are write-once).
+
+        A part number already taken (an earlier invocation's orphan, or a manifested part of
+        a predecessor that died before recording it) answers 412: take the next number.
+        """
         trailer = b"]\n" if encoding is None else b""
         sha_hex, sha_b64, md5_b64 = spool.seal(trailer)
         extra: dict[str, Any] = {"ContentEncoding": encoding} if encoding else {}
         try:
-            self._s3.put_object(
-                Bucket=self._settings.bucket,
-                Key=key,
-                Body=spool.file,
-                ContentType=content_type,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=sha_b64,
-                ContentMD5=md5_b64,
-                Metadata={"records": str(spool.records), "run-id": self._run},
-                **_sse(self._settings),
-                **extra,
-            )
+            for _ in range(100):
+                key = key_for(spool.part)
+                try:
+                    self._s3.put_object(
+                        Bucket=self._settings.bucket,
+                        Key=key,
+                        Body=spool.file,
+                        ContentType=content_type,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=sha_b64,
+                        ContentMD5=md5_b64,
+                        IfNoneMatch="*",
+                        Metadata={"records": str(spool.records), "run-id": self._run},
+                        **_sse(self._settings),
+                        **extra,
+                    )
+                except ClientError as exc:
+                    if str(exc.response.get("Error", {}).get("Code")) not in ("PreconditionFailed", "412"):
+                        raise
+                    spool.part = self._alloc_part()
+                    spool.file.seek(0)
+                    continue
+                return PartInfo(
+                    key=key,
+                    dt=spool.dt,
+                    part=spool.part,
+                    records=spool.records,
+                    bytes=spool.size,
+                    sha256=sha_hex,
+                )
+            raise ExportError(f"run {self._run}: no free part number after 100 tries")
         finally:
             spool.close()
-        return PartInfo(
-            key=key, dt=spool.dt, part=spool.part, records=spool.records, bytes=spool.size, sha256=sha_hex
-        )
 
     def _upload_part(self, spool: _Spool) -> PartInfo:
-        key = order_key(self.provider, self.merchant_id, spool.dt, self._run, spool.part)
-        return self._put(key, spool, "application/x-ndjson", "gzip")
+        def key_for(n: int) -> str:
+            return order_key(self.provider, self.merchant_id, spool.dt, self._run, n)
+
+        return self._put(spool, key_for, "application/x-ndjson", "gzip")
 
     def _upload_open(self) -> None:
         while self._parts:
@@ -523,8 +578,11 @@ class ExportWriter:
         while self._quarantine:
             dt = min(self._quarantine)
             spool = self._quarantine.pop(dt)
-            key = quarantine_key(self.provider, self.merchant_id, dt, self._run, spool.part)
-            self._unrecorded_q.append(self._put(key, spool, "application/json", None))
+
+            def key_for(n: int, dt: str = dt) -> str:
+                return quarantine_key(self.provider, self.merchant_id, dt, self._run, n)
+
+            self._unrecorded_q.append(self._put(spool, key_for, "application/json", None))
 
     def checkpoint(self) -> list[PartInfo]:
         """Upload the open parts and record them durably; return the parts uploaded since the last one.
@@ -636,13 +694,46 @@ class ExportWriter:
             files.extend(PartInfo.from_dict(p) for p in json.loads(rec["parts"]["S"]))
             quarantined.extend(PartInfo.from_dict(p) for p in json.loads(rec["quarantine"]["S"]))
             epochs.append(rec["ref"]["S"])
-        files += self._recorded + self._unrecorded
-        quarantined += self._recorded_q + self._unrecorded_q
-        epochs += [*self._recorded_refs, self._ref]
-        files.sort(key=lambda p: (p.dt, p.part))
+        own = (self._recorded + self._unrecorded, self._recorded_q + self._unrecorded_q)
+        own_epochs = [*self._recorded_refs, self._ref]
+        for _ in range(3):
+            manifest = self._manifest(
+                files + own[0],
+                quarantined + own[1],
+                epochs + own_epochs,
+                cursor_from=cursor_from,
+                cursor_to=cursor_to,
+                counts=counts,
+            )
+            key = manifest_key(self._run)
+            if self._put_manifest(key, manifest):
+                break
+            # An earlier finisher of this run wrote its manifest and died before recording it:
+            # record it now, and write this writer's own parts as the next roll-over.
+            self._adopt_manifest(key)
+            self._settle_run(self._rollover + 1)
+            files, quarantined, epochs = [], [], []
+        else:
+            raise RunAlreadyFinished(f"run {self._base_run}: manifests keep appearing under us")
+        detail = event_detail(manifest, key)
+        self._mark_finished(key, manifest, detail)
+        self._closed = True
+        self._put_event(self._settings, EVENT_DETAIL_TYPE, detail)
+        return key
+
+    def _manifest(
+        self,
+        files: list[PartInfo],
+        quarantined: list[PartInfo],
+        epochs: list[str],
+        *,
+        cursor_from: Any,
+        cursor_to: Any,
+        counts: Mapping[str, int] | None,
+    ) -> dict[str, Any]:
+        files = sorted(files, key=lambda p: (p.dt, p.part))
         records = sum(p.records for p in files)
-        n_quarantined = sum(p.records for p in quarantined)
-        manifest = {
+        return {
             "manifest_version": MANIFEST_VERSION,
             "schema_version": SCHEMA_VERSION,
             "run_id": self._run,
@@ -653,14 +744,20 @@ class ExportWriter:
             "finished_at": _now_iso(self._clock),
             "cursor": {"from": cursor_from, "to": cursor_to},
             "record_count": records,
-            "counts": {**dict(counts or {}), "exported": records, "quarantined": n_quarantined},
+            "counts": {
+                **dict(counts or {}),
+                "exported": records,
+                "quarantined": sum(p.records for p in quarantined),
+            },
             "files": [p.to_dict() for p in files],
             "quarantine": [p.to_dict() for p in quarantined],
             "epochs": epochs,
         }
+
+    def _put_manifest(self, key: str, manifest: Mapping[str, Any]) -> bool:
+        """Create the manifest; False when one exists already (S3 conditional write)."""
         body = json.dumps(manifest, separators=(",", ":"), default=str).encode()
         sha = hashlib.sha256(body).digest()
-        key = manifest_key(self._run)
         try:
             self._s3.put_object(
                 Bucket=self._settings.bucket,
@@ -675,11 +772,43 @@ class ExportWriter:
             )
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) in ("PreconditionFailed", "412"):
-                raise RunAlreadyFinished(f"run {self._run} already has a manifest") from exc
+                return False
             raise
-        self._closed = True
-        self._put_event(self._settings, EVENT_DETAIL_TYPE, event_detail(manifest, key))
-        return key
+        return True
+
+    def _adopt_manifest(self, key: str) -> None:
+        existing = self._ledger.manifest(self._run)
+        if existing is None:
+            raise RunAlreadyFinished(f"run {self._run}: the manifest exists but cannot be read")
+        detail = event_detail(existing, key)
+        self._mark_finished(key, existing, detail)
+        self._put_event_again({"event": {"S": json.dumps(detail)}})
+
+    def _mark_finished(self, key: str, manifest: Mapping[str, Any], detail: Mapping[str, Any]) -> None:
+        """Record in the run's header that it is finished (what the ledger and a resumed writer read)."""
+        self._ddb.update_item(
+            TableName=self._settings.control_table,
+            Key={"pk": {"S": f"exportrun#{manifest['run_id']}"}},
+            UpdateExpression="SET #k = :k, #ep = :ep, #ev = :ev, #f = :f, #p = :p, #m = :m, #e = :e",
+            ExpressionAttributeNames={
+                "#k": "manifest_key",
+                "#ep": "epochs",
+                "#ev": "event",
+                "#f": "finished_at",
+                "#p": "provider",
+                "#m": "merchant_id",
+                "#e": "expires_at",
+            },
+            ExpressionAttributeValues={
+                ":k": {"S": key},
+                ":ep": {"SS": sorted({str(e) for e in manifest["epochs"]})},
+                ":ev": {"S": json.dumps(dict(detail), separators=(",", ":"))},
+                ":f": {"S": str(manifest["finished_at"])},
+                ":p": {"S": self.provider},
+                ":m": {"S": self.merchant_id},
+                ":e": {"N": str(int(self._clock()) + RUN_RECORD_TTL_S)},
+            },
+        )
 
     def close(self) -> None:
         """Drop open temp files without uploading (an abandoned invocation)."""
