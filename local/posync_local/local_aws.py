@@ -34,16 +34,19 @@ import logging
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from posync.aws import client
 from posync.config import Settings
 from posync.resources import QueueSpec, TableSpec
 
 log = logging.getLogger(__name__)
+_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
 
 LOCAL_REGION = "us-east-1"
 # moto accepts any credentials; these well-known dummies are not secrets.
@@ -57,6 +60,37 @@ APP_CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "clover": ("client_id", "client_secret"),
     "poynt": ("app_id", "private_key_pem"),
 }
+
+
+_ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+_sessions: dict[tuple[str | None, ...], Any] = {}
+_clients: dict[tuple[str, tuple[str | None, ...]], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def client(service: str) -> Any:
+    """A boto3 client for the AWS the environment points at now (cached per environment).
+
+    The runtime's own calls (provisioning, draining) share one boto3 session per
+    environment, so service models are loaded once, not once per client.
+    """
+    key = tuple(os.environ.get(k) for k in _ENV_KEYS)
+    with _clients_lock:
+        found = _clients.get((service, key))
+        if found is None:
+            session = _sessions.get(key)
+            if session is None:
+                session = _sessions[key] = boto3.session.Session()
+            found = _clients[(service, key)] = session.client(service, config=_CONFIG)  # type: ignore[call-overload]
+        return found
 
 
 def external_aws_requested(env: dict[str, str] | None = None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -14,7 +15,7 @@ import click
 
 from posync.config import ConfigError, Settings
 from posync_local.local_functions import FunctionHost
-from posync_local.local_tick import TickReport, tick
+from posync_local.local_tick import TickReport, drain, tick
 from posync_local.runtime import LocalRuntime, activate_local_stack, state_path
 
 
@@ -60,13 +61,22 @@ def local_group() -> None:
 )
 @click.option("--stage", default="dev", show_default=True, help="Stage name (resource names derive from it).")
 @click.option(
+    "--merchants",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 100),
+    help="With --sandbox: synthetic merchants to create in each sandbox.",
+)
+@click.option(
     "--state-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Where to write the endpoints for other commands "
     "(default: $POSYNC_LOCAL_STATE or ./.posync-local.json).",
 )
-def up(api_port: int, aws_port: int, sandbox: bool, stage: str, state_file: Path | None) -> None:
+def up(
+    *, api_port: int, aws_port: int, sandbox: bool, stage: str, merchants: int, state_file: Path | None
+) -> None:
     """Start the local stack and serve until Ctrl-C."""
     _log_to_stderr(logging.INFO)
     stop = threading.Event()
@@ -76,7 +86,9 @@ def up(api_port: int, aws_port: int, sandbox: bool, stage: str, state_file: Path
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    runtime = LocalRuntime(api_port=api_port, aws_port=aws_port, sandbox=sandbox, stage=stage)
+    runtime = LocalRuntime(
+        api_port=api_port, aws_port=aws_port, sandbox=sandbox, stage=stage, sandbox_merchants=merchants
+    )
     try:
         runtime.start()
     except (RuntimeError, OSError, ConfigError, ImportError) as exc:
@@ -87,9 +99,11 @@ def up(api_port: int, aws_port: int, sandbox: bool, stage: str, state_file: Path
         _echo(f"  API:             {runtime.api_url}")
         _echo(f"  AWS endpoint:    {runtime.aws_endpoint or 'default AWS endpoints'}")
         if runtime.clover is not None:
-            _echo(f"  Clover sandbox:  {runtime.clover.url}")
+            _echo(
+                f"  Clover sandbox:  {runtime.clover.url}  merchants: {', '.join(runtime.clover.merchants)}"
+            )
         if runtime.poynt is not None:
-            _echo(f"  Poynt sandbox:   {runtime.poynt.url}")
+            _echo(f"  Poynt sandbox:   {runtime.poynt.url}  merchants: {', '.join(runtime.poynt.merchants)}")
         _echo(f"  Connect Clover:  {runtime.connect_url('clover')}")
         _echo(f"  Connect Poynt:   {runtime.connect_url('poynt')}")
         _echo(f"  Health:          {runtime.api_url}/health")
@@ -103,6 +117,18 @@ def up(api_port: int, aws_port: int, sandbox: bool, stage: str, state_file: Path
         if path.exists():
             path.unlink()
     _echo("stopped")
+
+
+def _function_logs_to_stderr() -> None:
+    import posync.observability  # noqa: F401 - creates the Powertools logger and its stdout handler
+
+    for name in ("posync", ""):
+        for h in logging.getLogger(name or None).handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (
+                sys.stdout,
+                sys.__stdout__,
+            ):
+                h.setStream(sys.stderr)
 
 
 def _format_report(report: TickReport) -> str:
@@ -124,20 +150,21 @@ def _format_report(report: TickReport) -> str:
     default=None,
     help="The state file `posync local up` wrote.",
 )
-def tick_command(as_json: bool, drain_only: bool, max_seconds: float, state_file: Path | None) -> None:
+def tick_command(*, as_json: bool, drain_only: bool, max_seconds: float, state_file: Path | None) -> None:
     """Fire the schedule once against the running local stack and drain the sync queue."""
     _log_to_stderr(logging.WARNING)
     state = activate_local_stack(state_file)
     if state is None:
         raise click.ClickException("no local stack is running here (start one with `posync local up`)")
-    settings = Settings.from_env()
-    host = FunctionHost(stage=settings.stage, region=settings.aws_region)
-    if drain_only:
-        from posync_local.local_tick import drain
-
-        report = drain(settings, host.invoke, max_seconds=max_seconds)
-    else:
-        report = tick(settings, host.invoke, max_seconds=max_seconds)
+    # The functions log (and print metrics) to stdout, as on Lambda: here stdout is the report's.
+    with contextlib.redirect_stdout(sys.stderr):
+        _function_logs_to_stderr()
+        settings = Settings.from_env()
+        host = FunctionHost(stage=settings.stage, region=settings.aws_region)
+        if drain_only:
+            report = drain(settings, host.invoke, max_seconds=max_seconds)
+        else:
+            report = tick(settings, host.invoke, max_seconds=max_seconds)
     if as_json:
         _echo(json.dumps(report.to_dict(), default=str, sort_keys=True))
     else:

@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from posync.aws import client
 from posync.config import Settings
-from posync.syncqueue import queue_url as resolve_queue_url
+from posync_local.local_aws import client
 from posync_local.local_functions import FunctionHost
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,11 @@ def drain(
     """
     invoke = invoke or _default_invoke(settings)
     sqs = client("sqs")
-    url = queue_url or resolve_queue_url(settings.sync_queue_url, settings.resources.queue("sync").name)
+    url = (
+        queue_url
+        or settings.sync_queue_url
+        or sqs.get_queue_url(QueueName=settings.resources.queue("sync").name)["QueueUrl"]
+    )
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     spec = settings.resources.queue("sync")
     visibility = int(worker_timeout_s) + 30 if worker_timeout_s is not None else spec.visibility_timeout_s

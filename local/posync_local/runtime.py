@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import posync.aws
 from posync.config import Settings
@@ -51,6 +51,9 @@ from posync_local.local_aws import store_app_credentials as _store_app_credentia
 from posync_local.local_front import LocalFront
 from posync_local.local_functions import FunctionHost, Handler
 from posync_local.local_tick import TickReport, drain, tick
+
+if TYPE_CHECKING:
+    from posync_local.sandbox import CloverSandbox, PoyntSandbox
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +109,10 @@ def apply_env(values: Mapping[str, str | None]) -> dict[str, str | None]:
     return previous
 
 
-def _load_sandbox_classes() -> tuple[Any, Any]:
+def _load_sandbox_classes() -> tuple[type[CloverSandbox], type[PoyntSandbox]]:
+    # Imported when needed: `posync local tick` and the other CLI commands never load them.
     module = importlib.import_module("posync_local.sandbox")
-    try:
-        return module.CloverSandbox, module.PoyntSandbox
-    except AttributeError as exc:
-        raise ImportError("posync_local.sandbox has no CloverSandbox/PoyntSandbox (yet)") from exc
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return module.CloverSandbox, module.PoyntSandbox
 
 
 class LocalRuntime:
@@ -123,7 +120,9 @@ class LocalRuntime:
 
     ``api_port``/``aws_port`` 0 pick free ports. ``handlers`` replaces functions by
     name (tests of this machinery only). ``env`` adds or overrides variables of the
-    functions' environment (e.g. ``{"POSYNC_BACKFILL_DAYS": "30"}``).
+    functions' environment (e.g. ``{"POSYNC_BACKFILL_DAYS": "30"}``). With ``sandbox``,
+    ``sandbox_seed`` seeds both sandboxes and ``sandbox_merchants`` adds that many
+    merchants to each (tests usually add their own).
     """
 
     def __init__(
@@ -137,9 +136,11 @@ class LocalRuntime:
         functions_dir: Path | None = None,
         handlers: Mapping[str, Handler] | None = None,
         env: Mapping[str, str] | None = None,
+        sandbox_seed: int = 7,
+        sandbox_merchants: int = 0,
         aws: EmbeddedAws | None = None,
-        clover: Any = None,
-        poynt: Any = None,
+        clover: CloverSandbox | None = None,
+        poynt: PoyntSandbox | None = None,
     ) -> None:
         self.api_port = api_port
         self.aws_port = aws_port
@@ -150,8 +151,10 @@ class LocalRuntime:
         self._owns_aws = aws is None
         self._aws = aws if aws is not None else EmbeddedAws(aws_port)
         self._owns_sandboxes = clover is None and poynt is None
-        self.clover: Any = clover
-        self.poynt: Any = poynt
+        self.sandbox_seed = sandbox_seed
+        self.sandbox_merchants = sandbox_merchants
+        self.clover: CloverSandbox | None = clover
+        self.poynt: PoyntSandbox | None = poynt
         self.functions = FunctionHost(
             functions_dir, stage=stage, account_id=LOCAL_ACCOUNT_ID, overrides=handlers
         )
@@ -171,8 +174,11 @@ class LocalRuntime:
             self._aws.start()
             if self.sandbox and self._owns_sandboxes:
                 clover_cls, poynt_cls = _load_sandbox_classes()
-                self.clover = clover_cls(port=0).start()
-                self.poynt = poynt_cls(port=0).start()
+                self.clover = clover_cls(port=0, seed=self.sandbox_seed).start()
+                self.poynt = poynt_cls(port=0, seed=self.sandbox_seed).start()
+                for _ in range(self.sandbox_merchants):
+                    self.clover.add_merchant()
+                    self.poynt.add_merchant()
             # The front binds now (its URL is part of the functions' environment) and serves last.
             self.front = LocalFront(self.functions, self.api_port, account_id=LOCAL_ACCOUNT_ID)
             self.apply_env()
@@ -237,6 +243,7 @@ class LocalRuntime:
             stage=stage,
             provider_region=self.provider_region,
             functions_dir=self.functions.functions_dir,
+            sandbox_seed=self.sandbox_seed,
             env={**self.extra_env, **(env or {})},
             handlers=handlers,
             aws=self._aws,
@@ -328,15 +335,9 @@ class LocalRuntime:
     def store_sandbox_credentials(self) -> None:
         """The sandboxes' default apps become the stage's app credentials (with their webhook secrets)."""
         if self.clover is not None:
-            creds = {"client_id": self.clover.client_id, "client_secret": self.clover.client_secret}
-            if getattr(self.clover, "webhook_auth_code", None):
-                creds["webhook_auth_code"] = self.clover.webhook_auth_code
-            self.store_app_credentials("clover", creds)
+            self.store_app_credentials("clover", self.clover.app_credentials)
         if self.poynt is not None:
-            creds = {"app_id": self.poynt.app_id, "private_key_pem": _text(self.poynt.app_private_key_pem)}
-            if getattr(self.poynt, "webhook_secret", None):
-                creds["webhook_secret"] = self.poynt.webhook_secret
-            self.store_app_credentials("poynt", creds)
+            self.store_app_credentials("poynt", self.poynt.app_credentials)
 
     def describe(self) -> dict[str, Any]:
         self.apply_env()

@@ -22,21 +22,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
-import json
 import logging
 import secrets
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from posync_local.local_aws import external_aws_requested
+from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 
 HERE = Path(__file__).resolve().parent
-_STANDARD_RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _module_stage_numbers = itertools.count(1)
 
 
@@ -51,76 +49,6 @@ def sandbox_available() -> bool:
 
 
 # --- log capture ------------------------------------------------------------------------------
-
-
-class LogCapture(logging.Handler):
-    """Keeps every record as text: its own handler's format (Powertools JSON included) plus extras."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self._lines: list[str] = []
-        self._guard = threading.Lock()
-        self._attached: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # Powertools puts a SuppressFilter on every root handler that drops any logger whose
-        # name contains the service name ("posync", hence also "posync_local.*"): keep them all.
-        return True
-
-    def _formatter_for(self, name: str) -> logging.Formatter | None:
-        logger: logging.Logger | None = logging.getLogger(name)
-        while logger is not None:
-            for h in logger.handlers:
-                if h is not self and h.formatter is not None and not isinstance(h, LogCapture):
-                    return h.formatter
-            logger = logger.parent
-        return None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            formatter = self._formatter_for(record.name)
-            text = formatter.format(record) if formatter is not None else logging.Formatter().format(record)
-            extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_ATTRS}
-            if extras:
-                text += " " + json.dumps(extras, default=repr)
-        except Exception:
-            text = f"{record.name} {record.levelname} {record.msg!r} {record.args!r}"
-        with self._guard:
-            self._lines.append(text)
-
-    def attach(self) -> None:
-        """On the root logger and on every logger that does not propagate to it."""
-        root = logging.getLogger()
-        if self not in root.handlers:
-            root.addHandler(self)
-        for name, logger in list(logging.Logger.manager.loggerDict.items()):
-            if isinstance(logger, logging.Logger) and not logger.propagate and name not in self._attached:
-                logger.addHandler(self)
-                self._attached.add(name)
-
-    def detach(self) -> None:
-        logging.getLogger().removeHandler(self)
-        for name in self._attached:
-            logging.getLogger(name).removeHandler(self)
-        self._attached.clear()
-
-    @property
-    def text(self) -> str:
-        with self._guard:
-            return "\n".join(self._lines)
-
-    def mark(self) -> int:
-        with self._guard:
-            return len(self._lines)
-
-    def since(self, mark: int) -> str:
-        with self._guard:
-            return "\n".join(self._lines[mark:])
-
-    def find(self, needles: Iterable[str], since: int = 0) -> list[str]:
-        """The needles (e.g. tokens, secrets) that appear in the captured text."""
-        text = self.since(since)
-        return [n for n in needles if n and n in text]
 
 
 _capture = LogCapture()

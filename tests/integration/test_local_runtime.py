@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import os
@@ -737,18 +736,71 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_posync_local_up_serves_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    # Given `posync local up` started as its own process on free ports
+def _approve_consent(api_url: str, provider: str) -> requests.Response:
+    """A merchant's browser: /connect -> the sandbox's consent page -> Approve -> our callback."""
+    with requests.Session() as browser:
+        r = browser.get(f"{api_url}/connect/{provider}", allow_redirects=False, timeout=10)
+        assert r.status_code == 302, r.text
+        consent_url = r.headers["Location"]
+        page = browser.get(consent_url, timeout=10)
+        assert page.status_code == 200, page.text
+        action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+        assert action is not None, page.text
+        form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+        selected = re.search(r'<select id="\w+" name="(\w+)"><option value="([^"]+)"', page.text)
+        if selected:
+            form[selected.group(1)] = selected.group(2)
+        form["decision"] = "approve"
+        base = consent_url.split("/", 3)
+        r = browser.post(
+            f"{base[0]}//{base[2]}{action.group(1)}", data=form, allow_redirects=False, timeout=10
+        )
+        assert r.status_code == 302, r.text
+        assert r.headers["Location"].startswith(api_url)
+        return browser.get(r.headers["Location"], allow_redirects=False, timeout=30)
+
+
+def _secret_values(aws_url: str) -> tuple[list[str], list[str]]:
+    sm = boto3.client(
+        "secretsmanager",
+        endpoint_url=aws_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    names = [s["Name"] for s in sm.list_secrets()["SecretList"]]
+    values: list[str] = []
+    secret_field = re.compile(r"token|secret|private|key|code", re.IGNORECASE)
+    not_secret = re.compile(r"expir|_at$|_id$|^id$", re.IGNORECASE)
+    for name in names:
+        raw = sm.get_secret_value(SecretId=name)["SecretString"]
+        try:
+            fields = json.loads(raw)
+        except ValueError:
+            values.append(raw)  # the state key: the whole value is the secret
+            continue
+        if isinstance(fields, dict):
+            values.extend(
+                str(v) for k, v in fields.items() if v and secret_field.search(k) and not not_secret.search(k)
+            )
+    return names, values
+
+
+def test_posync_local_up_serves_ticks_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    # Given `posync local up` started as its own process on free ports, with the sandboxes
+    sandbox = _sandbox_flag() == "--sandbox"
     cmd = [*_posync_command(), "local", "up", "--api-port", "0", "--aws-port", "0", "--stage", "upt"]
+    env = _clean_env(tmp_path)
     proc = subprocess.Popen(
         [*cmd, _sandbox_flag()],
         cwd=tmp_path,
-        env=_clean_env(tmp_path),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     output = ProcessOutput(proc)
+    tick_out = ""
     try:
         # When it prints its endpoints
         output.wait_for(r"State file:\s+(\S+)\n", timeout=60)
@@ -764,23 +816,39 @@ def test_posync_local_up_serves_and_stops_cleanly_on_sigint(tmp_path: Path) -> N
         assert state is not None
         assert state.api_url == api_url.group(1)
         assert state.data["aws_endpoint"] == aws_url.group(1)
-        # And the secrets it created (state key, sandbox app credentials) can be read from its AWS...
-        sm = boto3.client(
-            "secretsmanager",
-            endpoint_url=aws_url.group(1),
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        names = [s["Name"] for s in sm.list_secrets()["SecretList"]]
-        assert "posync/upt/app/state-key" in names
-        secret_values: list[str] = []
-        for name in names:
-            raw = sm.get_secret_value(SecretId=name)["SecretString"]
-            secret_values.append(raw)
-            with contextlib.suppress(ValueError, AttributeError):
-                secret_values.extend(str(v) for v in json.loads(raw).values() if v)
         state_text = state.path.read_text()
+        if sandbox:
+            # When a sandbox merchant connects and `posync local tick --json` runs in another process
+            callback = _approve_consent(api_url.group(1), "clover")
+            assert callback.status_code in (200, 302), callback.text
+            ticked = subprocess.run(
+                [*_posync_command(), "local", "tick", "--json"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            tick_out = ticked.stdout + ticked.stderr
+            # Then the tick reached the running stack: the backfill ran in the worker, and the queue is idle
+            assert ticked.returncode == 0, tick_out
+            report = json.loads(ticked.stdout)
+            assert report["idle"] is True and report["stopped_by"] == "idle"
+            assert report["messages"] >= 1 and report["failures"] == 0
+            assert isinstance(report["dispatcher"], dict)
+            ddb = boto3.client(
+                "dynamodb",
+                endpoint_url=aws_url.group(1),
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+            assert ddb.scan(TableName="posync-upt-orders", Select="COUNT")["Count"] > 0
+        # And the secrets it holds (state key, app credentials, connection tokens) are readable from its AWS
+        names, secret_values = _secret_values(aws_url.group(1))
+        assert "posync/upt/app/state-key" in names
+        if sandbox:
+            assert len(secret_values) >= 6  # state key, 2 + 2 app credentials, the connection's tokens
         # When it gets SIGINT
         proc.send_signal(signal.SIGINT)
         code = output.finish(timeout=30)
@@ -788,14 +856,24 @@ def test_posync_local_up_serves_and_stops_cleanly_on_sigint(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # Then it exits 0, removes its state file, and never printed nor stored a secret
+    # Then it exits 0, removes its state file, and never printed nor stored a secret outside AWS
     assert code == 0, output.stderr
     assert "stopped" in output.stdout
     assert not (tmp_path / "state.json").exists()
-    everything = output.stdout + output.stderr + state_text
+    everything = output.stdout + output.stderr + state_text + tick_out
     leaked = [v for v in secret_values if len(v) >= 8 and v in everything]
     assert leaked == []
     assert "Traceback" not in output.stderr
+
+
+def test_tick_runs_the_real_dispatcher_and_worker(module_runtime: LocalRuntime) -> None:
+    # Given a stage with no connections and the real functions/dispatcher and functions/worker
+    assert module_runtime.functions.available("dispatcher") and module_runtime.functions.available("worker")
+    # When the schedule fires
+    report = module_runtime.tick()
+    # Then the real dispatcher answered with its report and the (empty) queue drained at once
+    assert isinstance(report.dispatcher, dict)
+    assert report.messages == 0 and report.idle
 
 
 def test_posync_local_tick_without_a_running_stack_fails_clearly(tmp_path: Path) -> None:
