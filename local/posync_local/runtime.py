@@ -357,11 +357,14 @@ class LocalRuntime:
     def tick(self, *, at: datetime | None = None, **drain_options: Any) -> TickReport:
         """Fire the schedule once and drain the sync queue (see ``posync_local.local_tick``)."""
         self.apply_env()
+        drain_options.setdefault("idle_checks", 3 if self.external_aws else 1)
         return tick(self.settings, self.functions.invoke, at=at, **drain_options)
 
     def drain(self, **drain_options: Any) -> TickReport:
         """Drain the sync queue into the worker until it is idle."""
         self.apply_env()
+        # LocalStack's and AWS's queue counters are approximate: idle must be seen more than once.
+        drain_options.setdefault("idle_checks", 3 if self.external_aws else 1)
         return drain(self.settings, self.functions.invoke, **drain_options)
 
     # --- state file -------------------------------------------------------------------------

@@ -151,6 +151,7 @@ def _local_runtime_env() -> Iterator[None]:
         _reset_knobs(r)
 
 
+@pytest.hookimpl(trylast=True)  # after the fixtures' own teardown (which may re-apply an environment)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Leaving this folder: put the environment back so later suites (unit tests) never see it."""
     if nextitem is not None and HERE in Path(str(nextitem.path)).resolve().parents:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import requests
 from posync.aws import client
 from posync.config import Settings
 from posync.resources import FUNCTIONS, resources
-from posync_local.local_aws import CDK_BOOTSTRAP_PARAMETER, provision
+from posync_local.local_aws import CDK_BOOTSTRAP_PARAMETER, EmbeddedAws, provision
 from posync_local.runtime import LocalRuntime, load_state, store_app_credentials
 
 pytestmark = pytest.mark.integration
@@ -874,6 +875,47 @@ def test_tick_runs_the_real_dispatcher_and_worker(module_runtime: LocalRuntime) 
     # Then the real dispatcher answered with its report and the (empty) queue drained at once
     assert isinstance(report.dispatcher, dict)
     assert report.messages == 0 and report.idle
+
+
+def test_posync_local_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    # Given `posync local up` without sandboxes
+    cmd = [*_posync_command(), "local", "up", "--api-port", "0", "--aws-port", "0", "--no-sandbox"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    output = ProcessOutput(proc)
+    try:
+        m = output.wait_for(r"API:\s+(http://127\.0\.0\.1:\d+)", timeout=60)
+        output.wait_for(r"Ctrl-C stops", timeout=10)
+        assert requests.get(f"{m.group(1)}/health", timeout=10).status_code == 200
+        assert "sandbox" not in output.stdout.lower().replace("--sandbox", "")
+        # When it gets SIGTERM (what a process manager sends)
+        proc.send_signal(signal.SIGTERM)
+        code = output.finish(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Then it shuts its servers down and exits 0
+    assert code == 0, output.stderr
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{m.group(1)}/health", timeout=2)
+
+
+def test_a_busy_port_fails_the_start_and_leaves_nothing_behind(local_runtime: LocalRuntime) -> None:
+    # Given a port someone else listens on
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env_before = dict(os.environ)
+        # When a runtime wants it for its API, or an embedded AWS for itself
+        with pytest.raises(OSError):
+            LocalRuntime(api_port=port, sandbox=False, stage="busy").start()
+        with pytest.raises(RuntimeError, match=f"port {port}"):
+            EmbeddedAws(port).start()
+    # Then the start fails with a clear error and the environment is as it was
+    assert dict(os.environ) == env_before
 
 
 def test_posync_local_tick_without_a_running_stack_fails_clearly(tmp_path: Path) -> None:
