@@ -24,8 +24,23 @@ from posync.tokens import SecretsManagerTokenStore, TokenSet
 
 if TYPE_CHECKING:  # the runtime (and moto) stay out of the spawned token callers' imports
     from posync_local.runtime import LocalRuntime
+    from posync_local.sandbox import CloverSandbox, PoyntSandbox
 
 TIMEOUT = 10
+
+
+def clover_of(rt: LocalRuntime) -> CloverSandbox:
+    assert rt.clover is not None, "the Clover sandbox is not running"
+    return rt.clover
+
+
+def poynt_of(rt: LocalRuntime) -> PoyntSandbox:
+    assert rt.poynt is not None, "the Poynt sandbox is not running"
+    return rt.poynt
+
+
+def sandbox_of(rt: LocalRuntime, provider: str) -> CloverSandbox | PoyntSandbox:
+    return clover_of(rt) if provider == "clover" else poynt_of(rt)
 
 
 class ConsentForm(HTMLParser):
@@ -175,10 +190,10 @@ def queued_syncs(settings: Settings) -> list[dict[str, Any]]:
 def api_accepts(rt: LocalRuntime, provider: str, merchant_id: str, token: str) -> bool:
     """The sandbox's orders API answers 200 to this token."""
     if provider == "clover":
-        url = f"{rt.clover.url}/v3/merchants/{merchant_id}/orders"
+        url = f"{clover_of(rt).url}/v3/merchants/{merchant_id}/orders"
         params: dict[str, str] = {"limit": "1"}
     else:
-        url = f"{rt.poynt.url}/businesses/{merchant_id}/orders"
+        url = f"{poynt_of(rt).url}/businesses/{merchant_id}/orders"
         params = {"limit": "1"}
     resp = requests.get(
         url,

@@ -16,17 +16,21 @@ import requests
 
 from posync.connections import ConnectionRepository
 from posync.oauth_state import StateSigner, key_from_secret
+from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 from tests.integration.auth_flow import (
     ConsentForm,
     Secrets,
     api_accepts,
+    clover_of,
     connect,
     connection,
     decide,
     follow_callback,
+    poynt_of,
     queued_syncs,
     read_consent_page,
+    sandbox_of,
     secret_exists,
     start_connect,
     stored_tokens,
@@ -54,7 +58,7 @@ def _empty_queue(rt: LocalRuntime) -> Iterator[None]:
 
 
 def new_merchant(rt: LocalRuntime, provider: str) -> str:
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     return str(sandbox.add_merchant(orders=3))
 
 
@@ -187,13 +191,13 @@ def test_a_replayed_callback_gives_a_clear_page_and_changes_nothing(rt: LocalRun
     s = rt.settings
     tokens = stored_tokens(s, "clover", merchant)
     queued_syncs(s)
-    exchanges = rt.clover.stats.snapshot()["token_exchanges"]
+    exchanges = clover_of(rt).stats.snapshot()["token_exchanges"]
     # When the same callback URL is requested again
     again = follow_callback(first.callback_url, seen)
     # Then it is refused as already used, without another exchange or any change
     assert again.callback.status_code == 400
     assert "already used" in again.callback.text
-    assert rt.clover.stats.snapshot()["token_exchanges"] == exchanges
+    assert clover_of(rt).stats.snapshot()["token_exchanges"] == exchanges
     assert stored_tokens(s, "clover", merchant) == tokens
     assert queued_syncs(s) == []
 
@@ -216,7 +220,7 @@ def test_a_provider_500_on_the_exchange_gives_a_502_page_and_stores_nothing(
 ) -> None:
     # Given a provider whose token endpoint fails once
     merchant = new_merchant(rt, provider)
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     callback_url = decide(start_connect(rt, provider), merchant_id=merchant)
     sandbox.fail_next(1, status=500, path_prefix=path)
     # When the callback exchanges the code
@@ -242,12 +246,12 @@ def test_a_callback_code_never_appears_in_a_page(rt: LocalRuntime, seen: Secrets
 
 
 def test_no_token_code_or_secret_reached_the_logs(
-    rt: LocalRuntime, seen: Secrets, captured_logs: object
+    rt: LocalRuntime, seen: Secrets, captured_logs: LogCapture
 ) -> None:
     # Given every code and token the tests above saw, and the apps' secrets
     s = rt.settings
-    seen.add(rt.clover.client_secret, getattr(rt.clover, "webhook_auth_code", None))
-    pem = rt.poynt.app_private_key_pem
+    seen.add(clover_of(rt).client_secret, getattr(rt.clover, "webhook_auth_code", None))
+    pem = poynt_of(rt).app_private_key_pem
     pem_text = pem.decode() if isinstance(pem, bytes) else str(pem)
     seen.add(*[line for line in pem_text.splitlines() if "PRIVATE KEY" not in line][:3])
     seen.add(
@@ -255,10 +259,10 @@ def test_no_token_code_or_secret_reached_the_logs(
     )
     assert len(seen.values) > 10
     # Then none of them is in the captured log output
-    find = captured_logs.find  # type: ignore[attr-defined]
+    find = captured_logs.find
     assert find(sorted(seen.values)) == []
     # (and the capture did see the callbacks' log lines, so the scan means something)
-    assert "merchant connected" in captured_logs.text  # type: ignore[attr-defined]
+    assert "merchant connected" in captured_logs.text
 
 
 def test_consent_form_parser_reads_the_page() -> None:

@@ -13,15 +13,19 @@ from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked
 from posync.observability import metrics
 from posync.tokens import SecretsManagerTokenStore, TokenService, build_token_service, refresh_lease_name
+from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 from tests.integration.auth_flow import (
     Secrets,
     api_accepts,
     bus_events,
     bus_listener,
+    clover_of,
     connect,
     connection,
+    poynt_of,
     queued_syncs,
+    sandbox_of,
     stored_tokens,
     token_in_child,
 )
@@ -52,7 +56,7 @@ def connected(
     rt: LocalRuntime, seen: Secrets, provider: str = "clover", access_ttl_s: int | None = None
 ) -> str:
     """A freshly connected merchant; ``access_ttl_s`` shortens its first access token's life."""
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     merchant = str(sandbox.add_merchant(orders=2))
     default_ttl = sandbox.knobs.access_ttl_s
     if access_ttl_s is not None:
@@ -92,7 +96,7 @@ def test_twenty_threads_refresh_an_expiring_clover_token_exactly_once(
     for t in threads:
         t.join(60)
     # Then Clover saw exactly one refresh
-    stats = rt.clover.stats.snapshot()
+    stats = clover_of(rt).stats.snapshot()
     assert errors == []
     assert stats["refresh_calls"].get(merchant) == 1
     assert stats["refreshes"].get(merchant) == 1
@@ -155,7 +159,7 @@ def test_twenty_callers_across_processes_refresh_an_expiring_clover_token_exactl
     # Then every caller got the same new token and Clover saw one refresh
     assert [r[0] for r in results] == ["ok"] * CALLERS, results
     tokens = {r[1] for r in results}
-    stats = rt.clover.stats.snapshot()
+    stats = clover_of(rt).stats.snapshot()
     assert stats["refresh_calls"].get(merchant) == 1
     assert stats["refreshes"].get(merchant) == 1
     assert len(tokens) == 1
@@ -175,7 +179,7 @@ def test_a_revoked_refresh_token_moves_the_connection_to_needs_reauth(
     merchant = connected(rt, seen, provider)
     settings = rt.settings
     listener = bus_listener(settings, "ConnectionNeedsReauth", f"reauth-{provider}-{merchant[:8].lower()}")
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     sandbox.revoke(merchant)
     store = SecretsManagerTokenStore(settings)
     tokens = store.read(provider, merchant)
@@ -214,7 +218,7 @@ def test_a_401_on_a_token_we_thought_valid_refreshes_once(rt: LocalRuntime, seen
     worker_a, worker_b = build_token_service(settings), build_token_service(settings)
     rejected = worker_a.access_token(conn)
     assert worker_b.access_token(conn) == rejected
-    rt.clover.expire_access_tokens(merchant)
+    clover_of(rt).expire_access_tokens(merchant)
     assert not api_accepts(rt, "clover", merchant, rejected)
     # When one worker reports the 401
     fresh = worker_a.after_unauthorized(conn, rejected)
@@ -223,13 +227,13 @@ def test_a_401_on_a_token_we_thought_valid_refreshes_once(rt: LocalRuntime, seen
     assert fresh != rejected and api_accepts(rt, "clover", merchant, fresh)
     # And the other worker's 401 is answered with that token, without a second refresh
     assert worker_b.after_unauthorized(conn, rejected) == fresh
-    assert rt.clover.stats.snapshot()["refreshes"].get(merchant) == 1
+    assert clover_of(rt).stats.snapshot()["refreshes"].get(merchant) == 1
 
 
 def test_clover_refusing_an_early_refresh_keeps_the_current_token(rt: LocalRuntime, seen: Secrets) -> None:
     # Given Clover refusing refreshes while the access token has more than a minute left
     merchant = connected(rt, seen, access_ttl_s=200)
-    rt.clover.knobs.refuse_early_refresh = True
+    clover_of(rt).knobs.refuse_early_refresh = True
     before = stored_tokens(rt.settings, "clover", merchant)
     # When a token is asked for inside the leeway
     svc = build_token_service(rt.settings)
@@ -239,7 +243,7 @@ def test_clover_refusing_an_early_refresh_keeps_the_current_token(rt: LocalRunti
     assert svc.access_token(Connection("clover", merchant)) == token
     conn = connection(rt.settings, "clover", merchant)
     assert conn is not None and conn.status is ConnectionStatus.ACTIVE
-    stats = rt.clover.stats.snapshot()
+    stats = clover_of(rt).stats.snapshot()
     assert (stats["refresh_calls"].get(merchant), stats["refreshes"].get(merchant, 0)) == (1, 0)
 
 
@@ -266,21 +270,21 @@ def test_the_poynt_app_token_is_granted_once_and_cached(rt: LocalRuntime, seen: 
     merchant = connected(rt, seen, "poynt")
     poynt = build_providers(rt.settings, AppCredentialsStore(rt.settings))["poynt"]
     assert isinstance(poynt, PoyntOAuth)
-    grants = rt.poynt.stats.snapshot()["app_token_grants"]
+    grants = poynt_of(rt).stats.snapshot()["app_token_grants"]
     # When app-level calls ask for the app token several times
     tokens = {poynt.app_access_token() for _ in range(3)}
     # Then the sandbox verified one self-signed assertion (aud, exp - iat <= 300, fresh jti) and
     # the token is reused, and it reads the business's orders
     assert len(tokens) == 1
-    assert rt.poynt.stats.snapshot()["app_token_grants"] == grants + 1
+    assert poynt_of(rt).stats.snapshot()["app_token_grants"] == grants + 1
     token = tokens.pop()
     seen.add(token)
     assert api_accepts(rt, "poynt", merchant, token)
 
 
-def test_no_token_reached_the_logs(rt: LocalRuntime, seen: Secrets, captured_logs: object) -> None:
-    seen.add(rt.clover.client_secret)
+def test_no_token_reached_the_logs(rt: LocalRuntime, seen: Secrets, captured_logs: LogCapture) -> None:
+    seen.add(clover_of(rt).client_secret)
     assert len(seen.values) >= 10
-    assert captured_logs.find(sorted(seen.values)) == []  # type: ignore[attr-defined]
+    assert captured_logs.find(sorted(seen.values)) == []
     # (and the capture did see this module's log lines, so the scan means something)
-    assert "token refreshed" in captured_logs.text  # type: ignore[attr-defined]
+    assert "token refreshed" in captured_logs.text

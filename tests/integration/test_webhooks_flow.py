@@ -10,14 +10,18 @@ import requests
 
 from posync.domain import ConnectionStatus
 from posync.webhooks import DynamoVerificationStore
+from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 from tests.integration.auth_flow import (
     Secrets,
     bus_events,
     bus_listener,
+    clover_of,
     connect,
     connection,
+    poynt_of,
     queued_syncs,
+    sandbox_of,
     stored_tokens,
 )
 
@@ -44,7 +48,7 @@ def hook_url(rt: LocalRuntime, provider: str) -> str:
 
 
 def connected(rt: LocalRuntime, seen: Secrets, provider: str) -> str:
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     merchant = str(sandbox.add_merchant(orders=3))
     assert connect(rt, provider, merchant_id=merchant, secrets=seen).callback.status_code == 200
     seen.add_tokens(stored_tokens(rt.settings, provider, merchant))
@@ -54,7 +58,7 @@ def connected(rt: LocalRuntime, seen: Secrets, provider: str) -> str:
 
 def test_the_clover_verification_code_is_stored_for_the_operator(rt: LocalRuntime) -> None:
     # When Clover posts the verification handshake
-    code = rt.clover.send_verification(hook_url(rt, "clover"))
+    code = clover_of(rt).send_verification(hook_url(rt, "clover"))
     # Then the operator can read it back (what `posync app-credentials webhook-verification` prints)
     found = DynamoVerificationStore(rt.settings).read_verification_code("clover")
     assert found is not None and found[0] == code
@@ -64,7 +68,7 @@ def test_the_clover_verification_code_is_stored_for_the_operator(rt: LocalRuntim
 def test_order_events_queue_one_webhook_sync(rt: LocalRuntime, seen: Secrets, provider: str) -> None:
     # Given a connected merchant
     merchant = connected(rt, seen, provider)
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     orders = [o["id"] for o in sandbox.orders(merchant)[:3]]
     # When the provider sends order events (Poynt: one signed POST per order)
     statuses = sandbox.send_webhook(hook_url(rt, provider), merchant, orders)
@@ -78,10 +82,9 @@ def test_order_events_queue_one_webhook_sync(rt: LocalRuntime, seen: Secrets, pr
 @pytest.mark.parametrize("provider", ["clover", "poynt"])
 def test_a_bad_signature_is_a_bare_401(rt: LocalRuntime, seen: Secrets, provider: str) -> None:
     merchant = connected(rt, seen, provider)
-    sandbox = rt.clover if provider == "clover" else rt.poynt
     header = "X-Clover-Auth" if provider == "clover" else "Poynt-Webhook-Signature"
     payload = (
-        sandbox.webhook_payload(merchant, ["X"])
+        clover_of(rt).webhook_payload(merchant, ["X"])
         if provider == "clover"
         else {"eventType": "ORDER_UPDATED", "businessId": merchant, "resource": "/orders", "resourceId": "x"}
     )
@@ -97,14 +100,16 @@ def test_a_bad_signature_is_a_bare_401(rt: LocalRuntime, seen: Secrets, provider
 
 
 def test_an_unknown_merchant_gets_the_same_200_and_nothing_happens(rt: LocalRuntime) -> None:
-    status = rt.clover.send_webhook(hook_url(rt, "clover"), "ZZZZZZZZZZZZ1", ["ORDER"])
+    status = clover_of(rt).send_webhook(hook_url(rt, "clover"), "ZZZZZZZZZZZZ1", ["ORDER"])
     assert status == [200]
     assert queued_syncs(rt.settings) == []
 
 
 def test_an_oversized_body_is_413(rt: LocalRuntime) -> None:
     body = b"{" + b" " * (256 * 1024) + b"}"
-    resp = requests.post(hook_url(rt, "clover"), data=body, headers=rt.clover.sign_webhook(body), timeout=10)
+    resp = requests.post(
+        hook_url(rt, "clover"), data=body, headers=clover_of(rt).sign_webhook(body), timeout=10
+    )
     assert resp.status_code == 413
 
 
@@ -116,7 +121,7 @@ def test_an_uninstall_revokes_and_schedules_the_secret_for_deletion(
     merchant = connected(rt, seen, provider)
     settings = rt.settings
     listener = bus_listener(settings, "ConnectionRevoked", f"revoked-{provider}-{merchant[:8].lower()}")
-    sandbox = rt.clover if provider == "clover" else rt.poynt
+    sandbox = sandbox_of(rt, provider)
     # When the merchant uninstalls the app
     assert sandbox.send_uninstall(hook_url(rt, provider), merchant) == 200
     # Then the connection is revoked (its syncs stop) and its secret is scheduled for deletion
@@ -137,8 +142,8 @@ def test_an_uninstall_revokes_and_schedules_the_secret_for_deletion(
     seen.add_tokens(stored_tokens(settings, provider, merchant))
 
 
-def test_no_secret_reached_the_logs(rt: LocalRuntime, seen: Secrets, captured_logs: object) -> None:
-    seen.add(rt.clover.webhook_auth_code, rt.poynt.webhook_secret, rt.clover.client_secret)
-    assert captured_logs.find(sorted(seen.values)) == []  # type: ignore[attr-defined]
+def test_no_secret_reached_the_logs(rt: LocalRuntime, seen: Secrets, captured_logs: LogCapture) -> None:
+    seen.add(clover_of(rt).webhook_auth_code, poynt_of(rt).webhook_secret, clover_of(rt).client_secret)
+    assert captured_logs.find(sorted(seen.values)) == []
     # (and the capture did see this module's log lines, so the scan means something)
-    assert "webhook sync queued" in captured_logs.text  # type: ignore[attr-defined]
+    assert "webhook sync queued" in captured_logs.text
