@@ -6,11 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 
 from posync_local.sandbox import CloverSandbox, PoyntSandbox
-from tests.sandbox.conftest import Receiver
+
+if TYPE_CHECKING:
+    from tests.sandbox.conftest import Receiver
 
 pytestmark = pytest.mark.integration
 
