@@ -7,8 +7,10 @@ import multiprocessing
 import threading
 import time
 
+import boto3
 import pytest
 
+import posync.providers
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked
 from posync.observability import metrics
@@ -109,8 +111,6 @@ def test_twenty_threads_refresh_an_expiring_clover_token_exactly_once(
     # And the record mirrors the new expiry, and the lease is gone
     conn_after = connection(settings, "clover", merchant)
     assert conn_after is not None and conn_after.access_expires_at == new.access_expires_at
-    import boto3
-
     lease = boto3.client("dynamodb").get_item(
         TableName=settings.control_table, Key={"pk": {"S": refresh_lease_name(conn.connection_id)}}
     )
@@ -259,6 +259,33 @@ def test_a_poynt_token_is_refreshed_and_the_new_refresh_token_saved(rt: LocalRun
     assert token == after.access_token != before.access_token
     assert after.refresh_token != before.refresh_token
     assert api_accepts(rt, "poynt", merchant, token)
+
+
+def test_a_lost_clover_refresh_reply_ends_in_needs_reauth_with_the_reason(
+    rt: LocalRuntime, seen: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a Clover connection due for refresh, and a refresh reply that never reaches us:
+    # Clover processes the refresh (the old refresh token dies) after our read timeout
+    merchant = connected(rt, seen, access_ttl_s=120)
+    conn = Connection("clover", merchant)
+    monkeypatch.setattr(posync.providers, "TOKEN_TIMEOUT", (5.0, 0.3))
+    clover_of(rt).knobs.oauth_latency_ms = 900
+    before = stored_tokens(rt.settings, "clover", merchant)
+    # When the sync asks for a token: the refresh times out, the still-valid token is used
+    assert build_token_service(rt.settings).access_token(conn) == before.access_token
+    time.sleep(1.0)  # Clover has now issued a pair we never saw
+    assert clover_of(rt).stats.snapshot()["refreshes"].get(merchant) == 1
+    clover_of(rt).knobs.oauth_latency_ms = 0
+    # And the next run retries with the stored (now dead) refresh token
+    with pytest.raises(AuthorizationRevoked):
+        build_token_service(rt.settings).access_token(conn)
+    # Then the connection needs reauthorization, and the reason names the lost reply
+    after = connection(rt.settings, "clover", merchant)
+    assert after is not None and after.status is ConnectionStatus.NEEDS_REAUTH
+    item = boto3.client("dynamodb").get_item(
+        TableName=rt.settings.connections_table, Key={"connection_id": {"S": conn.connection_id}}
+    )["Item"]
+    assert "refresh reply was lost" in item["status_reason"]["S"]
 
 
 def test_the_poynt_app_token_is_granted_once_and_cached(rt: LocalRuntime, seen: Secrets) -> None:
