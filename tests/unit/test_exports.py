@@ -325,6 +325,19 @@ def test_a_finished_writer_refuses_more_orders(settings: Settings) -> None:
         w.add(order("A", "2026-09-21T10:00:00.000Z"))
 
 
+def test_after_a_failed_storage_write_the_writer_refuses_to_commit(settings: Settings) -> None:
+    # Given a writer whose open epoch was stamped on versions the repository could not hand over
+    w = writer(settings)
+    w.add(order("A", "2026-09-21T10:00:00.000Z"))
+    w.write_failed()
+    # Then nothing can make that epoch count as exported
+    for attempt in (w.checkpoint, w.finish, lambda: w.add(order("B", "2026-09-21T10:00:00.000Z"))):
+        with pytest.raises(ExportError, match="without a checkpoint"):
+            attempt()
+    w.close()
+    assert list(read_manifested(settings)) == []
+
+
 def test_the_reader_refuses_a_file_that_does_not_match_its_manifest(settings: Settings) -> None:
     # Given a finished run whose part was later replaced by other bytes
     w = writer(settings)

@@ -305,6 +305,42 @@ def test_other_client_errors_propagate_untouched(ddb: tuple[Any, Stubber]) -> No
         repo_for(c).write(CONN, RUN, [order("A")], ledger=FakeLedger())
 
 
+def test_a_failure_after_part_of_the_page_was_stored_tells_the_ledger(ddb: tuple[Any, Stubber]) -> None:
+    # Given a page of 150: the first transaction (100) goes through, the second is refused
+    c, stub = ddb
+    orders = [order(f"O{i:03d}") for i in range(150)]
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(o) for o in orders[:100]]})
+    stub.add_client_error("transact_write_items", service_error_code="ResourceNotFoundException")
+
+    class Ledger(FakeLedger):
+        failed = 0
+
+        def write_failed(self) -> None:
+            self.failed += 1
+
+    ledger = Ledger()
+    # When it is written, Then the error surfaces and the ledger learns its epoch holds unreturned versions
+    with pytest.raises(ClientError):
+        repo_for(c).write(CONN, RUN, orders, ledger=ledger)
+    assert ledger.failed == 1
+
+
+def test_a_failure_before_anything_was_stored_leaves_the_ledger_alone(ddb: tuple[Any, Stubber]) -> None:
+    c, stub = ddb
+    stub.add_client_error("transact_write_items", service_error_code="ResourceNotFoundException")
+
+    class Ledger(FakeLedger):
+        failed = 0
+
+        def write_failed(self) -> None:
+            self.failed += 1
+
+    ledger = Ledger()
+    with pytest.raises(ClientError):
+        repo_for(c).write(CONN, RUN, [order("A")], ledger=ledger)
+    assert ledger.failed == 0
+
+
 def test_an_order_without_a_valid_modified_at_is_refused_before_any_call(ddb: tuple[Any, Stubber]) -> None:
     c, _ = ddb
     with pytest.raises(StoreError, match="order A"):

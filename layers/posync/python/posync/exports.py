@@ -387,6 +387,7 @@ class ExportWriter:
 
         self._opened = False
         self._closed = False
+        self._failed = False
         self._run = self._base_run
         self._k_open = 0  # checkpoints recorded by earlier invocations of this run
         self._k = 0  # the open epoch's checkpoint number
@@ -477,9 +478,19 @@ class ExportWriter:
                 extra={"manifest_key": detail.get("manifest_key"), "error": type(exc).__name__},
             )
 
+    def write_failed(self) -> None:
+        """The repository stored versions under the open epoch and could not hand them over.
+
+        That epoch must never commit: from now on the writer refuses to add, checkpoint or
+        finish, so the invocation ends without a checkpoint and the retry exports them.
+        """
+        self._failed = True
+
     def _writable(self) -> None:
         if self._closed:
             raise ExportError("this export writer is finished or closed")
+        if self._failed:
+            raise ExportError("a storage write failed part-way: end this invocation without a checkpoint")
         self._open()
 
     # ---- writing

@@ -151,6 +151,10 @@ class OrderRepository:
         unless the stored equal version was handed to an export epoch that never committed.
         Duplicate order ids in the page: the newest (the later one on a tie) is kept.
         Pass the run's ``ExportWriter`` as ``ledger`` for exactly-once exports.
+
+        If it raises after part of the page was stored, the writer is told
+        (``write_failed``) and refuses to checkpoint or finish: end the invocation without a
+        checkpoint and let the message be retried; the retry exports those versions.
         """
         if not orders:
             return []
@@ -176,17 +180,28 @@ class OrderRepository:
         for e in entries:
             e.item, e.size = self._item(conn_id, run_id, ref, e, now)
 
-        exported: set[str] = set()
-        chunk: list[_Entry] = []
+        chunks: list[list[_Entry]] = [[]]
         chunk_bytes = 0
         for e in entries:
-            if chunk and (len(chunk) == MAX_TRANSACT_ITEMS or chunk_bytes + e.size > MAX_TRANSACT_BYTES):
-                exported |= self._write_chunk(chunk, ledger)
-                chunk, chunk_bytes = [], 0
-            chunk.append(e)
+            if chunks[-1] and (
+                len(chunks[-1]) == MAX_TRANSACT_ITEMS or chunk_bytes + e.size > MAX_TRANSACT_BYTES
+            ):
+                chunks.append([])
+                chunk_bytes = 0
+            chunks[-1].append(e)
             chunk_bytes += e.size
-        if chunk:
-            exported |= self._write_chunk(chunk, ledger)
+        exported: set[str] = set()
+        try:
+            for chunk in chunks:
+                exported |= self._write_chunk(chunk, ledger)
+        except BaseException:
+            if exported:
+                # Versions are stored with the open epoch but were never handed over: that
+                # epoch must not commit (the retried invocation's new epoch exports them).
+                failed = getattr(ledger, "write_failed", None)
+                if callable(failed):
+                    failed()
+            raise
         return [e.order for e in entries if e.order_id in exported]
 
     def _item(self, conn_id: str, run_id: str, ref: str, e: _Entry, now: str) -> tuple[dict[str, Any], int]:
