@@ -14,11 +14,13 @@ Exactly-once bookkeeping: the writer hands out an *export epoch* reference
 (:attr:`ExportWriter.write_ref`, ``{run_id}/{k}-{nonce}``) that the order repository
 stamps on every order version it returns for export. An epoch is committed once its
 parts are uploaded and a checkpoint record (control table, ``pk =
-exportrun#{run_id}#{k}``) says so, or once the run's manifest lists it. A version
+exportrun#{run_id}#{k}``) says so, or once the run is finished and its manifest lists it
+(the run header ``exportrun#{run_id}`` records that right after the manifest). A version
 stamped by an epoch that never committed (the process died before its parts were
 durable) is exported again by whichever run reads it next. The checkpoint records are
-where a run's part list survives between continuations (they carry a TTL; the manifest
-is the permanent record).
+where a run's part list survives between continuations; they and the headers carry a
+TTL, after which the S3 manifests (permanent, never rewritten) answer. Parts and
+manifests are written create-only (``If-None-Match: *``).
 """
 
 from __future__ import annotations
