@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
+import importlib
 import json
 import logging
 import os
@@ -108,6 +110,86 @@ def _check_port_free(port: int) -> None:
             raise RuntimeError(f"port {port} on 127.0.0.1 is already in use") from exc
 
 
+class _NoTableCopy:
+    """``copy`` for moto's DynamoDB backend during a transaction: tables are not deep-copied."""
+
+    def __init__(self, table_type: type) -> None:
+        self._table_type = table_type
+
+    def deepcopy(self, x: Any, memo: Any = None) -> Any:
+        return x if isinstance(x, self._table_type) else copy.deepcopy(x, memo)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+
+_moto_patch_lock = threading.Lock()
+
+
+def _patch_moto_transactions() -> None:
+    """Make moto's TransactWriteItems cost O(items) instead of O(items x table size).
+
+    moto 5.2 deep-copies every table a transaction touches, once per item, to roll back
+    on failure: with a few thousand orders stored, each 100-item transaction takes
+    seconds. This backs up only the touched items and puts them back when the
+    transaction fails: the same behaviour, and transactions are serialized (atomic
+    with respect to each other, like DynamoDB's). Applied once, when this process runs
+    moto's server; a moto without the expected internals is left as it is.
+    """
+    with _moto_patch_lock:
+        try:
+            moto_models: Any = importlib.import_module("moto.dynamodb.models")
+            DynamoType: Any = importlib.import_module("moto.dynamodb.models.dynamo_type").DynamoType  # noqa: N806
+            Table: Any = importlib.import_module("moto.dynamodb.models.table").Table  # noqa: N806
+
+            original = moto_models.DynamoDBBackend.transact_write_items
+            _ = moto_models.copy
+        except (ImportError, AttributeError):  # pragma: no cover - another moto version
+            log.warning("moto's DynamoDB internals changed: transactions stay slow on big tables")
+            return
+        if getattr(original, "posync_patched", False):
+            return
+        no_table_copy = _NoTableCopy(Table)
+        run_lock = threading.Lock()
+
+        def item_key(table: Any, op_type: str, op: dict[str, Any]) -> tuple[Any, Any]:
+            attrs = op["Item"] if op_type == "Put" else op["Key"]
+            hash_value = DynamoType(attrs[table.hash_key_attr])
+            range_value = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+            return hash_value, range_value
+
+        def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Any:
+            with run_lock:
+                backups: list[tuple[Any, Any, Any, Any]] = []
+                for entry in transact_items:
+                    op_type, op = next(iter(entry.items()))
+                    table = self.tables.get(op.get("TableName"))
+                    if table is None or op_type not in ("Put", "Update", "Delete"):
+                        continue
+                    with contextlib.suppress(Exception):  # malformed: moto itself will refuse it
+                        h, r = item_key(table, op_type, op)
+                        backups.append((table, h, r, copy.deepcopy(table.get_item(h, r))))
+                moto_models.copy = no_table_copy
+                try:
+                    return original(self, transact_items)
+                except Exception:
+                    for table, h, r, previous in reversed(backups):
+                        if r is None:
+                            table.items.pop(h, None)
+                            if previous is not None:
+                                table.items[h] = previous
+                        else:
+                            table.items[h].pop(r, None)
+                            if previous is not None:
+                                table.items[h][r] = previous
+                    raise
+                finally:
+                    moto_models.copy = copy
+
+        transact_write_items.posync_patched = True  # type: ignore[attr-defined]
+        moto_models.DynamoDBBackend.transact_write_items = transact_write_items
+
+
 class EmbeddedAws:
     """moto's server on 127.0.0.1 (``port=0``: a free port), or the external AWS when asked for.
 
@@ -135,6 +217,7 @@ class EmbeddedAws:
             # ThreadedMotoServer would wait forever for a server that failed to bind.
             _check_port_free(self.port)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        _patch_moto_transactions()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()

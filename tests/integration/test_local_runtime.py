@@ -932,3 +932,75 @@ def test_posync_local_tick_without_a_running_stack_fails_clearly(tmp_path: Path)
     # Then it says so and exits non-zero
     assert proc.returncode != 0
     assert "no local stack is running" in proc.stderr
+
+
+# --- the embedded AWS: moto's DynamoDB transactions ------------------------------------------------
+
+
+def test_dynamodb_transactions_roll_back_without_copying_tables(
+    module_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an orders table holding 300 items, and a spy on deep copies of whole tables
+    if module_runtime.external_aws:
+        pytest.skip("moto's internals only exist with the embedded AWS")
+    from moto.dynamodb.models.table import Table
+
+    table_copies: list[int] = []
+
+    def spy_deepcopy(self: Any, memo: Any) -> Any:
+        table_copies.append(1)
+        raise AssertionError("a whole table was deep-copied")
+
+    module_runtime.apply_env()
+    name = module_runtime.settings.orders_table
+    ddb = client("dynamodb")
+    for start in range(0, 300, 25):
+        ddb.batch_write_item(
+            RequestItems={
+                name: [
+                    {
+                        "PutRequest": {
+                            "Item": {"connection_id": {"S": "c#big"}, "order_id": {"S": f"o{i:04d}"}}
+                        }
+                    }
+                    for i in range(start, start + 25)
+                ]
+            }
+        )
+    monkeypatch.setattr(Table, "__deepcopy__", spy_deepcopy, raising=False)
+
+    def put(order_id: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": name,
+                "Item": {"connection_id": {"S": "c#big"}, "order_id": {"S": order_id}, "v": {"S": "new"}},
+                **extra,
+            }
+        }
+
+    # When a transaction of 100 puts fails on its last condition (the item exists)
+    failing = [put(f"n{i:03d}") for i in range(99)]
+    failing.append(put("o0001", ConditionExpression="attribute_not_exists(order_id)"))
+    with pytest.raises(ddb.exceptions.TransactionCanceledException):
+        ddb.transact_write_items(TransactItems=failing)
+    # Then nothing of it stayed, the existing item is untouched, and no table was copied
+    count = ddb.query(
+        TableName=name,
+        KeyConditionExpression="connection_id = :c",
+        ExpressionAttributeValues={":c": {"S": "c#big"}},
+        Select="COUNT",
+    )["Count"]
+    assert count == 300
+    kept = ddb.get_item(TableName=name, Key={"connection_id": {"S": "c#big"}, "order_id": {"S": "o0001"}})
+    assert "v" not in kept["Item"]
+    # When the same transaction succeeds without the failing put
+    ddb.transact_write_items(TransactItems=failing[:99])
+    # Then all of it is there
+    count = ddb.query(
+        TableName=name,
+        KeyConditionExpression="connection_id = :c",
+        ExpressionAttributeValues={":c": {"S": "c#big"}},
+        Select="COUNT",
+    )["Count"]
+    assert count == 399
+    assert table_copies == []
