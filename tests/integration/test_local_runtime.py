@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from posync.aws import client
 from posync.config import Settings
 from posync.resources import FUNCTIONS, resources
 from posync_local.local_aws import CDK_BOOTSTRAP_PARAMETER, EmbeddedAws, provision
+from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime, load_state, store_app_credentials
 
 pytestmark = pytest.mark.integration
@@ -268,7 +270,7 @@ def test_a_plain_json_answer_becomes_200_json(probe_runtime: LocalRuntime, fresh
 
 
 def test_a_handler_exception_is_a_500_with_a_request_id_and_no_trace(
-    probe_runtime: LocalRuntime, fresh_probe: Probe, captured_logs: Any
+    probe_runtime: LocalRuntime, fresh_probe: Probe, captured_logs: LogCapture
 ) -> None:
     # Given a handler that raises with a sensitive-looking message
     fresh_probe.answer = RuntimeError("boom: do-not-show-this-detail")
@@ -1004,3 +1006,32 @@ def test_dynamodb_transactions_roll_back_without_copying_tables(
     )["Count"]
     assert count == 399
     assert table_copies == []
+
+
+# --- the log capture the secret scans rely on ---------------------------------------------------
+
+
+def test_captured_logs_see_powertools_keys_extras_and_every_logger(captured_logs: LogCapture) -> None:
+    # Given the functions' Powertools logger with an appended key, and a plain library logger
+    from posync.observability import logger
+
+    mark = captured_logs.mark()
+    # When both log, with extra fields
+    logger.append_keys(probe_key="appended-value-123")
+    try:
+        logger.info("hello from powertools", extra={"extra_field": "extra-value-456"})
+    finally:
+        logger.remove_keys(["probe_key"])
+    logging.getLogger("posync_local.some_module").warning("plain %s", "args-789", extra={"k": "extra-0ab"})
+    # Then the capture holds the messages and every structured value (what a secret scan must see)
+    found = captured_logs.find(
+        ["hello from powertools", "appended-value-123", "extra-value-456", "args-789", "extra-0ab"],
+        since=mark,
+    )
+    assert found == [
+        "hello from powertools",
+        "appended-value-123",
+        "extra-value-456",
+        "args-789",
+        "extra-0ab",
+    ]
