@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from posync_local.cli_credentials import credentials_group
+from posync_local.cli_ops import connections_group, exports_group
+from posync_local.cli_run import backfill_command, sync_command
 from posync_local.local_cli import local_group
 
 
@@ -16,6 +18,10 @@ def cli() -> None:
 
 cli.add_command(local_group)
 cli.add_command(credentials_group)
+cli.add_command(connections_group)
+cli.add_command(sync_command)
+cli.add_command(backfill_command)
+cli.add_command(exports_group)
 
 
 def main() -> None:
