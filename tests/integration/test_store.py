@@ -6,16 +6,12 @@ Each test uses a merchant of its own on the module's stage, so tests do not see 
 from __future__ import annotations
 
 import contextlib
-import copy
 import secrets
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import moto.dynamodb.models as moto_models
-import moto.dynamodb.models.table as moto_table
 import pytest
-from moto.dynamodb.models.dynamo_type import DynamoType
 
 from posync import aws
 from posync.config import Settings
@@ -24,64 +20,6 @@ from posync.store import MAX_INLINE_PAYLOAD, OrderRepository
 from posync_local.runtime import LocalRuntime
 
 DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
-
-
-class _NoTableCopy:
-    """Stands in for ``copy`` in moto's DynamoDB backend: tables are not deep-copied (see below)."""
-
-    def deepcopy(self, x: Any, memo: Any = None) -> Any:
-        return x if isinstance(x, moto_table.Table) else copy.deepcopy(x, memo)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(copy, name)
-
-
-def _item_key(table: Any, op_type: str, op: dict[str, Any]) -> tuple[Any, Any]:
-    attrs = op["Item"] if op_type == "Put" else op["Key"]
-    hash_value = DynamoType(attrs[table.hash_key_attr])
-    range_value = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
-    return hash_value, range_value
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_moto_transactions() -> Iterator[None]:
-    """Roll back moto's TransactWriteItems item by item instead of by whole-table snapshots.
-
-    moto snapshots every table a transaction touches once per *item* (a hundred deep
-    copies of the whole table per call), which makes a call cost O(items x table size):
-    seconds once the table holds a few thousand orders. Backing up only the touched
-    items and putting them back when the transaction fails is the same behaviour at
-    O(items). (The runtime's EmbeddedAws is the natural home for this.)
-    """
-    original = moto_models.DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Any:
-        backups: list[tuple[Any, Any, Any, Any]] = []
-        for entry in transact_items:
-            op_type, op = next(iter(entry.items()))
-            table = self.tables.get(op.get("TableName"))
-            if table is None or op_type not in ("Put", "Update", "Delete", "ConditionCheck"):
-                continue
-            h, r = _item_key(table, op_type, op)
-            backups.append((table, h, r, copy.deepcopy(table.get_item(h, r))))
-        try:
-            return original(self, transact_items)
-        except Exception:
-            for table, h, r, previous in reversed(backups):
-                if r is None:
-                    table.items.pop(h, None)
-                    if previous is not None:
-                        table.items[h] = previous
-                else:
-                    table.items[h].pop(r, None)
-                    if previous is not None:
-                        table.items[h][r] = previous
-            raise
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(moto_models, "copy", _NoTableCopy())
-        mp.setattr(moto_models.DynamoDBBackend, "transact_write_items", transact_write_items)
-        yield
 
 
 @pytest.fixture
