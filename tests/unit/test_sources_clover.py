@@ -151,6 +151,19 @@ def test_parallel_slices_overlap_latency() -> None:
     assert api.peak_in_flight >= 3
     assert api.peak_in_flight <= 5
     assert elapsed < 0.8 * len(api.requests) * api.latency_s
+    # and splitting cost few extra requests: 20 full pages plus about one partial page per slice
+    assert len(api.requests) <= 20 + 2 * 5
+
+
+def test_splitting_follows_the_data_not_the_clock() -> None:
+    # Given 1,000 orders in the last day of a 60-day range, and 30 in the rest
+    api = FakeClover()
+    ids = api.add_spread(30, days=60) + api.add_spread(1000, days=1)
+    # When read with 100-order pages and 5 fetches in flight
+    got, _ = read_run(api, api.now_ms - 61 * DAY_MS, api.now_ms, page_limit=100, parallelism=5)
+    # Then every order once, in not many more requests than pages
+    assert Counter(got) == Counter(ids)
+    assert len(api.requests) <= 11 + 2 * 5
 
 
 def test_a_small_sync_costs_one_request() -> None:

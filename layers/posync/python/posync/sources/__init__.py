@@ -67,7 +67,7 @@ class Slice:
     offset: int = 0  # > 0 only while stepping through a tie bigger than a page
     link: str | None = None  # the provider's last "next" link (Poynt), if any
     busy: bool = False
-    proven: bool = False  # a full page was seen: worth splitting
+    density: float = 0.0  # orders per ms seen in this slice's last full page (0: unknown)
 
     def snapshot(self) -> SliceView:
         return SliceView(self.start, self.end, frozenset(self.ids), self.offset, self.link)
@@ -291,9 +291,9 @@ class KeysetSource:
         if not fetched.more or beyond or not fetched.keys:
             s.start = s.end  # finished: everything in [start, end) has been seen
             return new, newest
-        s.proven = True
         s.link = fetched.link
         last = max(t for t, _ in fetched.keys)
+        s.density = len(fetched.keys) / max(1, last - view.start)
         if last == s.start:
             # The whole page sits at one millisecond: step through the tie by offset, with overlap.
             s.ids.update(oid for t, oid in in_range if t == last)
@@ -305,13 +305,26 @@ class KeysetSource:
         return new, newest
 
     def _rebalance(self, slices: list[Slice], workers: int) -> None:
-        """Split the biggest proven slices until ``workers`` slices exist (work stealing)."""
+        """Split the slices with the most pages left until ``workers`` slices exist (work stealing).
+
+        A slice's remaining pages are estimated from the density of its last full page; only
+        a slice with at least two pages left is split (each piece costs at least one request),
+        and never into more pieces than it has pages left.
+        """
         while len(slices) < workers:
-            candidates = [s for s in slices if s.proven and s.end - s.start >= 2 * self.config.min_split_ms]
+            candidates = [
+                (s.density * (s.end - s.start) / self.page_limit, s)
+                for s in slices
+                if s.density > 0 and s.end - s.start >= 2 * self.config.min_split_ms
+            ]
             if not candidates:
                 return
-            big = max(candidates, key=lambda s: s.end - s.start)
-            parts = min(workers - len(slices) + 1, (big.end - big.start) // self.config.min_split_ms)
+            pages_left, big = max(candidates, key=lambda c: c[0])
+            parts = min(
+                workers - len(slices) + 1,
+                int(pages_left),
+                (big.end - big.start) // self.config.min_split_ms,
+            )
             if parts < 2:
                 return
             width = (big.end - big.start) // parts
@@ -319,7 +332,9 @@ class KeysetSource:
             # The original keeps its keyset on the first part; a fetch in flight for it may return
             # rows past its new end: they are ignored there and read by the new slices.
             big.end = bounds[1]
-            slices.extend(Slice(start=a, end=b, proven=True) for a, b in itertools.pairwise(bounds[1:]))
+            slices.extend(
+                Slice(start=a, end=b, density=big.density) for a, b in itertools.pairwise(bounds[1:])
+            )
 
 
 def ms_to_iso(ms: int) -> str:
