@@ -155,6 +155,6 @@ def webhook_verification(stage: str | None) -> None:
     found = DynamoVerificationStore(settings).read_verification_code("clover")
     if found is None:
         click.echo(f"No Clover verification code received yet on {target}.", err=True)
-        sys.exit(1)
+        sys.exit(3)  # not found, as in every posync command
     code, received_at = found
     click.echo(f"{code}\t(received {received_at})")

@@ -125,7 +125,7 @@ def test_webhook_verification_prints_the_code_clover_sent(aws: None) -> None:
     settings = Settings.from_env()
     create_tables(settings)
     missing = CliRunner().invoke(credentials_group, ["webhook-verification"])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3
     DynamoVerificationStore(settings).put_verification_code("clover", "vc-42")
     result = CliRunner().invoke(credentials_group, ["webhook-verification"])
     assert result.exit_code == 0 and result.output.startswith("vc-42\t")
