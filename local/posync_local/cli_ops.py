@@ -340,7 +340,7 @@ def disconnect_command(
         )
         return
     click.echo(
-        f"Disconnected {provider} merchant {merchant_id} on {target.description} (was {was}): "
+        f"Disconnected {provider} merchant {merchant_id} (was {was}) on {target.description}: "
         f"syncs stopped; its token secret is deleted in {SECRET_RECOVERY_DAYS} days unless it reconnects."
     )
 
