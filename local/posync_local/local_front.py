@@ -13,9 +13,11 @@ Query strings are never logged: OAuth callbacks carry authorization codes there.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -210,6 +212,37 @@ class _BadRequest(Exception):
     pass
 
 
+class _FrontServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64
+
+    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(addr, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        with self._open_lock:
+            conns = list(self._open)
+            self._open.clear()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
 class LocalFront:
     """The HTTP front on 127.0.0.1:``port`` (0: a free port). Binds at construction, serves on start()."""
 
@@ -221,8 +254,7 @@ class LocalFront:
         class Handler(_RequestHandler):
             owner = front
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
+        self._server = _FrontServer(("127.0.0.1", port), Handler)
         self._thread: threading.Thread | None = None
         self.requests_served = 0
 
@@ -243,11 +275,13 @@ class LocalFront:
         return self
 
     def stop(self) -> None:
+        """Stop accepting, close the kept-alive connections too (no request is served after this)."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
         self._server.server_close()
+        self._server.close_open_connections()
 
     def handle(
         self,
@@ -291,6 +325,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     owner: LocalFront
     protocol_version = "HTTP/1.1"
     server_version = "posync-local"
+    timeout = 120  # idle kept-alive connections are closed after this many seconds
 
     def version_string(self) -> str:
         return self.server_version

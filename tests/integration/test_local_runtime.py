@@ -313,6 +313,24 @@ def test_keep_alive_connections_serve_several_requests(local_runtime: LocalRunti
     assert statuses == [200] * 5
 
 
+def test_a_stopped_front_serves_nothing_even_on_kept_alive_connections(local_runtime: LocalRuntime) -> None:
+    # Given a runtime whose front a client holds a kept-alive connection to
+    rt = local_runtime.derive("stopfront").start()
+    try:
+        with requests.Session() as s:
+            assert s.get(f"{rt.api_url}/health", timeout=10).status_code == 200
+            # When the runtime stops
+            rt.stop()
+            # Then the same connection is not served any more, nor a new one
+            with pytest.raises(requests.ConnectionError):
+                s.get(f"{rt.api_url}/health", timeout=5)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{rt.api_url}/health", timeout=5)
+    finally:
+        rt.stop()
+        local_runtime.apply_env()
+
+
 # --- provisioning -----------------------------------------------------------------------------
 
 
