@@ -56,14 +56,18 @@ _capture = LogCapture()
 
 @pytest.fixture(scope="session")
 def captured_logs() -> Iterator[LogCapture]:
+    noisy = ("botocore", "boto3", "urllib3", "werkzeug", "s3transfer")
+    levels = {name: logging.getLogger(name or None).level for name in ("", *noisy)}
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
-    for noisy in ("botocore", "boto3", "urllib3", "werkzeug", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
     _capture.attach()
     yield _capture
     _capture.detach()
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
 
 
 # --- runtimes ---------------------------------------------------------------------------------
