@@ -118,11 +118,12 @@ def test_requests_use_the_documented_parameters() -> None:
 
 
 def test_nested_lists_cut_at_100_are_completed() -> None:
-    # Given an order with 250 line items and 130 payments (the list shows only 100 of each)
+    # Given an order with 250 line items, 130 payments and 100 refunds (lists show at most 100)
     api = FakeClover()
     items = [{"id": f"L{i}", "price": 1} for i in range(250)]
     pays = [{"id": f"P{i}", "amount": 1} for i in range(130)]
-    big = api.add(api.now_ms - 100, _lineItems=items, _payments=pays)
+    refunds = [{"id": f"R{i}", "amount": 1} for i in range(100)]
+    big = api.add(api.now_ms - 100, _lineItems=items, _payments=pays, _refunds=refunds)
     small = api.add(api.now_ms - 50)
     # When read
     src = clover_source(api)
@@ -131,9 +132,11 @@ def test_nested_lists_cut_at_100_are_completed() -> None:
     # Then the big order carries all of them; the small one needed no extra request
     assert [li["id"] for li in orders[big]["lineItems"]["elements"]] == [i["id"] for i in items]
     assert len(orders[big]["payments"]["elements"]) == 130
+    assert len(orders[big]["refunds"]["elements"]) == 100
     assert len(orders[small]["lineItems"]["elements"]) == 1
     nested = [r for r in api.requests if not r["path"].endswith("/orders")]
-    assert {r["path"].rsplit("/", 1)[1] for r in nested} == {"line_items", "payments"}
+    assert {r["path"].rsplit("/", 1)[1] for r in nested} == {"line_items", "payments", "refunds"}
+    assert len(nested) == 3  # one page each: shorter than the limit of 1000
     assert all(r["path"].split("/")[-2] == big for r in nested)
 
 

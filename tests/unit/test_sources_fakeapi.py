@@ -167,7 +167,7 @@ class FakeClover(FakeOrders):
         if path.startswith(prefix + "/"):
             oid, _, nested = path[len(prefix) + 1 :].partition("/")
             p = dict(params)
-            field = {"line_items": "lineItems", "payments": "payments"}[nested]
+            field = {"line_items": "lineItems", "payments": "payments", "refunds": "refunds"}[nested]
             full = self.orders[oid].get("_" + field) or self.orders[oid][field]["elements"]
             off, lim = int(p.get("offset", 0)), min(1000, int(p.get("limit", 100)))
             return response(200, {"elements": full[off : off + lim]})
@@ -196,7 +196,7 @@ class FakeClover(FakeOrders):
         out = []
         for _, oid in page:
             o = dict(self.orders[oid])
-            for f in ("lineItems", "payments"):
+            for f in ("lineItems", "payments", "refunds"):
                 full = o.pop("_" + f, None)
                 if full is not None:
                     o[f] = {"elements": full[:100]}

@@ -47,6 +47,7 @@ from posync.transport import Transport, TransportStats
 
 DAY_MS = 86_400_000
 DEFAULT_LOOKBACK_MS = 2 * 60_000
+MIN_PAGES_PER_PIECE = 3  # a split piece's extra partial page costs at most a third more requests
 
 
 @dataclass(frozen=True)
@@ -307,9 +308,9 @@ class KeysetSource:
     def _rebalance(self, slices: list[Slice], workers: int) -> None:
         """Split the slices with the most pages left until ``workers`` slices exist (work stealing).
 
-        A slice's remaining pages are estimated from the density of its last full page; only
-        a slice with at least two pages left is split (each piece costs at least one request),
-        and never into more pieces than it has pages left.
+        A slice's remaining pages are estimated from the density of its last full page. Each
+        piece costs about one extra request (its last, partial page), which spends the rate
+        limit, so a slice is only split into pieces of at least ``MIN_PAGES_PER_PIECE`` pages.
         """
         while len(slices) < workers:
             candidates = [
@@ -322,7 +323,7 @@ class KeysetSource:
             pages_left, big = max(candidates, key=lambda c: c[0])
             parts = min(
                 workers - len(slices) + 1,
-                int(pages_left),
+                int(pages_left // MIN_PAGES_PER_PIECE),
                 (big.end - big.start) // self.config.min_split_ms,
             )
             if parts < 2:

@@ -6,10 +6,10 @@ its latest 90 days), ``orderBy=modifiedTime ASC``, ``limit=1000`` (the maximum),
 ``offset=0`` (except inside a tie bigger than a page) and
 ``expand=lineItems,payments,refunds`` (Clover takes at most three expansions).
 
-Expanded nested lists stop at 100 items. An order whose line items or payments reach 100
-is completed from ``/orders/{id}/line_items`` and ``/orders/{id}/payments`` (paged until a
-short page). Refunds have no per-order endpoint in the v3 orders API: an order with 100
-expanded refunds is logged (``refunds_may_be_truncated``) and exported as read.
+Expanded nested lists stop at 100 items. An order whose line items, payments or refunds
+reach 100 is completed from ``/orders/{id}/line_items`` (with the line items' own
+discounts, modifications and tax rates expanded), ``/payments`` and ``/refunds``
+(``limit=1000``, the documented maximum, paged until a page comes back shorter).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from posync.errors import ProviderError
-from posync.observability import logger
 from posync.ratelimit import Deadline
 from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig
 from posync.transport import Transport
 
 NESTED_CUT = 100
+NESTED_LIMIT = 1000
 MAX_NESTED_PAGES = 100
 EXPAND = "lineItems,payments,refunds"
 LINE_ITEM_EXPAND = "discounts,modifications,taxRates"
@@ -68,18 +68,17 @@ class CloverSource(KeysetSource):
         for field_name, path, expand in (
             ("lineItems", "line_items", LINE_ITEM_EXPAND),
             ("payments", "payments", None),
+            ("refunds", "refunds", None),
         ):
             if _cut(order.get(field_name)):
                 order[field_name] = {
                     "elements": self._all(f"{self.base}/orders/{oid}/{path}", expand, deadline)
                 }
-        if _cut(order.get("refunds")):
-            logger.warning("refunds_may_be_truncated", extra={"order_id": oid, "shown": NESTED_CUT})
 
     def _all(self, path: str, expand: str | None, deadline: Deadline) -> list[Any]:
         out: list[Any] = []
         for _ in range(MAX_NESTED_PAGES):
-            params: dict[str, Any] = {"limit": 1000, "offset": len(out)}
+            params: dict[str, Any] = {"limit": NESTED_LIMIT, "offset": len(out)}
             if expand:
                 params["expand"] = expand
             reply = self.transport.get(path, params, deadline=deadline)
@@ -89,7 +88,7 @@ class CloverSource(KeysetSource):
             if not isinstance(elements, list):
                 raise ProviderError("Clover nested list reply without elements", status=reply.status)
             out.extend(elements)
-            if len(elements) < NESTED_CUT:
+            if len(elements) < NESTED_LIMIT:  # Clover honours limits up to 1000 on every v3 list
                 return out
         raise ProviderError(f"nested list longer than {MAX_NESTED_PAGES} pages")
 
