@@ -482,3 +482,34 @@ def test_config_from_env_validates() -> None:
     with pytest.raises(ConfigError):
         SyncConfig.from_env({"POSYNC_APP_LIMIT": "redis"})
     assert set(COUNT_KEYS) >= {"pages", "exported", "quarantined"}
+
+
+def test_a_damaged_run_state_is_replanned_not_retried_forever() -> None:
+    # Given a connection whose in-progress run state cannot be read
+    w = World(n=200, days=3)
+    w.conn.cursor = {
+        "v": 1,
+        "modified_ms": w.api.now_ms - 4 * DAY_MS,
+        "ids_at_T": [],
+        "run": {"id": "20260101T000000Z-clover-x-abc", "progress": {"slices": "garbage"}},
+    }
+    # When it syncs / Then the run is re-planned from the settled cursor and completes
+    result = w.run()
+    assert result.status == "completed"
+    assert result.run_id == "20260101T000000Z-clover-x-abc"
+    assert set(w.store.stored) == set(w.ids)
+
+
+def test_a_damaged_settled_cursor_falls_back_to_the_backfill_window() -> None:
+    w = World(n=100, days=3)
+    w.conn.cursor = {"v": 1, "modified_ms": "yesterday"}
+    result = w.run()
+    assert result.status == "completed"
+    assert set(w.store.stored) == set(w.ids)
+
+
+def test_keyset_sources_are_order_sources() -> None:
+    from posync.ports import OrderSource
+
+    src: OrderSource = clover_source(FakeClover())
+    assert src.provider == "clover"

@@ -5,10 +5,15 @@ AWS and provider adapters implement them; the unit tests share in-memory fakes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from posync.domain import Connection, ConnectionStatus
+
+if TYPE_CHECKING:
+    from posync.ratelimit import Deadline
+    from posync.sources import Page, Plan
+    from posync.transport import TransportStats
 
 
 class AccessTokens(Protocol):
@@ -118,5 +123,34 @@ class Sink(Protocol):
     def checkpoint(self) -> None: ...
 
     def finish(self, cursor_from: Any, cursor_to: Any, counts: Mapping[str, int]) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+class OrderSource(Protocol):
+    """One connection's orders, paged by keyset (``posync.sources.KeysetSource``)."""
+
+    provider: str
+
+    def settled(self, cursor: dict[str, Any]) -> int | None:
+        """The settled cursor's position (epoch ms), or None for a connection that never synced."""
+        ...
+
+    def settled_cursor(self, end_ms: int, newest_ms: int | None) -> dict[str, Any]: ...
+
+    def plan(self, start_ms: int, end_ms: int) -> Plan: ...
+
+    def resume(self, progress: dict[str, Any]) -> Plan: ...
+
+    def plan_progress(self, plan: Plan) -> dict[str, Any] | None: ...
+
+    def decode_time(self, value: Any) -> int: ...
+
+    def pages(self, plan: Plan, deadline: Deadline) -> Generator[Page, None, None]:
+        """Pages of new orders, each with the progress that is valid once it is durable."""
+        ...
+
+    @property
+    def stats(self) -> TransportStats: ...
 
     def close(self) -> None: ...

@@ -61,7 +61,7 @@ from posync.errors import (
     ProviderError,
 )
 from posync.observability import logger
-from posync.ports import AccessTokens, ConnectionStore, ExportSink, OrderSink
+from posync.ports import AccessTokens, ConnectionStore, ExportSink, OrderSink, OrderSource
 from posync.ratelimit import (
     SYSTEM_CLOCK,
     AppRate,
@@ -87,7 +87,7 @@ class SyncConfig:
     limits: Mapping[str, Limits]
     lookback_ms: int = 2 * 60_000  # POSYNC_SYNC_LOOKBACK_SECONDS
     stop_margin_s: float = 30.0  # POSYNC_SYNC_STOP_MARGIN_SECONDS: stop this long before the deadline
-    checkpoint_s: float = 120.0  # POSYNC_SYNC_CHECKPOINT_SECONDS
+    checkpoint_s: float = 0.0  # POSYNC_SYNC_CHECKPOINT_SECONDS (0: only when the invocation stops)
     checkpoint_pages: int = 0  # POSYNC_SYNC_CHECKPOINT_PAGES (0: by time only)
     parallelism: int = 0  # POSYNC_SYNC_PARALLELISM (0: the token's concurrency)
     page_limit: int = 0  # POSYNC_SYNC_PAGE_LIMIT (0: the provider's maximum)
@@ -115,7 +115,7 @@ class SyncConfig:
             limits={p: Limits.from_env(p, env) for p in PROVIDERS},
             lookback_ms=int(num("POSYNC_SYNC_LOOKBACK_SECONDS", 120, 0, 86_400) * 1000),
             stop_margin_s=num("POSYNC_SYNC_STOP_MARGIN_SECONDS", 30, 0, 600),
-            checkpoint_s=num("POSYNC_SYNC_CHECKPOINT_SECONDS", 120, 1, 3600),
+            checkpoint_s=num("POSYNC_SYNC_CHECKPOINT_SECONDS", 0, 0, 3600),
             checkpoint_pages=int(num("POSYNC_SYNC_CHECKPOINT_PAGES", 0, 0, 100_000)),
             parallelism=int(num("POSYNC_SYNC_PARALLELISM", 0, 0, 64)),
             page_limit=int(num("POSYNC_SYNC_PAGE_LIMIT", 0, 0, 1000)),
@@ -384,16 +384,27 @@ class _Run:
         self.counts: dict[str, int] = {k: int(self.state.get("counts", {}).get(k, 0)) for k in COUNT_KEYS}
         self.newest: int | None = self.state.get("newest")
         self.result = RunResult("continued", run_id=self.run_id)
-        self.source: KeysetSource | None = None
+        self.source: OrderSource | None = None
         self.pages_since_checkpoint = 0
         self.last_checkpoint = self.clock.monotonic()
 
     # ---- planning
 
-    def _plan(self, source: KeysetSource) -> Plan:
+    def _plan(self, source: OrderSource) -> Plan:
         if self.resumed and self.state.get("progress"):
-            return source.resume(self.state["progress"])
-        settled = source.settled(self.settled_part)
+            try:
+                return source.resume(self.state["progress"])
+            except InvalidInput as exc:
+                # A damaged run state must not poison every future message: re-plan this run
+                # from the settled cursor (re-read orders are absorbed by newest-wins storage).
+                logger.error("unreadable sync progress; re-planning the run", extra={"why": str(exc)})
+                self.state.pop("progress", None)
+                self.state.pop("end_ms", None)
+        try:
+            settled = source.settled(self.settled_part)
+        except InvalidInput as exc:
+            logger.error("unreadable sync cursor; reading the backfill window", extra={"why": str(exc)})
+            settled = None
         since = None
         if self.request.since:
             try:
@@ -450,7 +461,7 @@ class _Run:
             if sink is not None:
                 sink.close()
 
-    def _loop(self, source: KeysetSource, sink: Any, plan: Plan) -> RunResult:
+    def _loop(self, source: OrderSource, sink: Any, plan: Plan) -> RunResult:
         pages = source.pages(plan, self.stop)
         done = False
         try:
@@ -517,7 +528,7 @@ class _Run:
             return True
         if cfg.checkpoint_pages and self.pages_since_checkpoint >= cfg.checkpoint_pages:
             return True
-        return self.clock.monotonic() - self.last_checkpoint >= cfg.checkpoint_s
+        return bool(cfg.checkpoint_s) and self.clock.monotonic() - self.last_checkpoint >= cfg.checkpoint_s
 
     def _counts_now(self) -> dict[str, int]:
         counts = dict(self.counts)
@@ -579,7 +590,7 @@ class _Run:
         self.svc.enqueue(req, f"{self.conn.connection_id}-requeue-{secrets.token_hex(6)}")
         self.result.status = "continued"
 
-    def _complete(self, source: KeysetSource, sink: Any, plan: Plan) -> RunResult:
+    def _complete(self, source: OrderSource, sink: Any, plan: Plan) -> RunResult:
         cursor_to = source.settled_cursor(plan.end, self.newest)
         counts = self._counts_now()
         manifest = sink.finish(self.state.get("from"), cursor_to, counts)
@@ -612,13 +623,14 @@ class _Run:
 
     # ---- metrics
 
-    def _emit(self, source: KeysetSource) -> None:
+    def _emit(self, source: OrderSource) -> None:
         stats = source.stats
         self.result.requests = stats.requests
         m = self.svc.metrics
         m.add_metric(name="OrdersSynced", unit=MetricUnit.Count, value=self.result.exported)
         m.add_metric(name="PagesFetched", unit=MetricUnit.Count, value=self.result.pages)
         m.add_metric(name="RateLimited", unit=MetricUnit.Count, value=stats.rate_limited)
+        m.add_metric(name="ProviderRetries", unit=MetricUnit.Count, value=stats.retries)
         m.add_metric(name="OrdersQuarantined", unit=MetricUnit.Count, value=self.result.quarantined)
         m.add_metric(
             name="RunDurationMs",
