@@ -56,7 +56,7 @@ lint: $(VENV)/.synced
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.synced
-	$(VENV)/bin/mypy layers/posync/python/posync local/posync_local functions infra tests bench
+	$(VENV)/bin/mypy layers/posync/python/posync local/posync_local functions infra tests $(wildcard bench)
 
 test: install /usr/bin/chromium lint typecheck
 	$(VENV)/bin/pytest -q tests
