@@ -7,6 +7,7 @@ import click
 from posync_local.cli_credentials import credentials_group
 from posync_local.cli_ops import connections_group, exports_group
 from posync_local.cli_run import backfill_command, sync_command
+from posync_local.demo import demo_command
 from posync_local.local_cli import local_group
 
 
@@ -18,6 +19,7 @@ def cli() -> None:
 
 cli.add_command(local_group)
 cli.add_command(credentials_group)
+cli.add_command(demo_command)
 cli.add_command(connections_group)
 cli.add_command(sync_command)
 cli.add_command(backfill_command)
