@@ -63,7 +63,7 @@ def checked_since(value: str | None) -> str | None:
     try:
         return parse_since(value)
     except InvalidInput as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from exc
+        raise click.BadParameter(str(exc).removeprefix("--since "), param_hint="--since") from exc
 
 
 # --- connections: views ---------------------------------------------------------------------------
