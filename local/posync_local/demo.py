@@ -130,7 +130,7 @@ class MerchantReport:
             "older version in DynamoDB": self.stale_in_store,
             "missing in the exports": self.missing_in_exports,
             "older version in the exports": self.stale_in_exports,
-            "exported order differs from the provider's": self.different,
+            "exported with content other than the provider's order": self.different,
             "not in the sandbox": self.unexpected,
         }
         return {k: v for k, v in found.items() if v}
@@ -534,10 +534,11 @@ def _summary(rt: LocalRuntime, result: DemoResult, echo: Echo) -> None:
         echo(f"  ... and {len(result.manifest_keys) - 6} more")
     echo(f"Elapsed: {result.elapsed_s:.1f} s")
     echo("")
-    echo("Explore by hand (in a second terminal once the stack is up):")
-    echo("  posync local up --sandbox                  # the same stack, serving until Ctrl-C")
-    echo("  open http://127.0.0.1:8080/connect/clover  # in a browser: Approve on the sandbox's page")
-    echo("  posync local tick                          # run the schedule: sync every connection")
+    echo("Explore by hand:")
+    echo("  posync local up --sandbox     # a local stack like this one, serving until Ctrl-C")
+    echo("  then open http://127.0.0.1:8080/connect/clover in a browser and Approve on the sandbox's page;")
+    echo("  in a second terminal:")
+    echo("  posync local tick             # what the schedule does: sync every connection")
     echo("  posync connections list")
     echo("  posync exports list")
     echo("  posync exports read --latest --limit 5")
