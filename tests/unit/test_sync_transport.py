@@ -393,3 +393,24 @@ def test_a_429_naming_the_token_limit_teaches_the_limiter() -> None:
     t, _, _, _ = make([response(429, {}, headers), response(200, {})], clock=clock, limiter=limiter)
     t.get("/x", deadline=far(clock))
     assert limiter.token.interval >= 0.25
+
+
+def test_the_read_timeout_is_configurable_and_reaches_every_request() -> None:
+    # Given a worker configured with a 0.25 s read timeout (the chaos suite's "slow provider")
+    from posync.sync import SourceFactory, SyncConfig
+    from tests.unit.oauth_fakes import unit_settings
+
+    config = SyncConfig.from_env({"POSYNC_SYNC_READ_TIMEOUT_SECONDS": "0.25"})
+    assert config.read_timeout_s == 0.25
+    assert SyncConfig.from_env({}).read_timeout_s == 30.0
+    with pytest.raises(Exception, match="POSYNC_SYNC_READ_TIMEOUT_SECONDS"):
+        SyncConfig.from_env({"POSYNC_SYNC_READ_TIMEOUT_SECONDS": "0"})
+    # When the source factory builds a connection's transport
+    factory = SourceFactory(unit_settings(), FakeTokens(), config)
+    source = factory(Connection(provider="clover", merchant_id=MERCHANT), Deadline.after(60))
+    # Then its requests carry that read timeout (the connect timeout stays 5 s)
+    assert source.transport.read_timeout_s == 0.25
+    t, sess, clock, _ = make([response(200, {})])
+    t.read_timeout_s = 0.25
+    t.get("/x", deadline=far(clock))
+    assert sess.sent[0]["timeout"] == (5.0, 0.25)

@@ -93,6 +93,7 @@ class SyncConfig:
     page_limit: int = 0  # POSYNC_SYNC_PAGE_LIMIT (0: the provider's maximum)
     app_limit: str = "dynamodb"  # POSYNC_APP_LIMIT: dynamodb | local | off
     backfill_days: int = 90
+    read_timeout_s: float = 30.0  # POSYNC_SYNC_READ_TIMEOUT_SECONDS: per provider request
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], settings: Settings | None = None) -> SyncConfig:
@@ -120,6 +121,7 @@ class SyncConfig:
             parallelism=int(num("POSYNC_SYNC_PARALLELISM", 0, 0, 64)),
             page_limit=int(num("POSYNC_SYNC_PAGE_LIMIT", 0, 0, 1000)),
             app_limit=app_limit,
+            read_timeout_s=num("POSYNC_SYNC_READ_TIMEOUT_SECONDS", 30, 0.1, 300),
             backfill_days=settings.backfill_days if settings is not None else 90,
         )
 
@@ -249,6 +251,7 @@ class SourceFactory:
             RequestLimiter(token, self.app_rates.get(p)),
             http=session(p, max(16, 2 * want)),
             clock=self.clock,
+            read_timeout_s=self.config.read_timeout_s,
         )
         source = build_source(
             p,

@@ -3,8 +3,8 @@
 One :class:`Transport` serves one connection (one access token) during a sync run:
 
 - **Pooling:** one ``requests.Session`` per container and provider, its pool sized for the
-  worker's concurrency; timeouts are 5 s to connect and 30 s to read (never more than the
-  run has left).
+  worker's concurrency; timeouts are 5 s to connect and 30 s to read (``read_timeout_s``,
+  ``POSYNC_SYNC_READ_TIMEOUT_SECONDS``; never more than the run has left).
 - **Rate limits:** every request holds a slot of the connection's :class:`RequestLimiter`.
   A 429 waits for ``Retry-After`` (seconds or an HTTP date; never less, plus a little
   jitter) and tells the limiter, which pauses the whole token (and, if the provider names
@@ -151,6 +151,7 @@ class Transport:
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
         stats: TransportStats | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.conn = conn
         self.api_base = api_base.rstrip("/")
@@ -162,6 +163,7 @@ class Transport:
         self.policy = policy or RetryPolicy()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.stats = stats if stats is not None else TransportStats()
+        self.read_timeout_s = read_timeout_s
         self._token: str | None = None
         self._token_lock = threading.Lock()
 
@@ -225,7 +227,7 @@ class Transport:
             if remaining <= 0:
                 raise BudgetExhausted("no time left for another provider request")
             req_headers = {**self.profile.headers(), **(headers or {}), "Authorization": f"Bearer {token}"}
-            timeout = (min(CONNECT_TIMEOUT_S, remaining), min(READ_TIMEOUT_S, max(0.5, remaining)))
+            timeout = (min(CONNECT_TIMEOUT_S, remaining), min(self.read_timeout_s, max(0.5, remaining)))
             error: str
             retry_after: float | None = None
             with self.limiter.slot(deadline):
