@@ -176,6 +176,10 @@ class CloverSandbox(OrderSandbox):
     def add_app(self, client_id: str, client_secret: str, site_url: str | None = None) -> None:
         self.apps[client_id] = CloverApp(client_id, client_secret, site_url)
 
+    def app_secrets(self) -> list[str]:
+        """Every registered app's client secret and the webhook auth code."""
+        return [*(app.client_secret for app in self.apps.values()), self.webhook_auth_code]
+
     @property
     def app_credentials(self) -> dict[str, str]:
         """The default app as posync stores it: ``{client_id, client_secret, webhook_auth_code}``."""

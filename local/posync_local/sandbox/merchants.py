@@ -160,6 +160,11 @@ class TokenAuthority:
                 g.revoked = True
             return len(grants)
 
+    def issued(self) -> list[str]:
+        """Every access and refresh token ever issued (read-only; for tests that scan for leaks)."""
+        with self.lock:
+            return [*self._access, *self._refresh]
+
 
 @dataclass
 class AuthCode:
@@ -213,6 +218,11 @@ class CodeStore:
                 return False
             rec.used = True
             return True
+
+    def issued(self) -> list[str]:
+        """The authorization codes still on record (read-only; for tests that scan for leaks)."""
+        with self._lock:
+            return list(self._codes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,6 +421,17 @@ class OrderSandbox(SandboxServer):
     def revoke(self, merchant_id: str) -> int:
         """Revoke the merchant's authorizations: API 401 and refresh refused, until it reconnects."""
         return self.tokens.revoke(merchant_id)
+
+    def app_secrets(self) -> list[str]:
+        """The app's own secret values (client secret, private key, webhook secrets)."""
+        return []
+
+    def secrets(self) -> list[str]:
+        """Every secret value this sandbox holds or handed out: tokens, codes and the app's secrets.
+
+        Read-only, for tests that scan logs and HTTP answers: none of these may ever appear there.
+        """
+        return [*self.tokens.issued(), *self.codes.issued(), *self.app_secrets()]
 
     # serving ------------------------------------------------------------------------------------
 

@@ -205,6 +205,10 @@ class PoyntSandbox(OrderSandbox):
             raise ValueError("a Poynt app key must be RSA")
         self.apps[app_id] = PoyntApp(app_id, key, redirect_uri)
 
+    def app_secrets(self) -> list[str]:
+        """The default app's private key, the webhook secret and the sandbox's own signing key."""
+        return [self.app_private_key_pem.decode(), self.webhook_secret, self._signing_key_pem.decode()]
+
     @property
     def app_credentials(self) -> dict[str, str]:
         """The default app as posync stores it: ``{app_id, private_key_pem, webhook_secret}``."""
