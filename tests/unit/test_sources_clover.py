@@ -12,6 +12,8 @@ from posync.ratelimit import BudgetExhausted, Deadline
 from posync.sources import DAY_MS, Page
 from tests.unit.test_sources_fakeapi import FakeClover, clover_source, far
 
+LOOKBACK = 2 * 60_000
+
 
 def read_run(api: FakeClover, start: int, end: int, **config: Any) -> tuple[list[str], list[Page]]:
     src = clover_source(api, **config)
@@ -107,14 +109,19 @@ def test_requests_use_the_documented_parameters() -> None:
     api = FakeClover()
     api.add_spread(10, days=1)
     read_run(api, api.now_ms - DAY_MS, api.now_ms)
-    (req,) = api.requests
-    params = dict(p for p in req["params"] if p[0] != "filter")
+    # one page, read with both sets of three expansions (Clover takes at most three per call)
+    first, second = api.requests
+    params = dict(p for p in first["params"] if p[0] != "filter")
     assert params == {
         "orderBy": "modifiedTime ASC",
         "expand": "lineItems,payments,refunds",
         "limit": "1000",
         "offset": "0",
     }
+    assert dict(second["params"])["expand"] == "discounts,serviceCharge,credits"
+    assert [p for p in first["params"] if p[0] == "filter"] == [
+        p for p in second["params"] if p[0] == "filter"
+    ]
 
 
 def test_nested_lists_cut_at_100_are_completed() -> None:
@@ -154,8 +161,9 @@ def test_parallel_slices_overlap_latency() -> None:
     assert api.peak_in_flight >= 3
     assert api.peak_in_flight <= 5
     assert elapsed < 0.8 * len(api.requests) * api.latency_s
-    # and splitting cost few extra requests: 20 full pages plus about one partial page per slice
-    assert len(api.requests) <= 20 + 2 * 5
+    # and splitting cost few extra requests: 20 full pages plus about one partial page per slice,
+    # each read twice (two sets of expansions)
+    assert len(api.requests) <= 2 * (20 + 2 * 5)
 
 
 def test_splitting_follows_the_data_not_the_clock() -> None:
@@ -166,14 +174,61 @@ def test_splitting_follows_the_data_not_the_clock() -> None:
     got, _ = read_run(api, api.now_ms - 61 * DAY_MS, api.now_ms, page_limit=100, parallelism=5)
     # Then every order once, in not many more requests than pages
     assert Counter(got) == Counter(ids)
-    assert len(api.requests) <= 11 + 2 * 5
+    assert len(api.requests) <= 2 * (11 + 2 * 5)
 
 
-def test_a_small_sync_costs_one_request() -> None:
+def test_a_small_sync_costs_one_page_read() -> None:
     api = FakeClover()
     api.add_spread(20, days=0.01)
     read_run(api, api.now_ms - DAY_MS, api.now_ms, parallelism=5)
+    assert len(api.requests) == 2  # one page, two sets of expansions
+
+
+def test_an_empty_window_costs_one_request() -> None:
+    api = FakeClover()
+    api.add_spread(5, days=10)
+    read_run(api, api.now_ms - 60_000, api.now_ms)
     assert len(api.requests) == 1
+
+
+def test_order_level_discounts_service_charge_and_credits_are_merged() -> None:
+    # Given orders with order-level discounts and a service charge (outside the first three expansions)
+    api = FakeClover()
+    disc = [{"id": f"D{i}", "name": "promo", "amount": -10} for i in range(3)]
+    many = [{"id": f"E{i}", "name": "x", "amount": -1} for i in range(120)]
+    with_discounts = api.add(api.now_ms - 300, discounts={"elements": disc}, serviceCharge={"id": "SC1"})
+    with_many = api.add(api.now_ms - 200, _discounts=many)
+    plain = api.add(api.now_ms - 100)
+    # When read
+    src = clover_source(api)
+    orders = {o["id"]: o for p in src.pages(src.plan(api.now_ms - 1000, api.now_ms), far()) for o in p.orders}
+    # Then each order carries its own lists, complete; an order without one has none (not an href)
+    assert orders[with_discounts]["discounts"] == {"elements": disc}
+    assert orders[with_discounts]["serviceCharge"] == {"id": "SC1"}
+    assert len(orders[with_many]["discounts"]["elements"]) == 120
+    assert "discounts" not in orders[plain]
+    assert all("href" not in str(o.get("lineItems")) for o in orders.values())
+
+
+def test_an_order_modified_between_the_two_reads_is_left_to_its_newer_version() -> None:
+    # Given a page whose orders get modified right after the first read of it
+    api = FakeClover(seed=9)
+    ids = [api.add(api.now_ms - 1000 + i) for i in range(50)]
+    api.modify_per_page = 1
+    end = api.now_ms
+    first, _ = read_run(api, end - 2000, end)
+    api.modify_per_page = 0
+    # Then the orders modified mid-read are not returned at their half-read version...
+    # (the adversary also modifies after the second read: those were read consistently, at their
+    # old version, and are simply read again later)
+    moved = set(api.modified_during_paging)
+    skipped = set(ids) - set(first)
+    assert skipped
+    assert skipped <= moved
+    assert len(first) == len(set(first))
+    # ...and the next run reads their newer version
+    second, _ = read_run(api, end - LOOKBACK, api.now_ms + 1)
+    assert moved <= set(second)
 
 
 def test_progress_resumes_exactly_where_the_durable_pages_ended() -> None:

@@ -141,6 +141,15 @@ class FakeOrders:
         return Session()
 
 
+NESTED = {
+    "lineItems": "line_items",
+    "payments": "payments",
+    "refunds": "refunds",
+    "discounts": "discounts",
+    "credits": "credits",
+}
+
+
 class FakeClover(FakeOrders):
     def new_id(self) -> str:
         self._n += 1
@@ -167,8 +176,12 @@ class FakeClover(FakeOrders):
         if path.startswith(prefix + "/"):
             oid, _, nested = path[len(prefix) + 1 :].partition("/")
             p = dict(params)
-            field = {"line_items": "lineItems", "payments": "payments", "refunds": "refunds"}[nested]
-            full = self.orders[oid].get("_" + field) or self.orders[oid][field]["elements"]
+            if oid not in self.orders:
+                return response(404, {"message": "not found"})
+            if not nested:
+                return response(200, self.view(oid, p.get("expand", "").split(",")))
+            field = {v: k for k, v in NESTED.items()}[nested]
+            full = self.orders[oid].get("_" + field) or self.orders[oid].get(field, {}).get("elements", [])
             off, lim = int(p.get("offset", 0)), min(1000, int(p.get("limit", 100)))
             return response(200, {"elements": full[off : off + lim]})
         return response(404, {"message": "not found"})
@@ -193,16 +206,26 @@ class FakeClover(FakeOrders):
         limit = min(1000, int(p.get("limit", 100)))
         offset = int(p.get("offset", 0))
         page = window[offset : offset + limit]
-        out = []
-        for _, oid in page:
-            o = dict(self.orders[oid])
-            for f in ("lineItems", "payments", "refunds"):
-                full = o.pop("_" + f, None)
-                if full is not None:
-                    o[f] = {"elements": full[:100]}
-            out.append(json.loads(json.dumps(o)))
+        out = [self.view(oid, expand) for _, oid in page]
         self.after_page(window)
         return response(200, {"elements": out, "href": "x"})
+
+    def view(self, oid: str, expand: list[str]) -> dict[str, Any]:
+        """As Clover shows an order: expanded lists cut at 100, absent if the order has none,
+        un-expanded ones an href only."""
+        o: dict[str, Any] = json.loads(
+            json.dumps({k: v for k, v in self.orders[oid].items() if not k.startswith("_")})
+        )
+        for f in NESTED:
+            full = self.orders[oid].get("_" + f)
+            if full is None:
+                full = o.get(f, {}).get("elements") if isinstance(o.get(f), dict) else None
+            o.pop(f, None)
+            if f not in expand:
+                o[f] = {"href": f"https://clover.test/{oid}/{f}"}
+            elif full:
+                o[f] = {"elements": json.loads(json.dumps(full[:100]))}
+        return o
 
 
 class FakePoynt(FakeOrders):

@@ -103,6 +103,7 @@ class Fetched:
     keys: list[tuple[int, str]]  # (modified ms, id) per order
     more: bool  # the provider says more rows may follow (full page / a next link)
     link: str | None = None
+    stale: frozenset[str] = frozenset()  # ids whose version changed while being read: skipped here
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,8 @@ class KeysetSource:
             if t < s.start:
                 continue
             in_range.append((t, oid))
-            if view.wants(t, oid):
+            # A stale row has a newer version, at a later modified time: read there (or next run).
+            if view.wants(t, oid) and oid not in fetched.stale:
                 new.append(raw)
                 newest = t if newest is None else max(newest, t)
         if not fetched.more or beyond or not fetched.keys:

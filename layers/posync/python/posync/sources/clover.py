@@ -2,14 +2,24 @@
 
 Every list request carries both bounds of its slice (``filter=modifiedTime>=T`` and
 ``filter=modifiedTime<U``, never wider than 90 days: Clover silently cuts a wider range to
-its latest 90 days), ``orderBy=modifiedTime ASC``, ``limit=1000`` (the maximum),
-``offset=0`` (except inside a tie bigger than a page) and
-``expand=lineItems,payments,refunds`` (Clover takes at most three expansions).
+its latest 90 days), ``orderBy=modifiedTime ASC``, ``limit=1000`` (the maximum) and
+``offset=0`` (except inside a tie bigger than a page).
 
-Expanded nested lists stop at 100 items. An order whose line items, payments or refunds
-reach 100 is completed from ``/orders/{id}/line_items`` (with the line items' own
-discounts, modifications and tax rates expanded), ``/payments`` and ``/refunds``
-(``limit=1000``, the documented maximum, paged until a page comes back shorter).
+**Expansions.** Clover expands at most three fields per call, and an un-expanded list comes
+back as an ``href`` only. A complete order needs six (line items, payments, refunds, and the
+order-level discounts, service charge and credits that its totals depend on), so each page
+is read twice with the same filter: ``expand=lineItems,payments,refunds`` and then
+``expand=discounts,serviceCharge,credits``, merged by order id and modified time. A row the
+second read does not show at the same version is fetched by id
+(``/orders/{id}?expand=discounts,serviceCharge,credits``); if its version changed in the
+meantime it is skipped here: its newer version has a later modified time and is read there
+(or by the next run). A list the order does not have stays absent, as Clover sends it.
+
+Expanded nested lists stop at 100 items. An order whose line items, payments, refunds or
+discounts reach 100 is completed from ``/orders/{id}/line_items`` (with the line items' own
+discounts, modifications and tax rates expanded), ``/payments``, ``/refunds`` and
+``/discounts`` (``limit=1000``, the documented maximum, paged until a page comes back
+shorter).
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ NESTED_CUT = 100
 NESTED_LIMIT = 1000
 MAX_NESTED_PAGES = 100
 EXPAND = "lineItems,payments,refunds"
+EXPAND_ORDER_LEVEL = "discounts,serviceCharge,credits"
+ORDER_LEVEL = ("discounts", "serviceCharge", "credits")
 LINE_ITEM_EXPAND = "discounts,modifications,taxRates"
 
 
@@ -39,12 +51,12 @@ class CloverSource(KeysetSource):
         self.merchant_id = merchant_id
         self.base = f"/v3/merchants/{merchant_id}"
 
-    def fetch(self, view: SliceView, limit: int, deadline: Deadline) -> Fetched:
+    def _list(self, view: SliceView, limit: int, expand: str, deadline: Deadline) -> list[Any]:
         params = [
             ("filter", f"modifiedTime>={view.start}"),
             ("filter", f"modifiedTime<{view.end}"),
             ("orderBy", "modifiedTime ASC"),
-            ("expand", EXPAND),
+            ("expand", expand),
             ("limit", str(limit)),
             ("offset", str(view.offset)),
         ]
@@ -53,12 +65,49 @@ class CloverSource(KeysetSource):
         elements = reply.body.get("elements", []) if isinstance(reply.body, dict) else None
         if not isinstance(elements, list):
             raise ProviderError("Clover orders reply without an elements list", status=reply.status)
+        return elements
+
+    def fetch(self, view: SliceView, limit: int, deadline: Deadline) -> Fetched:
+        elements = self._list(view, limit, EXPAND, deadline)
         orders: list[dict[str, Any]] = [o for o in elements if isinstance(o, dict)]
         keys = [_key(o, view.start) for o in orders]
-        for (t, oid), order in zip(keys, orders, strict=True):
-            if view.wants(t, oid):
+        wanted = [
+            (t, oid, order)
+            for (t, oid), order in zip(keys, orders, strict=True)
+            if view.wants(t, oid) and oid.isalnum()
+        ]
+        stale: set[str] = set()
+        if wanted:
+            second = {
+                (o.get("id"), o.get("modifiedTime")): o
+                for o in self._list(view, limit, EXPAND_ORDER_LEVEL, deadline)
+                if isinstance(o, dict)
+            }
+            for t, oid, order in wanted:
+                extra = second.get((oid, t)) or self._order_level(oid, deadline)
+                if extra is None or extra.get("modifiedTime") != t:
+                    stale.add(oid)
+                    continue
+                for name in ORDER_LEVEL:
+                    if name in extra:
+                        order[name] = extra[name]
+                    else:
+                        order.pop(name, None)
                 self._complete(order, deadline)
-        return Fetched(orders=orders, keys=keys, more=len(elements) >= limit)
+        return Fetched(orders=orders, keys=keys, more=len(elements) >= limit, stale=frozenset(stale))
+
+    def _order_level(self, oid: str, deadline: Deadline) -> dict[str, Any] | None:
+        """One order's order-level lists (the second page read did not show this version)."""
+        try:
+            reply = self.transport.get(
+                f"{self.base}/orders/{oid}", {"expand": EXPAND_ORDER_LEVEL}, deadline=deadline
+            )
+        except ProviderError as exc:
+            if exc.status == 404:  # deleted in the meantime: nothing to export for this version
+                return None
+            raise
+        self._count()
+        return reply.body if isinstance(reply.body, dict) else None
 
     def _complete(self, order: dict[str, Any], deadline: Deadline) -> None:
         """Replace nested lists cut at 100 with the full lists."""
@@ -69,6 +118,7 @@ class CloverSource(KeysetSource):
             ("lineItems", "line_items", LINE_ITEM_EXPAND),
             ("payments", "payments", None),
             ("refunds", "refunds", None),
+            ("discounts", "discounts", None),
         ):
             if _cut(order.get(field_name)):
                 order[field_name] = {
