@@ -317,3 +317,20 @@ def test_tokens_never_reach_the_logs(rt: LocalRuntime, captured_logs: Any) -> No
         secrets |= {tokens.access_token, tokens.refresh_token or ""}
     assert "sync completed" in captured_logs.text
     assert captured_logs.find(secrets) == []
+
+
+def test_the_app_limits_live_in_the_control_table_and_leases_are_released(rt: LocalRuntime) -> None:
+    # Given syncs that ran through the worker (the shared per-app bucket and concurrency leases)
+    merchant = sandbox(rt, "clover").add_merchant(orders=30, days=5)
+    connect(rt, "clover", merchant)
+    rt.drain()
+    rt.apply_env()
+    ddb = boto3.client("dynamodb")
+    table = rt.settings.control_table
+    # Then the bucket was used, and no worker holds a concurrency lease any more
+    bucket = ddb.get_item(TableName=table, Key={"pk": {"S": "ratelimit#clover#app"}}, ConsistentRead=True)
+    assert "ts" in bucket["Item"]
+    assert "expires_at" in bucket["Item"]
+    slots = ddb.get_item(TableName=table, Key={"pk": {"S": "ratelimit#clover#slots"}}, ConsistentRead=True)
+    assert int(slots["Item"]["version"]["N"]) >= 1
+    assert slots["Item"]["leases"]["M"] == {}
