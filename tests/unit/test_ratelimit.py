@@ -225,7 +225,7 @@ def test_pipelined_requests_reach_the_rate_ceiling_with_latency() -> None:
     elapsed = time.monotonic() - t0
     # Then 20 requests took about 20/16 s plus one latency, far less than the sequential 4 s
     assert len(done) == 20
-    assert elapsed < 2.2
+    assert elapsed < 3.0  # sequential: 4 s; ideal: 20/16 s + 0.2 s
 
 
 # --------------------------------------------------------------------------- composite

@@ -12,10 +12,11 @@ offsets staying put:
   and skips those ids. An order that moves during paging moves *forward* (to "now"), so it
   is either still ahead of the position or past ``end`` (then the next run, which starts
   at ``end`` minus the lookback, reads it).
-- **Ties bigger than a page.** If a whole page sits at one millisecond, offset 0 would
-  return it again: only then does the slice step by offset inside that millisecond, with
-  an overlap of a tenth of a page (covers up to that many orders of the tie leaving
-  between two requests; seen ids are skipped).
+- **Ties bigger than a page.** If a whole page sits at one millisecond ``T``, offset 0
+  would return it again: only then is that millisecond read by offset, in a slice
+  ``[T, T+1)`` of its own (so orders leaving it shift nothing else), stepping with an
+  overlap of a tenth of a page (covers up to that many orders of the tie leaving between
+  two pages; seen ids are skipped), while the rest of the slice goes on from ``T+1``.
 - **Windows.** A slice never spans more than ``max_window_ms`` (Clover silently cuts a
   filter wider than 90 days to the latest 90: posync never sends one).
 - **Concurrency.** Slices are independent keysets, so they are fetched in parallel:
@@ -262,9 +263,11 @@ class KeysetSource:
                     s = inflight.pop(fut)
                     s.busy = False
                     fetched = fut.result()
-                    new, newest = self._apply(s, fetched)
+                    new, newest, tie = self._apply(s, fetched)
                     if s.end <= s.start:  # finished
                         slices.remove(s)
+                    if tie is not None:
+                        slices.append(tie)
                     self._rebalance(slices, workers)
                     submit_idle()  # the next requests run while the caller writes this page
                     yield Page(new, self._progress(plan.end, slices), newest, len(fetched.orders))
@@ -273,8 +276,12 @@ class KeysetSource:
                 fut.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _apply(self, s: Slice, fetched: Fetched) -> tuple[list[dict[str, Any]], int | None]:
-        """Take a page's new orders and move the slice's keyset (``end <= start`` marks it finished)."""
+    def _apply(self, s: Slice, fetched: Fetched) -> tuple[list[dict[str, Any]], int | None, Slice | None]:
+        """Take a page's new orders and move the slice's keyset (``end <= start`` marks it finished).
+
+        Returns the new orders, their newest modified time, and a slice of its own for a tie
+        bigger than a page (read by offset, apart from the rest, which goes on by keyset).
+        """
         view = s.snapshot()
         new: list[dict[str, Any]] = []
         newest: int | None = None
@@ -293,19 +300,27 @@ class KeysetSource:
                 newest = t if newest is None else max(newest, t)
         if not fetched.more or beyond or not fetched.keys:
             s.start = s.end  # finished: everything in [start, end) has been seen
-            return new, newest
+            return new, newest, None
         s.link = fetched.link
         last = max(t for t, _ in fetched.keys)
         s.density = len(fetched.keys) / max(1, last - view.start)
-        if last == s.start:
-            # The whole page sits at one millisecond: step through the tie by offset, with overlap.
-            s.ids.update(oid for t, oid in in_range if t == last)
-            s.offset += max(1, len(fetched.orders) - max(1, self.page_limit // 10))
-        else:
+        if last != s.start:
             s.start = last
             s.ids = {oid for t, oid in in_range if t == last}
             s.offset = 0
-        return new, newest
+            return new, newest, None
+        # The whole page sits at one millisecond. Offset 0 would return it again, so this tie is
+        # stepped through by offset, with an overlap of a tenth of a page (seen ids are skipped):
+        # in a slice of its own, [T, T+1), so that orders leaving the tie can shift nothing but
+        # the tie itself; the rest of the slice goes on by keyset from T+1.
+        s.ids.update(oid for t, oid in in_range if t == last)
+        step = max(1, len(fetched.orders) - max(1, self.page_limit // 10))
+        if s.end - s.start <= 1:
+            s.offset += step
+            return new, newest, None
+        tie = Slice(start=last, end=last + 1, ids=set(s.ids), offset=s.offset + step)
+        s.start, s.ids, s.offset, s.density = last + 1, set(), 0, 0.0
+        return new, newest, tie
 
     def _rebalance(self, slices: list[Slice], workers: int) -> None:
         """Split the slices with the most pages left until ``workers`` slices exist (work stealing).
