@@ -302,8 +302,14 @@ class KeysetSource:
             s.start = s.end  # finished: everything in [start, end) has been seen
             return new, newest, None
         s.link = fetched.link
-        last = max(t for t, _ in fetched.keys)
-        s.density = len(fetched.keys) / max(1, last - view.start)
+        step = max(1, len(fetched.orders) - max(1, self.page_limit // 10))
+        if not in_range:
+            # A full page of rows before the slice (a provider that widened the start, e.g. Poynt
+            # read from startAt - 1 ms): nothing of the slice yet, so step past them by offset.
+            s.offset += step
+            return new, newest, None
+        last = max(t for t, _ in in_range)
+        s.density = len(in_range) / max(1, last - view.start)
         if last != s.start:
             s.start = last
             s.ids = {oid for t, oid in in_range if t == last}
@@ -314,7 +320,6 @@ class KeysetSource:
         # in a slice of its own, [T, T+1), so that orders leaving the tie can shift nothing but
         # the tie itself; the rest of the slice goes on by keyset from T+1.
         s.ids.update(oid for t, oid in in_range if t == last)
-        step = max(1, len(fetched.orders) - max(1, self.page_limit // 10))
         if s.end - s.start <= 1:
             s.offset += step
             return new, newest, None
