@@ -5,6 +5,11 @@ finish in it checkpoints and queues its own continuation. A record whose run rai
 provider kept failing, a write failed, a malformed message) is reported in
 ``batchItemFailures`` and redelivered by SQS (then dead-lettered after maxReceiveCount);
 the other records of the batch are not affected.
+
+``BatchProcessor`` (not the FIFO processor that stops at the first failure) is deliberate:
+a message is only a trigger, the connection's cursor says what to read, so a later message
+of the same connection running before a redelivered earlier one reads nothing twice and
+skips nothing.
 """
 
 from __future__ import annotations
