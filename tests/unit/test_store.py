@@ -204,15 +204,46 @@ def test_equal_version_from_an_uncommitted_epoch_is_taken_over_and_exported(ddb:
 
 
 def test_equal_version_stamped_with_the_open_epoch_is_not_exported_twice(ddb: tuple[Any, Stubber]) -> None:
-    # Given A was written earlier in this same epoch (a lookback overlap inside one invocation)
+    # Given A was written and returned earlier in this same epoch (a lookback overlap inside one invocation)
     c, stub = ddb
     a = order("A")
+    stub.add_response("transact_write_items", {}, {"TransactItems": [put(a)]})
+    repo = repo_for(c)
+    ledger = FakeLedger()
+    assert repo.write(CONN, RUN, [a], ledger=ledger) == [a]
+    # When the same version comes again
     cancelled(
         stub, [put(a)], [{"Code": "ConditionalCheckFailed", "Message": "failed", "Item": stored(a, REF)}]
     )
+    # Then it is not returned again
+    assert repo.write(CONN, RUN, [a], ledger=ledger) == []
+    assert repo.calls == 2
+
+
+def test_a_write_committed_whose_reply_was_lost_is_still_returned_for_export(
+    ddb: tuple[Any, Stubber],
+) -> None:
+    # Given DynamoDB commits the page but the reply is lost (a 500 after the commit), so the retry
+    # finds A and B already stored at this version under the open epoch
+    c, stub = ddb
+    a, b = order("A"), order("B")
+    stub.add_client_error(
+        "transact_write_items",
+        service_error_code="InternalServerError",
+        http_status_code=500,
+        expected_params={"TransactItems": [put(a), put(b)]},
+    )
+    failed = {"Code": "ConditionalCheckFailed", "Message": "failed"}
+    cancelled(
+        stub, [put(a), put(b)], [{**failed, "Item": stored(a, REF)}, {**failed, "Item": stored(b, REF)}]
+    )
+    # Then they are taken over (conditioned on this epoch) and returned: they must reach the export
+    stub.add_response(
+        "transact_write_items", {}, {"TransactItems": [put(a, old_ref=REF), put(b, old_ref=REF)]}
+    )
     repo = repo_for(c)
-    assert repo.write(CONN, RUN, [a], ledger=FakeLedger()) == []
-    assert repo.calls == 1
+    assert repo.write(CONN, RUN, [a, b], ledger=FakeLedger()) == [a, b]
+    assert repo.calls == 3
 
 
 def test_a_stored_version_older_than_ours_after_a_race_is_retried_with_the_plain_condition(

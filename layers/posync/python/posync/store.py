@@ -16,7 +16,9 @@ versions the caller must export. A cancelled transaction reports, per item, the 
 version (``ReturnValuesOnConditionCheckFailure=ALL_OLD``): older-or-equal incoming
 versions are dropped, except an equal version whose export epoch never committed (its
 run died before the parts were durable), which is taken over (conditioned on that
-epoch) and exported again. The other items are retried in the next call.
+epoch) and exported again, and an equal version stamped with the open epoch that this
+repository never returned (its own earlier attempt committed but the reply was lost, and
+the retry found it), which is returned now. The other items are retried in the next call.
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ class OrderRepository:
         self._base = backoff_base_s
         self._cap = backoff_cap_s
         self.calls = 0  # TransactWriteItems calls made (for metrics and tests)
+        # The versions returned for export under the open epoch ``_handed_ref``: an equal version
+        # stamped with that epoch but not in here was stored by a call of ours whose reply was lost.
+        self._handed_ref = ""
+        self._handed: set[tuple[str, int]] = set()
 
     @property
     def _s3(self) -> S3Client:
@@ -202,7 +208,14 @@ class OrderRepository:
                 if callable(failed):
                     failed()
             raise
+        handed = self._handed_over(ref)
+        handed.update((e.order_id, e.ms) for e in entries if e.order_id in exported)
         return [e.order for e in entries if e.order_id in exported]
+
+    def _handed_over(self, ref: str) -> set[tuple[str, int]]:
+        if ref != self._handed_ref:
+            self._handed_ref, self._handed = ref, set()
+        return self._handed
 
     def _item(self, conn_id: str, run_id: str, ref: str, e: _Entry, now: str) -> tuple[dict[str, Any], int]:
         payload = json.dumps(e.order, separators=(",", ":"), ensure_ascii=False)
@@ -319,6 +332,13 @@ class OrderRepository:
             e.old_ref = None  # changed under us to something older: try the plain write again
             return True
         old_ref = old.get("export_ref", {}).get("S")
+        if (
+            old_ref is not None
+            and old_ref == ledger.write_ref
+            and (e.order_id, e.ms) not in self._handed_over(old_ref)
+        ):
+            e.old_ref = old_ref  # our own write whose reply was lost (committed, then an error): hand it over
+            return True
         if old_ref is None or ledger.exported(old_ref):
             return False  # same version, already exported (or in this epoch's open parts)
         e.old_ref = old_ref  # same version, its epoch never committed: take it over
