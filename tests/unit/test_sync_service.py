@@ -218,11 +218,11 @@ class World:
 
 
 def assert_commits_follow_durable_writes(log: list[str]) -> None:
-    """Every cursor commit comes right after a checkpoint or a finished manifest, never after a bare write."""
+    """Every cursor commit comes right after a checkpoint or a finished manifest (or before a run's
+    first write, naming the run), never after a bare write."""
     for i, event in enumerate(log):
-        if event == "commit":
-            assert i > 0
-            assert log[i - 1] in ("checkpoint", "finish"), log[max(0, i - 3) : i + 1]
+        if event == "commit" and i > 0:
+            assert log[i - 1] in ("checkpoint", "finish", "commit"), log[max(0, i - 3) : i + 1]
 
 
 # --------------------------------------------------------------------------- a whole run
@@ -513,3 +513,36 @@ def test_keyset_sources_are_order_sources() -> None:
 
     src: OrderSource = clover_source(FakeClover())
     assert src.provider == "clover"
+
+
+def test_a_new_run_is_named_in_the_cursor_before_its_first_write() -> None:
+    # Given a first sync that checkpoints every 3 pages, and a cursor commit that fails (throttled)
+    # right after the first checkpoint made its pages durable
+    w = World(n=1000, days=20, checkpoint_pages=3)
+    commit = w.connections.commit_cursor
+    calls: list[int] = []
+
+    def flaky(conn: Connection, cursor: dict[str, Any], last_run: dict[str, Any]) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow"}}, "UpdateItem")
+        commit(conn, cursor, last_run)
+
+    w.connections.commit_cursor = flaky  # type: ignore[method-assign]
+    since = ms_to_iso(w.api.now_ms - 21 * DAY_MS)
+    # When it runs / Then the failure propagates after the checkpoint
+    with pytest.raises(ClientError):
+        w.run(SyncKind.BACKFILL, since=since)
+    assert w.log[: w.log.index("write")] == ["commit"]
+    assert "checkpoint" in w.log
+    # and the run was named in the cursor before anything was written, with nothing read yet
+    (cursor, last_run) = w.connections.commits[0]
+    run_id = cursor["run"]["id"]
+    assert last_run["status"] == "in_progress"
+    assert cursor["run"]["counts"]["pages"] == 0
+    # When SQS redelivers the message
+    result = w.run(SyncKind.BACKFILL, since=since)
+    # Then the same run resumes (the checkpointed parts belong to it and its manifest lists them)
+    assert (result.status, result.run_id) == ("completed", run_id)
+    assert w.store.manifests[-1]["run"] == run_id
+    assert set(w.store.stored) == set(w.ids)

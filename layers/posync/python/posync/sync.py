@@ -446,6 +446,11 @@ class _Run:
         try:
             plan = self._plan(source)
             self.state["progress"] = source.plan_progress(plan)
+            if not self.resumed and plan.slices:
+                # Name the run in the cursor before its first write: an invocation that dies after
+                # a checkpoint but before committing it is then redelivered into this same run,
+                # whose manifest lists that checkpoint's parts (a new run never would).
+                self._commit_progress()
             sink = svc.sinks(conn, self.run_id)
             logger.info(
                 "sync run",
@@ -552,6 +557,9 @@ class _Run:
         if sink is None:
             return
         sink.checkpoint()
+        self._commit_progress()
+
+    def _commit_progress(self) -> None:
         cursor = {**self.settled_part, "run": self._state_for_cursor()}
         last_run = {
             "run_id": self.run_id,
