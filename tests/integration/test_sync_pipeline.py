@@ -132,11 +132,11 @@ def test_at_200ms_latency_the_rate_limit_bounds_throughput(clover: CloverSandbox
     assert len(sink.ids) == len(set(sink.ids)) == ORDERS
     assert sink.quarantined == 0
     assert after["rate_limited"] == before["rate_limited"]
-    # and the call rate was close to 16/s (sequential calls would manage 5/s)
+    # and the call rate was near the 16/s ceiling, twice what sequential calls manage (5/s)
     calls = sum(after["requests"].values()) - sum(before["requests"].values())
     assert calls >= ORDERS / 100
     rate = calls / elapsed
-    assert rate > 12, f"{calls} calls in {elapsed:.1f} s"
+    assert rate > 10, f"{calls} calls in {elapsed:.1f} s"  # ceiling 15.5/s; sequential: 5/s
     clover.knobs.latency_ms = 0
 
 
