@@ -22,6 +22,7 @@ from posync.exports import (
     ExportIntegrityError,
     ExportWriter,
     PartInfo,
+    RunLedger,
     latest,
     manifest_key,
     read_manifested,
@@ -295,6 +296,31 @@ def test_a_crash_between_the_manifest_and_its_record_loses_no_event_and_overwrit
     assert get_bytes(settings, manifest_key("run-1")) == first
     assert key == manifest_key("run-1-r1")
     assert [d["run_id"] for _, d in events.put] == ["run-1", "run-1-r1"]
+    assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B"]
+
+
+def test_a_manifested_epoch_counts_as_exported_even_if_the_header_update_after_it_failed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given run-1 checkpointed once (its header exists), then wrote its manifest and died (or was
+    # throttled) before the header said it is finished
+    w1 = writer(settings)
+    w1.add(order("A", "2026-09-21T10:00:00.000Z"))
+    w1.checkpoint()
+    w1.add(order("B", "2026-09-21T11:00:00.000Z"))
+    open_epoch = w1.write_ref
+
+    def throttled(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("ThrottlingException on UpdateItem")
+
+    monkeypatch.setattr(w1, "_mark_finished", throttled)
+    with pytest.raises(RuntimeError):
+        w1.finish()
+    # When the redelivered run's storage asks whether B's version (stamped with that epoch) is exported
+    ledger = RunLedger(settings)
+    # Then the manifest in S3 says it is: B must not be exported a second time
+    assert ledger.committed(open_epoch)
+    assert not ledger.committed(open_epoch.rsplit("-", 1)[0] + "-00000000")
     assert sorted(o["order_id"] for o in read_manifested(settings)) == ["A", "B"]
 
 

@@ -224,7 +224,8 @@ class RunLedger:
     manifest will list them), or when the run is finished and its manifest, or the
     manifest of one of its roll-overs (``{run}-r1``...), lists the epoch. "Finished" is
     read from the run's header in the control table (written right after the manifest);
-    once that header has expired, from the S3 manifest itself. A reference without an
+    when the header does not say so (expired, or the process died between the manifest
+    and the header update), from the S3 manifest itself. A reference without an
     epoch part (``{run_id}`` alone: a repository used without a writer) counts as exported
     once that run is finished. Answers are cached per instance.
     """
@@ -291,7 +292,9 @@ class RunLedger:
         epochs: frozenset[str] | None = None
         if "manifest_key" in header:
             epochs = frozenset(header.get("epochs", {}).get("SS", []))
-        elif not header:  # never checkpointed, or the header expired: the S3 manifest decides
+        else:
+            # Never checkpointed, the header expired, or the process died between the manifest
+            # and the header update: the S3 manifest decides.
             doc = self.manifest(run)
             epochs = None if doc is None else frozenset(str(e) for e in doc.get("epochs", []))
         if epochs is not None:
