@@ -13,7 +13,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -33,6 +33,8 @@ MERCHANT_ID_FORMATS = {
     "clover": "13 upper-case letters and digits, e.g. ABCDEFGHJK123",
     "poynt": "a lower-case UUID, e.g. 0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9",
 }
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +77,29 @@ def merchant_filter(provider: str | None, merchant_id: str | None) -> str | None
             param_hint="--merchant",
         )
     return merchant_id
+
+
+def parse_since(value: str, now: datetime | None = None) -> str:
+    """``YYYY-MM-DD`` (midnight UTC) or an RFC 3339 time -> RFC 3339 UTC; not in the future."""
+    now = now or datetime.now(UTC)
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            when = datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+        else:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                raise InvalidInput("--since needs a time zone (e.g. 2026-11-01T00:00:00Z) or a plain date")
+    except ValueError as exc:
+        raise InvalidInput(
+            f"--since must be a date (YYYY-MM-DD) or an RFC 3339 time, got {value[:40]!r}"
+        ) from exc
+    when = when.astimezone(UTC)
+    if when > now:
+        raise InvalidInput("--since is in the future")
+    if when < EARLIEST:
+        raise InvalidInput("--since is before 2000-01-01")
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def target_options(fn: Callable[P, R]) -> Callable[P, R]:

@@ -42,11 +42,11 @@ from posync_local.cli_common import (
     merchant_filter,
     merchant_id_for,
     open_target,
+    parse_since,
     shorten,
     table,
     target_options,
 )
-from posync_local.cli_sync import parse_since
 from posync_local.stack import Target
 
 CURSOR_TIME_KEYS = {"clover": CloverSource.time_key, "poynt": PoyntSource.time_key}

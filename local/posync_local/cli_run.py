@@ -4,10 +4,10 @@
     posync backfill PROVIDER MERCHANT_ID [--days N] [--wait] [--json]
 
 Both put one message on the stage's FIFO sync queue (the contract of ``posync.syncqueue``;
-kind ``manual`` or ``backfill``), exactly as the sync engineer's ``cli_sync`` does, after
-checking the provider, the merchant id, the date and that the connection exists and is
-active. ``--since`` re-reads everything modified since that date (never skipping the span
-between the cursor and the date); ``--days N`` re-reads the last N days.
+kind ``manual`` or ``backfill``), after checking the provider, the merchant id, the date and
+that the connection exists and is active. ``--since`` re-reads everything modified since
+that date (never skipping the span between the cursor and the date); ``--days N`` re-reads
+the last N days.
 
 ``--wait``: on the local stack the queue is drained in this process by the real worker
 handler, with a live progress line on stderr (see :mod:`posync_local.cli_progress`); on a
