@@ -181,6 +181,18 @@ def test_oversized_and_malformed_bodies() -> None:
         w.service.handle("clover", {"x-clover-auth": AUTH}, b"not json")
 
 
+def test_a_body_nested_too_deep_for_the_json_parser_is_a_bad_request_not_a_crash() -> None:
+    # Given 100 KiB of nested arrays (the parser's recursion limit is far below that), before any auth
+    w = World()
+    body = b"[" * 50_000 + b"]" * 50_000
+    # Then it is refused as malformed input (400), for Clover (parsed before auth) and signed Poynt alike
+    with pytest.raises(InvalidInput):
+        w.service.handle("clover", {}, body)
+    p = poynt_world()
+    with pytest.raises(InvalidInput):
+        p.service.handle("poynt", {"poynt-webhook-signature": poynt_signature(POYNT_SECRET, body)}, body)
+
+
 def test_poynt_signature_is_base64_hmac_sha1() -> None:
     body = b'{"a":1}'
     expected = base64.b64encode(hmac.new(b"k", body, hashlib.sha1).digest()).decode()

@@ -142,7 +142,7 @@ def poynt_signature(secret: str, body: bytes) -> str:
 def _parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InvalidInput("the webhook body is not JSON") from exc
 
 
