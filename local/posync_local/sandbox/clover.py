@@ -42,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,6 @@ from posync_local.sandbox.merchants import (
     Grant,
     Issued,
     OrderSandbox,
-    consent_page,
     error_page,
     page_body,
     redirect_ok,
@@ -70,7 +69,6 @@ from posync_local.sandbox.server import (
     Principal,
     Request,
     Response,
-    SandboxKnobs,
     html_response,
     json_response,
     redirect,
@@ -82,6 +80,14 @@ _FILTER = re.compile(r"\s*(modifiedTime|createdTime)\s*(>=|<=|!=|=|>|<)\s*(-?\d+
 _ORDER_BY = re.compile(r"\s*(modifiedTime|createdTime)(?:\s+(ASC|DESC))?\s*", re.IGNORECASE)
 _FIELDS = {"modifiedtime": "modified", "createdtime": "created"}
 _CLOVER_ID = re.compile(r"[A-Z0-9]{13}")
+_CONSENT_PARAMS = (
+    "client_id",
+    "redirect_uri",
+    "state",
+    "merchant_id",
+    "code_challenge",
+    "code_challenge_method",
+)
 MAX_EXPAND = 3
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -108,31 +114,17 @@ class CloverSandbox(OrderSandbox):
     factory_cls = CloverFactory
     default_access_ttl = 1800
 
-    def __init__(
-        self,
-        port: int = 0,
-        knobs: SandboxKnobs | None = None,
-        seed: int = 7,
-        *,
-        cache_mb: int = 32,
-        anchor_ms: int | None = None,
-    ) -> None:
-        super().__init__(port, knobs, seed, cache_mb=cache_mb, anchor_ms=anchor_ms)
-        rng = random.Random(derive_seed(seed, "clover-app"))  # noqa: S311
+    def set_up(self) -> None:
+        """The default app (seeded ids, a fresh secret and webhook code) and the routes."""
+        rng = random.Random(derive_seed(self.seed, "clover-app"))  # noqa: S311
         self.apps: dict[str, CloverApp] = {}
         self.client_id = id13(rng)
         self.client_secret = str(uuid.uuid4())
         self.webhook_auth_code = secrets.token_hex(16)
         self.add_app(self.client_id, self.client_secret)
         r = self.add_route
-        r("GET", re.compile(r"/oauth/v2/authorize"), "GET /oauth/v2/authorize", self._authorize_page, "page")
-        r(
-            "POST",
-            re.compile(r"/oauth/v2/authorize"),
-            "POST /oauth/v2/authorize",
-            self._authorize_post,
-            "page",
-        )
+        r("GET", re.compile(r"/oauth/v2/authorize"), "GET /oauth/v2/authorize", self.consent_get, "page")
+        r("POST", re.compile(r"/oauth/v2/authorize"), "POST /oauth/v2/authorize", self.consent_post, "page")
         r("POST", re.compile(r"/oauth/v2/token"), "POST /oauth/v2/token", self._token, "oauth")
         r("POST", re.compile(r"/oauth/v2/refresh"), "POST /oauth/v2/refresh", self._refresh, "oauth")
         r("GET", re.compile(rf"/v3/merchants/{_MID}"), "GET /v3/merchants/{mId}", self._get_merchant, "api")
@@ -194,10 +186,18 @@ class CloverSandbox(OrderSandbox):
 
     # consent ------------------------------------------------------------------------------------
 
-    def _app_for(self, client_id: str | None, redirect_uri: str | None) -> CloverApp | Response:
-        app = self.apps.get(client_id or "")
+    consent_title = "Clover sandbox: authorize app"
+    consent_action = "/oauth/v2/authorize"
+    consent_field = "merchant_id"
+
+    def consent_params(self, get: Callable[[str], str | None]) -> dict[str, str | None]:
+        return {k: get(k) for k in _CONSENT_PARAMS}
+
+    def consent_app(self, params: dict[str, str | None]) -> CloverApp | Response:
+        app = self.apps.get(params["client_id"] or "")
         if app is None:
             return html_response(400, error_page("Unknown app", "No app has this client_id."))
+        redirect_uri = params["redirect_uri"]
         if not redirect_ok(redirect_uri):
             return html_response(400, error_page("Bad request", "redirect_uri must be an http(s) URL."))
         if app.site_url and not (redirect_uri or "").startswith(app.site_url):
@@ -206,7 +206,7 @@ class CloverSandbox(OrderSandbox):
             )
         return app
 
-    def _approve(self, app: CloverApp, merchant_id: str, params: dict[str, str | None]) -> Response:
+    def approve(self, app: CloverApp, merchant_id: str, params: dict[str, str | None]) -> Response:
         code = self.codes.issue(
             app.client_id,
             merchant_id,
@@ -229,87 +229,22 @@ class CloverSandbox(OrderSandbox):
             )
         )
 
-    @staticmethod
-    def _deny(params: dict[str, str | None]) -> Response:
+    def deny(self, params: dict[str, str | None]) -> Response:
         return redirect(
             with_query(params["redirect_uri"] or "", {"error": "access_denied", "state": params.get("state")})
         )
-
-    def _authorize_page(self, req: Request, _: Any) -> Response:
-        params = {
-            k: req.arg(k)
-            for k in (
-                "client_id",
-                "redirect_uri",
-                "state",
-                "merchant_id",
-                "code_challenge",
-                "code_challenge_method",
-            )
-        }
-        app = self._app_for(params["client_id"], params["redirect_uri"])
-        if isinstance(app, Response):
-            return app
-        first = self.ensure_merchant()
-        wanted = params["merchant_id"]
-        selected = wanted if wanted in self.merchants else first
-        if self.knobs.auto_deny:
-            return self._deny(params)
-        if self.knobs.auto_approve:
-            return self._approve(app, selected, params)
-        hidden = {k: v for k, v in params.items() if k != "merchant_id"}
-        return html_response(
-            200,
-            consent_page(
-                title="Clover sandbox: authorize app",
-                action="/oauth/v2/authorize",
-                app_name=app.name,
-                hidden=hidden,
-                merchants=[(mid, self.merchant_name(mid)) for mid in self.merchants],
-                selected=selected,
-                field_name="merchant_id",
-            ),
-        )
-
-    def _authorize_post(self, req: Request, _: Any) -> Response:
-        form = req.form()
-        params: dict[str, str | None] = {
-            k: form.get(k)
-            for k in (
-                "client_id",
-                "redirect_uri",
-                "state",
-                "merchant_id",
-                "code_challenge",
-                "code_challenge_method",
-            )
-        }
-        app = self._app_for(params["client_id"], params["redirect_uri"])
-        if isinstance(app, Response):
-            return app
-        decision = form.get("decision")
-        if decision == "deny":
-            return self._deny(params)
-        if decision != "approve":
-            return html_response(400, error_page("Bad request", "Choose Approve or Deny."))
-        mid = params["merchant_id"]
-        if mid not in self.merchants:
-            return html_response(400, error_page("Bad request", "Unknown merchant."))
-        assert mid is not None
-        return self._approve(app, mid, params)
 
     # tokens -------------------------------------------------------------------------------------
 
     def _unauthorized(self, message: str) -> Response:
         return json_response(401, {"message": message})
 
-    def _issue(self, grant: Grant) -> Issued:
+    def issue_tokens(self, grant: Grant) -> Issued:
         return self.tokens.issue(
             grant, secrets.token_urlsafe(32), secrets.token_urlsafe(32), self.access_ttl, self.refresh_ttl
         )
 
-    @staticmethod
-    def _token_body(t: Issued) -> dict[str, Any]:
+    def token_body(self, t: Issued) -> dict[str, Any]:
         return {
             "access_token": t.access_token,
             "access_token_expiration": t.access_expires_at,
@@ -345,7 +280,7 @@ class CloverSandbox(OrderSandbox):
             return self._unauthorized("Invalid or expired authorization code")
         grant = self.tokens.new_grant(app.client_id, rec.merchant_id)
         self.stats.incr("token_exchanges")
-        return json_response(200, self._token_body(self._issue(grant)))
+        return self.token_response(grant)
 
     def _refresh(self, req: Request, _: Any) -> Response:
         form = req.form()
@@ -371,7 +306,7 @@ class CloverSandbox(OrderSandbox):
         if not self.tokens.consume(rt):
             return self._unauthorized("Invalid refresh token")
         self.stats.incr("refreshes", mid)
-        return json_response(200, self._token_body(self._issue(rt.grant)))
+        return self.token_response(rt.grant)
 
     # API ----------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -30,7 +30,14 @@ from posync_local.sandbox.data import (
     skeleton,
 )
 from posync_local.sandbox.orderbook import FragmentCache, OrderBook, OrderRec, OrderState, Query
-from posync_local.sandbox.server import SandboxKnobs, SandboxServer
+from posync_local.sandbox.server import (
+    Request,
+    Response,
+    SandboxKnobs,
+    SandboxServer,
+    html_response,
+    json_response,
+)
 
 CODE_TTL_S = 600
 YEAR_S = 365 * 86_400
@@ -282,8 +289,13 @@ class OrderSandbox(SandboxServer):
         self.cache = FragmentCache(cache_mb << 20)
         self.tokens = TokenAuthority()
         self.codes = CodeStore()
+        self.set_up()
 
     # to be provided by each provider ------------------------------------------------------------
+
+    def set_up(self) -> None:
+        """The provider's apps, keys and routes (called last by ``__init__``)."""
+        raise NotImplementedError
 
     def new_merchant_id(self, rng: random.Random) -> str:
         raise NotImplementedError
@@ -432,6 +444,85 @@ class OrderSandbox(SandboxServer):
         Read-only, for tests that scan logs and HTTP answers: none of these may ever appear there.
         """
         return [*self.tokens.issued(), *self.codes.issued(), *self.app_secrets()]
+
+    # consent ------------------------------------------------------------------------------------
+    # The consent page (GET) and its form (POST) are the same flow on both providers; each says
+    # how it reads its parameters, checks the app, approves and denies.
+
+    consent_title = ""
+    consent_action = ""
+    consent_field = "merchant_id"  # the merchant's parameter (a hidden select on the page)
+    consent_unknown_merchant = "Unknown merchant."
+
+    def consent_params(self, get: Callable[[str], str | None]) -> dict[str, str | None]:
+        raise NotImplementedError
+
+    def consent_app(self, params: dict[str, str | None]) -> Any:
+        """The app the consent is for (it has a ``name``), or the error page to answer with."""
+        raise NotImplementedError
+
+    def approve(self, app: Any, merchant_id: str, params: dict[str, str | None]) -> Response:
+        raise NotImplementedError
+
+    def deny(self, params: dict[str, str | None]) -> Response:
+        raise NotImplementedError
+
+    def consent_get(self, req: Request, _: Any) -> Response:
+        """The consent page; the ``auto_deny`` / ``auto_approve`` knobs redirect at once instead."""
+        params = self.consent_params(req.arg)
+        app = self.consent_app(params)
+        if isinstance(app, Response):
+            return app
+        first = self.ensure_merchant()
+        wanted = params[self.consent_field]
+        selected = wanted if wanted in self.merchants else first
+        if self.knobs.auto_deny:
+            return self.deny(params)
+        if self.knobs.auto_approve:
+            return self.approve(app, selected, params)
+        return html_response(
+            200,
+            consent_page(
+                title=self.consent_title,
+                action=self.consent_action,
+                app_name=app.name,
+                hidden={k: v for k, v in params.items() if k != self.consent_field},
+                merchants=[(mid, self.merchant_name(mid)) for mid in self.merchants],
+                selected=selected,
+                field_name=self.consent_field,
+            ),
+        )
+
+    def consent_post(self, req: Request, _: Any) -> Response:
+        """The consent form's Approve or Deny."""
+        form = req.form()
+        params = self.consent_params(form.get)
+        app = self.consent_app(params)
+        if isinstance(app, Response):
+            return app
+        decision = form.get("decision")
+        if decision == "deny":
+            return self.deny(params)
+        if decision != "approve":
+            return html_response(400, error_page("Bad request", "Choose Approve or Deny."))
+        mid = params[self.consent_field]
+        if mid is None or mid not in self.merchants:
+            return html_response(400, error_page("Bad request", self.consent_unknown_merchant))
+        return self.approve(app, mid, params)
+
+    # tokens -------------------------------------------------------------------------------------
+
+    def issue_tokens(self, grant: Grant) -> Issued:
+        """A new access and refresh token for ``grant`` (each provider makes its own strings)."""
+        raise NotImplementedError
+
+    def token_body(self, issued: Issued) -> dict[str, Any]:
+        """The provider's JSON answer carrying ``issued``."""
+        raise NotImplementedError
+
+    def token_response(self, grant: Grant) -> Response:
+        """200 with new tokens for ``grant``."""
+        return json_response(200, self.token_body(self.issue_tokens(grant)))
 
     # serving ------------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -75,7 +75,6 @@ from posync_local.sandbox.merchants import (
     Grant,
     Issued,
     OrderSandbox,
-    consent_page,
     error_page,
     redirect_ok,
     with_query,
@@ -85,7 +84,6 @@ from posync_local.sandbox.server import (
     Principal,
     Request,
     Response,
-    SandboxKnobs,
     html_response,
     json_response,
     redirect,
@@ -134,17 +132,9 @@ class PoyntSandbox(OrderSandbox):
     factory_cls = PoyntFactory
     default_access_ttl = 86_400
 
-    def __init__(
-        self,
-        port: int = 0,
-        knobs: SandboxKnobs | None = None,
-        seed: int = 7,
-        *,
-        cache_mb: int = 32,
-        anchor_ms: int | None = None,
-    ) -> None:
-        super().__init__(port, knobs, seed, cache_mb=cache_mb, anchor_ms=anchor_ms)
-        rng = random.Random(derive_seed(seed, "poynt-app"))  # noqa: S311
+    def set_up(self) -> None:
+        """The default app (seeded id, fresh keys and webhook secret) and the routes."""
+        rng = random.Random(derive_seed(self.seed, "poynt-app"))  # noqa: S311
         self.apps: dict[str, PoyntApp] = {}
         self._signing_key_pem, self.public_key_pem = _signing_keys()
         self.app_id = f"urn:aid:{uuid4(rng)}"
@@ -158,14 +148,14 @@ class PoyntSandbox(OrderSandbox):
             "GET",
             re.compile(r"/applications/authorize"),
             "GET /applications/authorize",
-            self._consent_page,
+            self.consent_get,
             "page",
         )
         r(
             "POST",
             re.compile(r"/applications/authorize"),
             "POST /applications/authorize",
-            self._consent_post,
+            self.consent_post,
             "page",
         )
         r("POST", re.compile(r"/token"), "POST /token", self._token, "oauth")
@@ -243,7 +233,12 @@ class PoyntSandbox(OrderSandbox):
 
     # consent ------------------------------------------------------------------------------------
 
-    def _consent_params(self, get: Any) -> dict[str, str | None]:
+    consent_title = "Poynt sandbox: authorize application"
+    consent_action = "/applications/authorize"
+    consent_field = "business_id"
+    consent_unknown_merchant = "Unknown business."
+
+    def consent_params(self, get: Callable[[str], str | None]) -> dict[str, str | None]:
         return {
             "client_id": get("client_id") or get("applicationId"),
             "redirect_uri": get("redirect_uri") or get("callback"),
@@ -251,7 +246,7 @@ class PoyntSandbox(OrderSandbox):
             "business_id": get("businessId") or get("business_id"),
         }
 
-    def _app_for(self, params: dict[str, str | None]) -> PoyntApp | Response:
+    def consent_app(self, params: dict[str, str | None]) -> PoyntApp | Response:
         app = self.apps.get(params["client_id"] or "")
         if app is None:
             return html_response(400, error_page("Unknown application", "No application has this client_id."))
@@ -260,61 +255,19 @@ class PoyntSandbox(OrderSandbox):
             return html_response(400, error_page("Bad request", "redirect_uri is missing or not registered."))
         return app
 
-    def _approve(self, app: PoyntApp, business_id: str, params: dict[str, str | None]) -> Response:
-        code = self.codes.issue(app.app_id, business_id, params["redirect_uri"] or "")
+    def approve(self, app: PoyntApp, merchant_id: str, params: dict[str, str | None]) -> Response:
+        code = self.codes.issue(app.app_id, merchant_id, params["redirect_uri"] or "")
         return redirect(
             with_query(
                 params["redirect_uri"] or "",
-                {"code": code, "status": "success", "context": params["context"], "businessId": business_id},
+                {"code": code, "status": "success", "context": params["context"], "businessId": merchant_id},
             )
         )
 
-    @staticmethod
-    def _deny(params: dict[str, str | None]) -> Response:
+    def deny(self, params: dict[str, str | None]) -> Response:
         return redirect(
             with_query(params["redirect_uri"] or "", {"status": "denied", "context": params["context"]})
         )
-
-    def _consent_page(self, req: Request, _: Any) -> Response:
-        params = self._consent_params(req.arg)
-        app = self._app_for(params)
-        if isinstance(app, Response):
-            return app
-        first = self.ensure_merchant()
-        selected = params["business_id"] if params["business_id"] in self.merchants else first
-        if self.knobs.auto_deny:
-            return self._deny(params)
-        if self.knobs.auto_approve:
-            return self._approve(app, selected, params)
-        return html_response(
-            200,
-            consent_page(
-                title="Poynt sandbox: authorize application",
-                action="/applications/authorize",
-                app_name=app.name,
-                hidden={k: v for k, v in params.items() if k != "business_id"},
-                merchants=[(bid, self.merchant_name(bid)) for bid in self.merchants],
-                selected=selected,
-                field_name="business_id",
-            ),
-        )
-
-    def _consent_post(self, req: Request, _: Any) -> Response:
-        form = req.form()
-        params = self._consent_params(form.get)
-        app = self._app_for(params)
-        if isinstance(app, Response):
-            return app
-        decision = form.get("decision")
-        if decision == "deny":
-            return self._deny(params)
-        if decision != "approve":
-            return html_response(400, error_page("Bad request", "Choose Approve or Deny."))
-        bid = params["business_id"]
-        if bid not in self.merchants:
-            return html_response(400, error_page("Bad request", "Unknown business."))
-        assert bid is not None
-        return self._approve(app, bid, params)
 
     # tokens -------------------------------------------------------------------------------------
 
@@ -364,7 +317,7 @@ class PoyntSandbox(OrderSandbox):
             self._seen_jti[jti] = int(claims["exp"])
         return str(iss)
 
-    def _issue(self, grant: Grant) -> Issued:
+    def issue_tokens(self, grant: Grant) -> Issued:
         now = int(time.time())
         ttl = self.access_ttl
         claims: dict[str, Any] = {
@@ -389,8 +342,7 @@ class PoyntSandbox(OrderSandbox):
         refresh = "1:1:1:2:" + secrets.token_urlsafe(48)
         return self.tokens.issue(grant, access, refresh, ttl, self.refresh_ttl)
 
-    @staticmethod
-    def _token_body(t: Issued) -> dict[str, Any]:
+    def token_body(self, t: Issued) -> dict[str, Any]:
         return {
             "accessToken": t.access_token,
             "refreshToken": t.refresh_token,
@@ -406,7 +358,7 @@ class PoyntSandbox(OrderSandbox):
             if grant_type == JWT_BEARER:
                 app_id = self.verify_assertion(form.get("assertion"))
                 self.stats.incr("app_token_grants")
-                return json_response(200, self._token_body(self._issue(self.tokens.new_grant(app_id, None))))
+                return self.token_response(self.tokens.new_grant(app_id, None))
             if grant_type == "authorization_code":
                 return self._exchange(req, form)
         except _Unauthorized as exc:
@@ -428,7 +380,7 @@ class PoyntSandbox(OrderSandbox):
             return self._invalid_grant("the code is invalid, used or expired")
         self.stats.incr("token_exchanges")
         grant = self.tokens.new_grant(app_id, rec.merchant_id)
-        return json_response(200, self._token_body(self._issue(grant)))
+        return self.token_response(grant)
 
     def _refresh(self, form: dict[str, str]) -> Response:
         rt = self.tokens.find_refresh(form.get("refreshToken") or form.get("refresh_token"))
@@ -440,7 +392,7 @@ class PoyntSandbox(OrderSandbox):
         if problem is not None or not self.tokens.consume(rt):
             return self._invalid_grant(f"refresh token {problem or 'used'}")
         self.stats.incr("refreshes", who)
-        return json_response(200, self._token_body(self._issue(rt.grant)))
+        return self.token_response(rt.grant)
 
     # API ----------------------------------------------------------------------------------------
 
