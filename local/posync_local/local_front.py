@@ -13,22 +13,21 @@ Query strings are never logged: OAuth callbacks carry authorization codes there.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from posync.resources import ROUTES, RouteSpec
+from posync_local.httpserver import TrackedHTTPServer
 from posync_local.local_functions import FunctionHost
 
 log = logging.getLogger(__name__)
@@ -212,35 +211,9 @@ class _BadRequest(Exception):
     pass
 
 
-class _FrontServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _FrontServer(TrackedHTTPServer):
     request_queue_size = 64
-
-    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(addr, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_open_connections(self) -> None:
-        with self._open_lock:
-            conns = list(self._open)
-            self._open.clear()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                conn.close()
+    close_sockets = True
 
 
 class LocalFront:

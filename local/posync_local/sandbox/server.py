@@ -47,9 +47,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from posync_local.httpserver import TrackedHTTPServer
 
 logger = logging.getLogger("posync_local.sandbox")
 
@@ -430,35 +432,13 @@ class Route:
 # The HTTP server
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _HTTPServer(TrackedHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # bursts of concurrent clients must not wait for SYN retries
 
     def __init__(self, addr: tuple[str, int], app: SandboxServer) -> None:
         self.app = app
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(addr, _RequestHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_open_connections(self) -> None:
-        with self._open_lock:
-            conns = list(self._open)
-            self._open.clear()
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
