@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from posync.config import Settings
+from posync.gcpolicy import tune_for_sync
 from posync.observability import logger, metrics
 from posync.ratelimit import Deadline
 from posync.sync import SyncConfig, build_sync_service
@@ -33,6 +34,7 @@ SETTINGS = Settings.from_env()
 CONFIG = SyncConfig.from_env(os.environ, SETTINGS)
 SERVICE = build_sync_service(SETTINGS, CONFIG)
 PROCESSOR = BatchProcessor(event_type=EventType.SQS)
+tune_for_sync()  # pages of orders are acyclic: collect rarely (see posync.gcpolicy)
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str, Any]:
