@@ -74,6 +74,10 @@ def child(config: Mapping[str, Any]) -> dict[str, Any]:
     from posync.syncqueue import SyncKind, SyncRequest
 
     quiet_logs()
+    if config.get("worker_gc", True):
+        from posync.gcpolicy import tune_for_sync
+
+        tune_for_sync()  # as functions/worker/handler.py does at cold start
     merchant = str(config["merchant"])
     settings = Settings.from_env()
     limits = clover_limits()
@@ -87,10 +91,18 @@ def child(config: Mapping[str, Any]) -> dict[str, Any]:
     repository = PassThroughRepository()
     writers: list[ExportWriter] = []
 
+    samples: list[tuple[int, int]] = []  # (orders written so far, peak RSS so far in kB)
+
+    class SampledSink(StoreSink):
+        def write(self, orders: Sequence[dict[str, Any]]) -> int:
+            n = super().write(orders)
+            samples.append((repository.orders, _status_kb("VmHWM")))
+            return n
+
     def sinks(conn: Connection, run_id: str) -> StoreSink:
         writer = ExportWriter(settings, run_id, conn.provider, conn.merchant_id)
         writers.append(writer)
-        return StoreSink(repository, writer, conn.connection_id)
+        return SampledSink(repository, writer, conn.connection_id)
 
     service = SyncService(
         connections=MemoryConnections([Connection("clover", merchant)]),
@@ -118,14 +130,30 @@ def child(config: Mapping[str, Any]) -> dict[str, Any]:
         "peak_rss_kb": peak,
         "peak_vmhwm_kb": _status_kb("VmHWM"),
         "rss_at_end_kb": _status_kb("VmRSS"),
+        "peak_so_far_kb": _thin(samples, 10),
     }
+
+
+def _thin(samples: Sequence[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """At most ``n`` samples, evenly spread, the last one included."""
+    if len(samples) <= n:
+        return list(samples)
+    step = len(samples) / n
+    return [samples[min(len(samples) - 1, round((i + 1) * step) - 1)] for i in range(n)]
 
 
 # --------------------------------------------------------------------------- the parent
 
 
-def run_size(sb: SandboxProcess, env: Mapping[str, str | None], merchant: str, token: str) -> dict[str, Any]:
-    config = {"env": {k: v for k, v in env.items() if v is not None}, "merchant": merchant, "token": token}
+def run_size(
+    sb: SandboxProcess, env: Mapping[str, str | None], merchant: str, token: str, *, worker_gc: bool = True
+) -> dict[str, Any]:
+    config = {
+        "env": {k: v for k, v in env.items() if v is not None},
+        "merchant": merchant,
+        "token": token,
+        "worker_gc": worker_gc,
+    }
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POSYNC_"))}
     # Through a shell that forks the child: Linux folds the RSS of the process that calls
     # exec() into ru_maxrss, so a child exec'd straight from this (large) process would
@@ -168,6 +196,8 @@ def scenario(
     settings: Any,
     sizes: Mapping[int, str],
     tokens: Mapping[str, str],
+    *,
+    worker_gc: bool = True,
 ) -> dict[str, Any]:
     """``sizes``: orders -> merchant (each with that many orders, over the same days)."""
     sb.set_knobs(latency_ms=50)
@@ -177,7 +207,7 @@ def scenario(
         "sizes": {},
     }
     for n, merchant in sorted(sizes.items()):
-        figures = run_size(sb, env, merchant, tokens[merchant])
+        figures = run_size(sb, env, merchant, tokens[merchant], worker_gc=worker_gc)
         truth = sb.truth(merchant)
         verdict = check(truth, exported_versions(settings, merchant))
         figures["check"] = verdict.as_dict()

@@ -24,6 +24,7 @@ from typing import Any
 from bench import aws_calls, coldstart, memory, pipeline, tick
 from bench.common import load, quiet_logs, say, verdict
 from bench.sandboxproc import SandboxProcess
+from posync.gcpolicy import tune_for_sync
 
 SCENARIOS = ("coldstart", "pipeline", "tick", "aws_calls", "memory")
 
@@ -186,6 +187,9 @@ def _print_memory(r: dict[str, Any]) -> None:
             f"{s['check']['duplicated']} (check {verdict(s['check_ok'])})"
         )
     say(f"  peak ratio {r['ratio']:.3f}  target <= {r['target']}  {verdict(r['pass'])}")
+    large = r["sizes"][max(r["sizes"], key=int)]
+    trail = ", ".join(f"{n}: {kb / 1024:.1f}" for n, kb in large.get("peak_so_far_kb", []))
+    say(f"  peak RSS so far (MiB) by orders written in the largest run: {trail}")
 
 
 PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -223,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="every scenario at a tiny scale")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     parser.add_argument("--seed", type=int, default=7, help="the sandbox's seed")
+    parser.add_argument(
+        "--gc-default",
+        action="store_true",
+        help="keep CPython's default GC thresholds instead of the worker's policy (posync.gcpolicy)",
+    )
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = sorted(set(only) - set(SCENARIOS))
@@ -230,10 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
     scale = SMOKE if args.smoke else FULL
     quiet_logs()
+    # This process plays the worker's container (scenarios 1 and 2): the worker's GC policy.
+    gc_policy = "CPython default" if args.gc_default else "worker (posync.gcpolicy.tune_for_sync)"
+    if not args.gc_default:
+        tune_for_sync()
     started = time.monotonic()
     load_start = load()
     kind = "smoke" if args.smoke else "full"
-    say(f"posync sync engine benchmark ({kind} scale); load at start {load_start}")
+    say(f"posync sync engine benchmark ({kind} scale); GC {gc_policy}; load at start {load_start}")
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -309,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 rt.settings,
                                 {scale.memory_small: small, scale.memory_large: large},
                                 tokens,
+                                worker_gc=not args.gc_default,
                             )
 
                         _run("memory", results, errors, run_memory)
@@ -317,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {
         "bench": "posync-sync-engine",
         "scale": kind,
+        "gc_policy": gc_policy,
         "elapsed_s": round(time.monotonic() - started, 1),
         "load_start": load_start,
         "load_end": load(),
