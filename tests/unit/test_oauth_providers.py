@@ -122,10 +122,44 @@ def test_clover_exchange_posts_the_code_with_the_app_secret_and_returns_absolute
             "refresh_token_expiration": 1_831_536_000,
         }
 
-    oauth, _ = clover({("POST", "/oauth/v2/token"): token})
+    oauth, http = clover(
+        {("POST", "/oauth/v2/token"): token, ("GET", "/v3/merchants/ABCDEFGHJK123"): merchant}
+    )
     grant = oauth.exchange_code(CallbackParams("s", "c0de", merchant_id="ABCDEFGHJK123"), "https://x/cb")
     assert grant.merchant_id == "ABCDEFGHJK123"
     assert grant.tokens == TokenSet("acc", 1_800_001_800, "ref", 1_831_536_000, 1_800_000_000)
+    # and the new token was checked against the merchant the callback named
+    assert http.sent[1].headers["Authorization"] == "Bearer acc"
+
+
+def merchant(req: requests.PreparedRequest) -> Reply:
+    return 200, {"id": "ABCDEFGHJK123", "name": "Shop"}
+
+
+def token_ok(req: requests.PreparedRequest) -> Reply:
+    return 200, {"access_token": "acc", "access_token_expiration": 1_800_001_800, "refresh_token": "ref"}
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ((401, {"message": "401 Unauthorized"}), ExchangeRefused),
+        ((403, {}), ExchangeRefused),
+        ((404, {}), ExchangeRefused),
+        ((500, {}), ProviderError),
+        (requests.ReadTimeout("slow"), ProviderError),
+    ],
+)
+def test_a_clover_code_of_another_merchant_is_refused(reply: Reply, error: type[Exception]) -> None:
+    # Given a callback whose merchant_id was rewritten: the code's token does not open that merchant
+    routes: dict[tuple[str, str], Route] = {
+        ("POST", "/oauth/v2/token"): token_ok,
+        ("GET", "/v3/merchants/ABCDEFGHJK123"): lambda _r: reply,
+    }
+    oauth, _ = clover(routes)
+    # Then the exchange is refused (nothing will be stored), or fails as the provider's error
+    with pytest.raises(error):
+        oauth.exchange_code(CallbackParams("s", "c0de", merchant_id="ABCDEFGHJK123"), "https://x/cb")
 
 
 @pytest.mark.parametrize(

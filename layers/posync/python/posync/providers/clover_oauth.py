@@ -6,7 +6,9 @@
   ``error=access_denied``.
 - Exchange: POST ``{oauth_base}/oauth/v2/token`` JSON ``{client_id, client_secret, code}``
   -> ``access_token``, ``access_token_expiration``, ``refresh_token``,
-  ``refresh_token_expiration`` (Unix seconds).
+  ``refresh_token_expiration`` (Unix seconds). The reply does not name the merchant, so
+  ``GET {api_base}/v3/merchants/{merchant_id}`` with the new token must answer 200 before the
+  callback's merchant_id is believed (a rewritten merchant_id is refused).
 - Refresh: POST ``{oauth_base}/oauth/v2/refresh`` JSON ``{client_id, refresh_token}``. A
   refresh token works once. Clover may refuse a refresh while the access token is still
   valid (400 ``access_token not expired``): that is ``RefreshNotDue``, not a revocation.
@@ -26,7 +28,16 @@ from posync.app_credentials import CloverAppCredentials
 from posync.config import ProviderHosts
 from posync.domain import check_merchant_id
 from posync.errors import ProviderError
-from posync.providers import CallbackParams, ExchangeRefused, Grant, error_text, json_object, post, scrub
+from posync.providers import (
+    TOKEN_TIMEOUT,
+    CallbackParams,
+    ExchangeRefused,
+    Grant,
+    error_text,
+    json_object,
+    post,
+    scrub,
+)
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
 
 # Used only when a reply omits an expiry (Clover always sends them): assume short lives.
@@ -109,9 +120,32 @@ class CloverOAuth:
             raise ExchangeRefused(
                 f"clover refused the authorization code ({resp.status_code}: {error_text(resp)})"
             )
-        return Grant(
-            merchant_id=merchant_id, tokens=self._tokens(json_object(resp, what), self._clock(), what)
-        )
+        tokens = self._tokens(json_object(resp, what), self._clock(), what)
+        self._check_merchant(merchant_id, tokens.access_token)
+        return Grant(merchant_id=merchant_id, tokens=tokens)
+
+    def _check_merchant(self, merchant_id: str, access_token: str) -> None:
+        """Clover's token reply does not say whose token it is, and the callback's merchant_id is a
+        query parameter anyone can rewrite: ask the API whether the token opens that merchant, so a
+        token of one merchant is never stored under (and never takes over) another."""
+        what = "clover merchant check"
+        try:
+            resp = self._session.get(
+                f"{self._hosts.api_base}/v3/merchants/{merchant_id}",
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                timeout=TOKEN_TIMEOUT,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            raise ProviderError(f"{what} timed out") from exc
+        except requests.RequestException as exc:
+            raise ProviderError(f"{what} could not be reached ({type(exc).__name__})") from exc
+        if resp.status_code in (401, 403, 404):
+            raise ExchangeRefused(
+                f"the authorization code was not issued for this merchant ({resp.status_code})"
+            )
+        if resp.status_code != 200:
+            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         what = "clover refresh endpoint"
