@@ -8,6 +8,12 @@
   and connection secrets emptied first, and the sandboxes' knobs at their defaults.
 - ``module_runtime`` (module): a runtime of its own stage (own tables, queues,
   bucket, front) sharing the session's AWS and sandboxes: no other module sees its data.
+- ``rt`` (module): ``module_runtime`` with the provider sandboxes, the module skipped
+  without them (a module may define an ``rt`` of its own); ``settings``: its settings.
+- ``seen`` (module): the secrets a module's tests saw (codes, tokens), for its log scan.
+- ``empty_sync_queue``: drops what is on ``rt``'s sync queue (the callbacks' backfills);
+  modules that do not test the queue use it before every test
+  (``pytestmark = pytest.mark.usefixtures("empty_sync_queue")``).
 - ``captured_logs`` (session): every log record of the process since the session
   started, formatted as its own handler would (Powertools JSON included), for
   secret scanning: ``captured_logs.text``, ``captured_logs.mark()`` /
@@ -30,9 +36,11 @@ from typing import Any
 
 import pytest
 
+from posync.config import Settings
 from posync_local.local_aws import external_aws_requested
 from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
+from tests.integration.auth_flow import Secrets, queued_syncs
 
 HERE = Path(__file__).resolve().parent
 _module_stage_numbers = itertools.count(1)
@@ -141,6 +149,29 @@ def clean_runtime(local_runtime: LocalRuntime) -> LocalRuntime:
     """The session runtime with empty tables, queues, bucket and no connection secrets."""
     local_runtime.reset_data()
     return local_runtime
+
+
+@pytest.fixture(scope="module")
+def rt(module_runtime: LocalRuntime) -> LocalRuntime:
+    """The module's runtime, with the provider sandboxes (the module is skipped without them)."""
+    if module_runtime.clover is None:
+        pytest.skip("the provider sandboxes are not available")
+    return module_runtime
+
+
+@pytest.fixture
+def settings(module_runtime: LocalRuntime) -> Settings:
+    return module_runtime.settings
+
+
+@pytest.fixture(scope="module")
+def seen() -> Secrets:
+    return Secrets()
+
+
+@pytest.fixture
+def empty_sync_queue(rt: LocalRuntime) -> None:
+    queued_syncs(rt.settings)
 
 
 @pytest.fixture(autouse=True)

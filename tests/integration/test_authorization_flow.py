@@ -7,7 +7,6 @@ Approve or Deny) and follows the redirect to our callback, then checks what was 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import boto3
@@ -39,22 +38,7 @@ from tests.integration.auth_flow import (
 PROVIDERS = ("clover", "poynt")
 
 
-@pytest.fixture(scope="module")
-def rt(module_runtime: LocalRuntime) -> LocalRuntime:
-    if module_runtime.clover is None:
-        pytest.skip("the provider sandboxes are not available")
-    return module_runtime
-
-
-@pytest.fixture(scope="module")
-def seen() -> Secrets:
-    return Secrets()
-
-
-@pytest.fixture(autouse=True)
-def _empty_queue(rt: LocalRuntime) -> Iterator[None]:
-    queued_syncs(rt.settings)
-    yield
+pytestmark = pytest.mark.usefixtures("empty_sync_queue")
 
 
 def new_merchant(rt: LocalRuntime, provider: str) -> str:

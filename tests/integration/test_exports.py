@@ -17,29 +17,7 @@ from posync import aws
 from posync.config import Settings
 from posync.exports import ExportIntegrityError, ExportWriter, latest, manifest_key, read_manifested
 from posync.store import OrderRepository
-from posync_local.runtime import LocalRuntime
-
-
-@pytest.fixture
-def settings(module_runtime: LocalRuntime) -> Settings:
-    return module_runtime.settings
-
-
-def merchant() -> str:
-    return secrets.token_hex(7)[:13].upper()
-
-
-def order(mid: str, oid: str, modified_at: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "provider": "clover",
-        "merchant_id": mid,
-        "order_id": oid,
-        "state": "paid",
-        "modified_at": modified_at,
-        "totals": {"total": 500},
-        **extra,
-    }
+from tests.integration.canonical_orders import merchant, order
 
 
 def s3_bytes(settings: Settings, key: str) -> bytes:

@@ -40,7 +40,7 @@ from tests.integration.auth_flow import (
     stored_tokens,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("empty_sync_queue")]
 
 PROVIDERS = ("clover", "poynt")
 TIMEOUT = 10
@@ -61,19 +61,6 @@ HOSTILE_IDS = [
     "0b9f1c2e-1111-4222-8333-444455556666/../x",
     "0B9F1C2E-1111-4222-8333-444455556666",
 ]
-
-
-@pytest.fixture(scope="module")
-def rt(module_runtime: LocalRuntime) -> LocalRuntime:
-    if module_runtime.clover is None:
-        pytest.skip("the provider sandboxes are not available")
-    return module_runtime
-
-
-@pytest.fixture(autouse=True)
-def _empty_queue(rt: LocalRuntime) -> Iterator[None]:
-    queued_syncs(rt.settings)
-    yield
 
 
 # --------------------------------------------------------------------------- helpers

@@ -6,42 +6,17 @@ Each test uses a merchant of its own on the module's stage, so tests do not see 
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from posync import aws
 from posync.config import Settings
 from posync.exports import ExportWriter, read_manifested
 from posync.store import MAX_INLINE_PAYLOAD, OrderRepository
-from posync_local.runtime import LocalRuntime
+from tests.integration.canonical_orders import merchant, order
 
 DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
-
-
-@pytest.fixture
-def settings(module_runtime: LocalRuntime) -> Settings:
-    return module_runtime.settings
-
-
-def merchant() -> str:
-    return secrets.token_hex(7)[:13].upper()
-
-
-def order(mid: str, oid: str, modified_at: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "provider": "clover",
-        "merchant_id": mid,
-        "order_id": oid,
-        "state": "paid",
-        "modified_at": modified_at,
-        "totals": {"total": 1999},
-        **extra,
-    }
 
 
 def ts(minute: int, ms: int = 0) -> str:

@@ -26,7 +26,6 @@ from tests.integration.auth_flow import (
     connect,
     connection,
     poynt_of,
-    queued_syncs,
     sandbox_of,
     stored_tokens,
     token_in_child,
@@ -37,21 +36,8 @@ CHILD_PROCESSES = 2
 CHILD_THREADS = 6
 
 
-@pytest.fixture(scope="module")
-def rt(module_runtime: LocalRuntime) -> LocalRuntime:
-    if module_runtime.clover is None:
-        pytest.skip("the provider sandboxes are not available")
-    return module_runtime
-
-
-@pytest.fixture(scope="module")
-def seen() -> Secrets:
-    return Secrets()
-
-
-@pytest.fixture(autouse=True)
-def _drop_queue(rt: LocalRuntime) -> None:
-    queued_syncs(rt.settings)  # the callbacks' backfill messages are not under test here
+# the callbacks' backfill messages are not under test here
+pytestmark = pytest.mark.usefixtures("empty_sync_queue")
 
 
 def connected(

@@ -25,22 +25,7 @@ from tests.integration.auth_flow import (
     stored_tokens,
 )
 
-
-@pytest.fixture(scope="module")
-def rt(module_runtime: LocalRuntime) -> LocalRuntime:
-    if module_runtime.clover is None:
-        pytest.skip("the provider sandboxes are not available")
-    return module_runtime
-
-
-@pytest.fixture(scope="module")
-def seen() -> Secrets:
-    return Secrets()
-
-
-@pytest.fixture(autouse=True)
-def _empty_queue(rt: LocalRuntime) -> None:
-    queued_syncs(rt.settings)
+pytestmark = pytest.mark.usefixtures("empty_sync_queue")
 
 
 def hook_url(rt: LocalRuntime, provider: str) -> str:
