@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # expires under a caller that is still waiting for the provider.
 TOKEN_TIMEOUT: tuple[float, float] = (5.0, 15.0)
 
+# Token endpoint statuses that mean "no" for good; anything else unexpected is a (transient) provider error.
+REFUSALS = (400, 401, 403)
+
 _TOKENISH = re.compile(r"[A-Za-z0-9._~+/=-]{20,}")
 
 
@@ -129,6 +132,24 @@ def json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProviderError(f"{what} answered an unexpected JSON shape", status=resp.status_code)
     return body
+
+
+def raise_unless_refusal(resp: requests.Response, what: str) -> None:
+    """A token endpoint's non-200 answer: a refusal (400, 401, 403) returns, anything else is a
+    ProviderError (the caller raises the refusal its own way)."""
+    if resp.status_code not in REFUSALS:
+        raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+
+
+def exchange_reply(resp: requests.Response, provider: str, what: str) -> dict[str, Any]:
+    """The JSON object of a 200 code-exchange reply; a refusal raises ExchangeRefused (with the
+    provider's scrubbed reason), any other status ProviderError."""
+    if resp.status_code != 200:
+        raise_unless_refusal(resp, what)
+        raise ExchangeRefused(
+            f"{provider} refused the authorization code ({resp.status_code}: {error_text(resp)})"
+        )
+    return json_object(resp, what)
 
 
 _session: requests.Session | None = None

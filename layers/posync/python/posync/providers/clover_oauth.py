@@ -34,16 +34,16 @@ from posync.providers import (
     ExchangeRefused,
     Grant,
     error_text,
+    exchange_reply,
     json_object,
     post,
+    raise_unless_refusal,
     scrub,
 )
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
 
 # Used only when a reply omits an expiry (Clover always sends them): assume short lives.
 FALLBACK_ACCESS_TTL_S = 600
-# Statuses that mean "no" for good; anything else unexpected is a (transient) provider error.
-REFUSALS = (400, 401, 403)
 
 
 def _expiry(body: Mapping[str, Any], key: str, fallback: int | None) -> int | None:
@@ -114,13 +114,7 @@ class CloverOAuth:
                 "code": callback.code,
             },
         )
-        if resp.status_code not in (200, *REFUSALS):
-            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
-        if resp.status_code != 200:
-            raise ExchangeRefused(
-                f"clover refused the authorization code ({resp.status_code}: {error_text(resp)})"
-            )
-        tokens = self._tokens(json_object(resp, what), self._clock(), what)
+        tokens = self._tokens(exchange_reply(resp, "clover", what), self._clock(), what)
         self._check_merchant(merchant_id, tokens.access_token)
         return Grant(merchant_id=merchant_id, tokens=tokens)
 
@@ -171,9 +165,8 @@ class CloverOAuth:
                 fresh.refresh_expires_at,
                 now,
             )
+        raise_unless_refusal(resp, what)
         message = error_text(resp)
-        if resp.status_code not in REFUSALS:
-            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
         # Clover tells an early refresh apart only by its message; this adapter is the one
         # place that knows it.
         if resp.status_code == 400 and "not expired" in message.lower():

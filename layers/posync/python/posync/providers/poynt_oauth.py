@@ -33,7 +33,17 @@ from posync.app_credentials import PoyntAppCredentials
 from posync.config import ProviderHosts
 from posync.domain import MERCHANT_ID_PATTERNS
 from posync.errors import ProviderError
-from posync.providers import CallbackParams, ExchangeRefused, Grant, error_text, json_object, post, scrub
+from posync.providers import (
+    CallbackParams,
+    ExchangeRefused,
+    Grant,
+    error_text,
+    exchange_reply,
+    json_object,
+    post,
+    raise_unless_refusal,
+    scrub,
+)
 from posync.tokens import RefreshRefused, TokenSet
 
 API_VERSION = "1.2"
@@ -41,7 +51,6 @@ APP_JWT_TTL_S = 240  # Poynt accepts at most 300 s between iat and exp
 APP_TOKEN_MARGIN_S = 120  # re-fetch the cached app token this long before it expires
 DEFAULT_EXPIRES_IN_S = 86400
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-REFUSALS = (400, 401, 403)
 
 
 def business_id_of(access_token: str) -> str:
@@ -180,13 +189,7 @@ class PoyntOAuth:
             },
             headers=self._headers(bearer=self.self_signed_jwt()),
         )
-        if resp.status_code not in (200, *REFUSALS):
-            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
-        if resp.status_code != 200:
-            raise ExchangeRefused(
-                f"poynt refused the authorization code ({resp.status_code}: {error_text(resp)})"
-            )
-        tokens = self._tokens(json_object(resp, what), now, what)
+        tokens = self._tokens(exchange_reply(resp, "poynt", what), now, what)
         return Grant(merchant_id=business_id_of(tokens.access_token), tokens=tokens)
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
@@ -204,8 +207,7 @@ class PoyntOAuth:
         if resp.status_code == 200:
             fresh = self._tokens(json_object(resp, what), now, what)
             return tokens.renewed(fresh.access_token, fresh.access_expires_at, fresh.refresh_token, None, now)
-        if resp.status_code not in REFUSALS:
-            raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+        raise_unless_refusal(resp, what)
         raise RefreshRefused(
             f"poynt refused the refresh token ({resp.status_code}: {error_text(resp) or 'no detail'}); "
             "the merchant must reconnect"
