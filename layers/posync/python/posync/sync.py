@@ -237,6 +237,11 @@ class SourceFactory:
         want = self.config.parallelism or limits.token_concurrency or 5
         if limits.token_concurrency:
             want = min(want, limits.token_concurrency)
+        if _caught_up(conn, self.clock.time()):
+            # A scheduled run of a connection that is caught up reads a page or two: one request
+            # slot is enough, and leasing more would starve the other connections' runs of the
+            # app's shared concurrency. A run that turns out bigger continues with full parallelism.
+            want = 1
         release: Callable[[], None] | None = None
         if self.app_slots is not None:
             slots = self.app_slots(p)
@@ -266,6 +271,25 @@ class SourceFactory:
         if release is not None:
             source.on_close(release)
         return source
+
+
+CAUGHT_UP_S = 2 * 3600
+
+
+def _caught_up(conn: Connection, now_s: float) -> bool:
+    """A settled cursor (no run in progress) less than ``CAUGHT_UP_S`` behind ``now_s``."""
+    cursor = conn.cursor or {}
+    if not cursor or "run" in cursor:
+        return False
+    position: float | None = None
+    if isinstance(cursor.get("modified_ms"), int | float):
+        position = float(cursor["modified_ms"]) / 1000
+    elif isinstance(cursor.get("updated_at"), str):
+        try:
+            position = datetime.fromisoformat(cursor["updated_at"].replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return False
+    return position is not None and now_s - position < CAUGHT_UP_S
 
 
 # --------------------------------------------------------------------------- the run
