@@ -450,7 +450,10 @@ def test_stages_are_isolated_and_reset_data_empties_only_data(
     assert attrs["ApproximateNumberOfMessages"] == "0"
     sm = client("secretsmanager")
     names = {
-        s["Name"] for s in sm.list_secrets()["SecretList"] if s["Name"].startswith(f"posync/{ms.stage}/")
+        s["Name"]
+        for page in sm.get_paginator("list_secrets").paginate()  # other stages' secrets fill pages too
+        for s in page["SecretList"]
+        if s["Name"].startswith(f"posync/{ms.stage}/")
     }
     assert names == {ms.state_key_secret_name, ms.app_secret_name("clover"), ms.app_secret_name("poynt")}
     local_runtime.apply_env()
@@ -789,7 +792,7 @@ def _secret_values(aws_url: str) -> tuple[list[str], list[str]]:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    names = [s["Name"] for s in sm.list_secrets()["SecretList"]]
+    names = [s["Name"] for page in sm.get_paginator("list_secrets").paginate() for s in page["SecretList"]]
     values: list[str] = []
     secret_field = re.compile(r"token|secret|private|key|code", re.IGNORECASE)
     not_secret = re.compile(r"expir|_at$|_id$|^id$", re.IGNORECASE)
