@@ -1,6 +1,6 @@
 """The Poynt sandbox: consent page, ``/token`` (JWT bearer, authorization code, refresh), orders.
 
-Poynt serves consent on poynt.net and the token endpoint and API on services.poynt.net; the
+Poynt serves consent on one host and the token endpoint and API on another (``posync.config``); the
 sandbox serves all of them on one host (point both ``POSYNC_POYNT_*_BASE`` settings at it).
 
 Choices where Poynt's docs are silent, or where the sandbox must pick:

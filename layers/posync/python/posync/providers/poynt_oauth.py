@@ -1,7 +1,7 @@
 """GoDaddy Poynt OAuth: consent URL, callback, code exchange, refresh and the app's own token.
 
 - The app authenticates with a **self-signed RS256 JWT**: ``iss = sub = <app id>``,
-  ``aud = <API base>`` (``https://services.poynt.net`` in production), ``iat``, ``exp``
+  ``aud = <API base>`` (``POSYNC_POYNT_API_BASE``, see ``posync.config``), ``iat``, ``exp``
   (``APP_JWT_TTL_S`` later, under Poynt's 300 s cap) and a fresh random ``jti`` every time
   (Poynt rejects a reused one), signed with the app's private key.
 - Consent: ``{authorize_base}/applications/authorize?client_id=<app id>&redirect_uri&context``;
