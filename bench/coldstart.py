@@ -6,8 +6,8 @@ the wall and CPU time of that import, module body included (settings, services, 
 The baseline is a bare handler importing only ``boto3`` and ``aws_lambda_powertools``.
 
 The environment looks like Lambda's: ``LAMBDA_TASK_ROOT`` and ``AWS_LAMBDA_FUNCTION_NAME``
-set (Powertools' Tracer then patches boto3/requests for X-Ray, and the X-Ray SDK uses its
-Lambda sampler, as on Lambda), dummy credentials, a region, and an ``AWS_ENDPOINT_URL`` on
+set (Powertools and the X-Ray SDK behave as on Lambda; ``POSYNC_TRACE_CALLS`` unset, the
+stack's default, so the SDK is not loaded), dummy credentials, a region, and an ``AWS_ENDPOINT_URL`` on
 a closed local port so any AWS call made at import fails at once instead of waiting.
 
 Bytecode: the main figures use compiled bytecode (kept under a private
@@ -175,7 +175,7 @@ def scenario(
         paths = {BARE: bare, **{h: ROOT / "functions" / h / "handler.py" for h in handlers}}
         compiled = run_modes(paths, runs, bytecode=True, workdir=workdir, rng=rng)
         out: dict[str, Any] = {
-            "environment": "Lambda-like (LAMBDA_TASK_ROOT set: tracer patches, X-Ray Lambda sampler)",
+            "environment": "Lambda-like (LAMBDA_TASK_ROOT set; POSYNC_TRACE_CALLS unset, the stack default)",
             "runs_per_module": runs,
             "bare": compiled[BARE],
             "handlers": _ratios(compiled),

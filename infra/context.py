@@ -43,6 +43,14 @@ def _retention(raw: Any) -> int:
     return value
 
 
+def _flag(raw: Any, name: str) -> bool:
+    if raw is None or raw == "" or raw is False or str(raw).lower() == "false":
+        return False
+    if raw is True or str(raw).lower() == "true":
+        return True
+    raise ContextError(f"context {name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class InfraContext:
     stage: str = "dev"
@@ -55,6 +63,7 @@ class InfraContext:
     api_rate_limit: int = 50  # requests/s, steady state, on the HTTP API's default stage
     api_burst_limit: int = 100
     alarm_email: str | None = None  # subscribed to the alarm topic when set
+    trace_calls: bool = False  # X-Ray subsegments for every AWS and provider call (the X-Ray SDK)
 
     @classmethod
     def from_values(cls, get: Any) -> InfraContext:
@@ -93,6 +102,7 @@ class InfraContext:
             api_rate_limit=num("apiRateLimit", 50, 1, 10000),
             api_burst_limit=num("apiBurstLimit", 100, 1, 5000),
             alarm_email=str(email) if email is not None else None,
+            trace_calls=_flag(get("traceCalls"), "traceCalls"),
         )
 
     @classmethod

@@ -21,7 +21,7 @@ from infra.constructs.storage import Storage
 from infra.constructs.sync import SyncPipeline
 from infra.context import InfraContext
 from posync.config import PROVIDERS
-from posync.observability import NAMESPACE, SERVICE
+from posync.observability import NAMESPACE, SERVICE, TRACE_CALLS_ENV
 from posync.resources import resources
 
 
@@ -73,6 +73,8 @@ class PosyncStack(Stack):
             "POWERTOOLS_SERVICE_NAME": SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
         }
+        if ctx.trace_calls:
+            environment[TRACE_CALLS_ENV] = "true"
         self.functions = Functions(
             self,
             "Functions",

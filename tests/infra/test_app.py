@@ -81,6 +81,7 @@ def test_cdk_json_runs_the_app_from_the_repo_root() -> None:
         ({"exportsIaDays": 7}, "exportsIaDays"),
         ({"logRetentionDays": 31}, "logRetentionDays"),
         ({"alarmEmail": "not-an-address"}, "alarmEmail"),
+        ({"traceCalls": "sometimes"}, "traceCalls"),
     ],
 )
 def test_bad_context_is_refused(values: dict[str, Any], message: str) -> None:
@@ -105,6 +106,7 @@ KNOBS = {
     "workerMaxConcurrency": "4",
     "exportsIaDays": "60",
     "alarmEmail": "ops@example.com",
+    "traceCalls": "true",
 }
 
 
@@ -147,6 +149,7 @@ def test_knobs_reach_the_template(qa: dict[str, Any]) -> None:
         assert env["POSYNC_PROVIDER_REGION"] == "eu"
         assert env["POSYNC_SCHEDULE_MINUTES"] == "5"
         assert env["POSYNC_STAGE"] == "qa"
+        assert env["POSYNC_TRACE_CALLS"] == "true"  # X-Ray SDK subsegments, opted in
         assert fn["FunctionName"].startswith("posync-qa-")
     # Outputs: connect links on the custom domain
     assert qa["Outputs"]["ConnectUrlClover"]["Value"] == "https://pos.example.com/connect/clover"
