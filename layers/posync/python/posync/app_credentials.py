@@ -19,16 +19,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from posync.aws import client
 from posync.config import Settings
 from posync.domain import check_provider
 from posync.errors import InvalidInput, PosyncError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 CLOVER_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 POYNT_APP_ID = re.compile(r"urn:aid:[A-Za-z0-9._-]{1,80}")
@@ -41,6 +42,10 @@ class AppNotConfigured(PosyncError):
 
 def load_rsa_private_key(pem: str | bytes) -> RSAPrivateKey:
     """The RSA private key in ``pem``; ``InvalidInput`` (saying nothing of the content) otherwise."""
+    # cryptography loads on first use: only Poynt connections need it (a Clover-only cold start skips it).
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         key = load_pem_private_key(data, password=None)

@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-import jwt
 import requests
 
 from posync.app_credentials import PoyntAppCredentials
@@ -62,6 +61,8 @@ def business_id_of(access_token: str) -> str:
     claim is then checked against the business-id pattern before it is used anywhere.
     Verifying would also need Poynt's signing keys, which posync has no other use for.
     """
+    import jwt  # PyJWT (and cryptography) load on first Poynt use, not at every cold start
+
     try:
         claims = jwt.decode(access_token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
@@ -92,6 +93,8 @@ class PoyntOAuth:
     # -- the app's own credentials ---------------------------------------------------------
 
     def self_signed_jwt(self) -> str:
+        import jwt  # on first Poynt use (see business_id_of)
+
         creds = self._credentials()
         now = int(self._clock())
         claims = {
