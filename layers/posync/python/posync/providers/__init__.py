@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-
-import requests
 
 from posync.errors import PosyncError, ProviderError, RateLimited
 from posync.tokens import TokenSet
 
 if TYPE_CHECKING:
+    import requests
+
     from posync.app_credentials import AppCredentialsStore
     from posync.config import Settings
 
@@ -89,6 +90,19 @@ def error_text(resp: requests.Response) -> str:
     return ""
 
 
+@contextmanager
+def reaching(what: str) -> Iterator[None]:
+    """Timeouts and connection errors of a request to ``what`` become ProviderError (naming only ``what``)."""
+    import requests  # loaded with the first provider call: the connect and webhook handlers never make one
+
+    try:
+        yield
+    except requests.Timeout as exc:
+        raise ProviderError(f"{what} timed out") from exc
+    except requests.RequestException as exc:
+        raise ProviderError(f"{what} could not be reached ({type(exc).__name__})") from exc
+
+
 def post(
     session: requests.Session,
     url: str,
@@ -102,14 +116,10 @@ def post(
 
     Messages name the endpoint (``what``) only: never the URL's query, the body or headers.
     """
-    try:
+    with reaching(what):
         resp = session.post(
             url, json=json_body, data=form, headers=headers, timeout=TOKEN_TIMEOUT, allow_redirects=False
         )
-    except requests.Timeout as exc:
-        raise ProviderError(f"{what} timed out") from exc
-    except requests.RequestException as exc:
-        raise ProviderError(f"{what} could not be reached ({type(exc).__name__})") from exc
     if resp.status_code == 429:
         retry = resp.headers.get("Retry-After", "")
         raise RateLimited(
@@ -159,9 +169,23 @@ def shared_session() -> requests.Session:
     """One pooled session per container for token calls."""
     global _session  # noqa: PLW0603 (a per-container singleton)
     if _session is None:
+        import requests
+
         _session = requests.Session()
         _session.headers["User-Agent"] = "posync/0.1"
     return _session
+
+
+class UsesSession:
+    """A provider adapter's HTTP session: the one it was given, else the container's shared one,
+    created on first use (the connect handler builds adapters but never calls a provider)."""
+
+    _given_session: requests.Session | None = None
+
+    @property
+    def _session(self) -> requests.Session:
+        given = self._given_session
+        return given if given is not None else shared_session()
 
 
 def build_providers(
@@ -173,8 +197,8 @@ def build_providers(
     from posync.providers.clover_oauth import CloverOAuth
     from posync.providers.poynt_oauth import PoyntOAuth
 
-    s = session or shared_session()
+    # session None: the container's shared one, created with the first provider call
     return {
-        "clover": CloverOAuth(settings.clover, credentials.clover, s, clock),
-        "poynt": PoyntOAuth(settings.poynt, credentials.poynt, s, clock),
+        "clover": CloverOAuth(settings.clover, credentials.clover, session, clock),
+        "poynt": PoyntOAuth(settings.poynt, credentials.poynt, session, clock),
     }

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import requests
 
 from posync.app_credentials import CloverAppCredentials
 from posync.config import ProviderHosts
@@ -33,14 +31,19 @@ from posync.providers import (
     CallbackParams,
     ExchangeRefused,
     Grant,
+    UsesSession,
     error_text,
     exchange_reply,
     json_object,
     post,
     raise_unless_refusal,
+    reaching,
     scrub,
 )
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
+
+if TYPE_CHECKING:
+    import requests
 
 # Used only when a reply omits an expiry (Clover always sends them): assume short lives.
 FALLBACK_ACCESS_TTL_S = 600
@@ -54,19 +57,19 @@ def _expiry(body: Mapping[str, Any], key: str, fallback: int | None) -> int | No
         return fallback
 
 
-class CloverOAuth:
+class CloverOAuth(UsesSession):
     name = "clover"
 
     def __init__(
         self,
         hosts: ProviderHosts,
         credentials: Callable[[], CloverAppCredentials],
-        session: requests.Session,
+        session: requests.Session | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._hosts = hosts
         self._credentials = credentials
-        self._session = session
+        self._given_session = session
         self._clock = clock
 
     def authorize_url(self, redirect_uri: str, state: str, merchant_hint: str | None = None) -> str:
@@ -123,17 +126,13 @@ class CloverOAuth:
         query parameter anyone can rewrite: ask the API whether the token opens that merchant, so a
         token of one merchant is never stored under (and never takes over) another."""
         what = "clover merchant check"
-        try:
+        with reaching(what):
             resp = self._session.get(
                 f"{self._hosts.api_base}/v3/merchants/{merchant_id}",
                 headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
                 timeout=TOKEN_TIMEOUT,
                 allow_redirects=False,
             )
-        except requests.Timeout as exc:
-            raise ProviderError(f"{what} timed out") from exc
-        except requests.RequestException as exc:
-            raise ProviderError(f"{what} could not be reached ({type(exc).__name__})") from exc
         if resp.status_code in (401, 403, 404):
             raise ExchangeRefused(
                 f"the authorization code was not issued for this merchant ({resp.status_code})"

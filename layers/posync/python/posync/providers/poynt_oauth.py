@@ -23,10 +23,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import requests
 
 from posync.app_credentials import PoyntAppCredentials
 from posync.config import ProviderHosts
@@ -36,6 +34,7 @@ from posync.providers import (
     CallbackParams,
     ExchangeRefused,
     Grant,
+    UsesSession,
     error_text,
     exchange_reply,
     json_object,
@@ -44,6 +43,9 @@ from posync.providers import (
     scrub,
 )
 from posync.tokens import RefreshRefused, TokenSet
+
+if TYPE_CHECKING:
+    import requests
 
 API_VERSION = "1.2"
 APP_JWT_TTL_S = 240  # Poynt accepts at most 300 s between iat and exp
@@ -73,19 +75,19 @@ def business_id_of(access_token: str) -> str:
     return biz
 
 
-class PoyntOAuth:
+class PoyntOAuth(UsesSession):
     name = "poynt"
 
     def __init__(
         self,
         hosts: ProviderHosts,
         credentials: Callable[[], PoyntAppCredentials],
-        session: requests.Session,
+        session: requests.Session | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._hosts = hosts
         self._credentials = credentials
-        self._session = session
+        self._given_session = session
         self._clock = clock
         self._app_token: tuple[str, float] | None = None
         self._app_token_lock = threading.Lock()

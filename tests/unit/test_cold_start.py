@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,59 @@ def test_the_xray_sdk_loads_only_when_call_tracing_is_on() -> None:
     assert _imports_xray({}) is False
     # When the stack opts in, the Tracer patches
     assert _imports_xray({"POSYNC_TRACE_CALLS": "true", "AWS_DEFAULT_REGION": "us-east-1"}) is True
+
+
+_LOADED = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+modules = sorted(m for m in sys.modules if "." not in m)
+aws = sys.modules.get("posync.aws")
+built = [s for s, c in aws._clients.items() if c._built is not None] if aws else []
+print(json.dumps({"modules": modules, "built": built}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("handler", "absent"),
+    [
+        ("health", {"boto3", "requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("connect", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("webhooks", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("dispatcher", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("callback", {"jwt", "cryptography", "aws_xray_sdk"}),
+        ("worker", {"jwt", "cryptography", "aws_xray_sdk"}),
+    ],
+)
+def test_a_handler_import_loads_only_what_every_invocation_needs(handler: str, absent: set[str]) -> None:
+    # Given a Lambda-like environment (as the cold-start benchmark sets it; port 9 refuses at once)
+    root = LAYER.parents[2]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(LAYER),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LAMBDA_TASK_ROOT": str(root),
+        "AWS_LAMBDA_FUNCTION_NAME": f"posync-test-{handler}",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto's documented dummy, not a secret
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "POSYNC_STAGE": "test",
+        "POSYNC_SYNC_QUEUE_URL": "http://127.0.0.1:9/000000000000/posync-test-sync.fifo",
+    }
+    # When the handler module is imported in a fresh interpreter
+    out = subprocess.run(
+        [sys.executable, "-c", _LOADED, str(root / "functions" / handler / "handler.py")],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    # Then no provider-specific or optional library is loaded, and no AWS client is built yet
+    assert absent.isdisjoint(loaded["modules"]), absent & set(loaded["modules"])
+    assert loaded["built"] == []
