@@ -123,6 +123,27 @@ def test_reconnecting_keeps_the_cursor_and_reactivates(repo: ConnectionRepositor
     assert repo.get("clover", M1).cursor == again.cursor
 
 
+def test_a_completed_run_clears_the_last_error_and_a_checkpoint_keeps_it(
+    repo: ConnectionRepository, settings: Settings
+) -> None:
+    # Given a connection whose last sync failed
+    conn = repo.save_connected(connected())
+    repo.record_error(conn, "ProviderError: clover answered 503")
+    # When a later run checkpoints, the error is still the latest news
+    repo.commit_cursor(conn, {"modified_ms": 5, "run": {}}, {"run_id": "r2", "status": "in_progress"})
+    assert repo.get("clover", M1).last_error == "ProviderError: clover answered 503"
+    # When that run completes
+    repo.commit_cursor(conn, {"modified_ms": 9}, {"run_id": "r2", "status": "completed"})
+    # Then the error (and its time) is gone from the record, in the same write
+    assert repo.get("clover", M1).last_error is None
+    assert conn.last_error is None
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=settings.connections_table, Key={"connection_id": {"S": conn.connection_id}}
+    )["Item"]
+    assert "last_error" not in item
+    assert "last_error_at" not in item
+
+
 def test_commit_cursor_needs_an_existing_connection(repo: ConnectionRepository) -> None:
     # Given a connection object whose record does not exist (deleted meanwhile)
     ghost = connected(M3)

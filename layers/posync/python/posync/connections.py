@@ -239,15 +239,24 @@ class ConnectionRepository:
         self._update_existing(conn_id, up)
 
     def commit_cursor(self, conn: Connection, cursor: dict[str, Any], last_run: dict[str, Any]) -> None:
-        """Store the sync position (after the checkpoint it describes is durable)."""
+        """Store the sync position (after the checkpoint it describes is durable).
+
+        A completed run also clears the last sync error (same write): the connection has
+        recovered, and ``posync connections show`` should not keep reporting a fixed failure.
+        """
         up = (
             _Update()
             .set("cursor", json.dumps(cursor, separators=(",", ":"), sort_keys=True, default=str))
             .set("last_run", json.dumps(last_run, separators=(",", ":"), sort_keys=True, default=str))
         )
+        recovered = last_run.get("status") == "completed"
+        if recovered:
+            up.remove("last_error").remove("last_error_at")
         self._update_existing(conn.connection_id, up)
         conn.cursor = dict(cursor)
         conn.last_run = dict(last_run)
+        if recovered:
+            conn.last_error = None
 
     def record_error(self, conn: Connection, message: str) -> None:
         """Remember the last sync error (a short, secret-free reason)."""
