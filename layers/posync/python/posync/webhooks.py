@@ -58,6 +58,9 @@ MAX_BODY_BYTES = 256 * 1024
 VERIFICATION_KEY = "webhook#clover#verification"
 VERIFICATION_RETENTION_S = 7 * 86400
 CREDENTIAL_RELOAD_MIN_AGE_S = 30.0  # a failed check re-reads rotated secrets at most this often
+# APPLICATION_SUBSCRIPTION_END is Poynt's documented "subscription cancellation/end" event (its
+# billing-webhooks guide and the Java SDK's hook-registration sample subscribe to it with
+# APPLICATION_SUBSCRIPTION_START); the two others are accepted in case a portal sends them.
 POYNT_UNINSTALL_EVENTS = frozenset(
     {"APPLICATION_SUBSCRIPTION_END", "APPLICATION_UNINSTALLED", "BUSINESS_APPLICATION_UNINSTALLED"}
 )
