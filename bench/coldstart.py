@@ -77,7 +77,7 @@ def lambda_env(name: str, task_root: str, pycache: str | None) -> dict[str, str]
         **base,
         "LAMBDA_TASK_ROOT": task_root,
         "AWS_LAMBDA_FUNCTION_NAME": f"posync-bench-{name}",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1769",
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -9,7 +9,7 @@ live object (the pages in flight and botocore's service models). ``make bench`` 
 the collector at 60-70 % of the worker's CPU on a 100,000-order backfill (11-13 s of 19 s);
 collecting the youngest generation every ``threshold0`` allocations instead of every 700
 brings it down to a few percent and the CPU per order down by about a third. On Lambda the
-worker's 1024 MB buy about 0.6 vCPU, so that CPU is throughput.
+worker's CPU (one vCPU at its 1,769 MB) is its throughput.
 
 Cyclic garbage (rare here) is still collected, only later. Nothing is frozen: the policy is
 safe in a long-lived process too (the local runtime and the tests load the worker in

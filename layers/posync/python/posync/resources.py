@@ -129,13 +129,19 @@ class RouteSpec:
     function: str
 
 
+# Lambda gives CPU in proportion to memory: 1,769 MB is one whole vCPU. A backfill is bound by
+# the worker's CPU (parsing and normalizing 1,000-order pages under one interpreter lock: `make
+# bench` keeps a core ~90 % busy at Clover's rate), so at 1,024 MB (0.58 vCPU) it would run at
+# about 0.6 of the speed for the same GB-seconds. More than one vCPU would sit idle (one GIL).
+WORKER_MEMORY_MB = 1769
+
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("health", 5, 256, "GET /health"),
     FunctionSpec("connect", 10, 256, "GET /connect/{provider}: redirect to the provider's consent page"),
     FunctionSpec("callback", 30, 512, "GET /oauth/{provider}/callback: exchange the code, store tokens"),
     FunctionSpec("webhooks", 10, 256, "POST /webhooks/{provider}: verify and enqueue targeted syncs"),
     FunctionSpec("dispatcher", 60, 256, "Scheduled: one sync message per active connection"),
-    FunctionSpec("worker", WORKER_TIMEOUT_S, 1024, "SQS: sync one connection's orders"),
+    FunctionSpec("worker", WORKER_TIMEOUT_S, WORKER_MEMORY_MB, "SQS: sync one connection's orders"),
 )
 
 # The only public routes (DESIGN.md contract). The CDK api construct and the local front share this.
