@@ -35,6 +35,17 @@ BOUNDED = settings(
 CANARY = "canary-4111111111111111"
 
 
+def _strings(value: Any) -> str:
+    """Every string (keys and values) in a JSON value, one per line: what could carry a leak."""
+    if isinstance(value, str):
+        return value + "\n"
+    if isinstance(value, dict):
+        return "".join(_strings(k) + _strings(v) for k, v in value.items())
+    if isinstance(value, list):
+        return "".join(_strings(v) for v in value)
+    return ""
+
+
 def _assert_adds_up(order: dict[str, Any]) -> None:
     t = order["totals"]
     assert t["subtotal"] + t["discount"] + t["service_charge"] + t["tax"] == t["total"]
@@ -84,7 +95,7 @@ def test_clover_orders_normalize_to_valid_orders_with_preserved_totals(
         assert order["state"] == "refunded"
     # And the raw order was not touched, and nothing beyond the contract leaked through
     assert json.dumps(raw, sort_keys=True) == before
-    text = json.dumps(order)
+    text = _strings(order)  # strings only: a total of -42429 is not a card number
     assert "555-0100" not in text and "4242" not in text and "424242" not in text
 
 
@@ -128,7 +139,7 @@ def test_poynt_orders_normalize_to_valid_orders_with_preserved_totals(
         assert order["state"] == "completed"
     else:
         assert order["state"] == ("paid" if 0 < expected.total <= expected.paid else "open")
-    assert "1111" not in json.dumps(order["payments"])
+    assert "1111" not in _strings(order["payments"])
 
 
 # ---------------------------------------------------------------- malformed mutations
