@@ -478,3 +478,54 @@ def test_writer_memory_does_not_grow_with_the_number_of_orders(tmp_path: Any) ->
     # Then the peak is flat (parts are spooled to temp files), not five times bigger
     assert w.records_added == 50_000
     assert peaks[50_000] <= 1.25 * peaks[10_000] + 256 * 1024, peaks
+
+
+def test_open_parts_are_capped_and_an_evicted_part_asks_for_no_checkpoint(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    # Given a writer that keeps at most 3 parts open
+    puts = s3_calls("PutObject")
+    w = writer(settings, max_open_parts=3)
+    days = [f"2026-09-{d:02d}T10:00:00.000Z" for d in range(1, 8)]
+    # When orders arrive date after date (as a backfill reads them), 7 dates, 3 orders each
+    for d, ts in enumerate(days):
+        for i in range(3):
+            w.add(order(f"O{d}-{i}", ts))
+    # Then the least recently written parts went up early, no checkpoint is asked for
+    assert len(puts) == 4 and len(w._parts) == 3
+    assert not w.should_checkpoint
+    # And the manifest lists one part per date with every order, each exactly once
+    key = w.finish()
+    manifest = json.loads(get_bytes(settings, key))
+    assert sorted(f["dt"] for f in manifest["files"]) == [ts[:10] for ts in days]
+    assert sum(f["records"] for f in manifest["files"]) == 21
+    got = sorted(o["order_id"] for o in read_manifested(settings, provider="clover", merchant_id=MID))
+    assert got == sorted(f"O{d}-{i}" for d in range(7) for i in range(3))
+
+
+def test_a_recently_written_part_is_not_evicted(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    puts = s3_calls("PutObject")
+    w = writer(settings, max_open_parts=2)
+    w.add(order("A1", "2026-09-01T10:00:00.000Z"))
+    w.add(order("B1", "2026-09-02T10:00:00.000Z"))
+    w.add(order("A2", "2026-09-01T11:00:00.000Z"))  # A is the most recently written now
+    w.add(order("C1", "2026-09-03T10:00:00.000Z"))  # evicts B, not A
+    assert [p["Key"].split("/")[-2] for p in puts] == ["dt=2026-09-02"]
+    parts = w.checkpoint()
+    assert sorted((p.dt, p.records) for p in parts) == [
+        ("2026-09-01", 2),
+        ("2026-09-02", 1),
+        ("2026-09-03", 1),
+    ]
+
+
+def test_a_failed_part_upload_keeps_the_epoch_from_committing(settings: Settings) -> None:
+    w = writer(settings, max_open_parts=1)
+    w.add(order("A", "2026-09-01T10:00:00.000Z"))
+    w._settings = Settings.from_env({"POSYNC_STAGE": "nosuchstage"})  # its bucket does not exist
+    with pytest.raises(Exception):  # noqa: B017 - whatever S3 answers
+        w.add(order("B", "2026-09-02T10:00:00.000Z"))
+    with pytest.raises(ExportError):
+        w.checkpoint()

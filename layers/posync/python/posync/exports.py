@@ -58,6 +58,13 @@ MANIFEST_PREFIX = "exports/manifests/v1"
 QUARANTINE_PREFIX = "quarantine"
 EVENT_DETAIL_TYPE = "OrdersExported"
 DEFAULT_MAX_PART_BYTES = 64 * 1024 * 1024  # a part this big (compressed) is uploaded without waiting
+# Open parts at once (each holds a ~256 KiB deflate state): past it, the least recently written
+# one is uploaded. A backfill reads each slice in modified-time order, so a date it left is
+# rarely written again; 16 covers the 5 slices in flight several times over.
+DEFAULT_MAX_OPEN_PARTS = 16
+# Uploaded parts not yet in a checkpoint record past which the writer asks for a checkpoint:
+# the record lists them (about 250 bytes each) and a DynamoDB item holds 400 KB.
+MAX_UNRECORDED_PARTS = 500
 RUN_RECORD_TTL_S = 90 * 24 * 3600  # checkpoint records outlive any run; manifests are forever
 GZIP_LEVEL = 6
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -342,7 +349,11 @@ class ExportWriter:
     """Writes one run's exports for one connection.
 
     ``add(order)`` appends a canonical order to its ``dt`` partition's gzip part (spooled to
-    a temp file: memory does not grow with the number of orders); ``checkpoint()`` uploads
+    a temp file: memory does not grow with the number of orders). At most
+    ``max_open_parts`` parts are open at once: opening one more first uploads the least
+    recently written one (memory does not grow with the number of partitions either; the
+    part is recorded by the next checkpoint, like every part of the epoch, and asks for no
+    checkpoint of its own). ``checkpoint()`` uploads
     the open parts (one PUT each) and records them durably so a continuation of the same
     run can list them in the manifest, then the caller may commit its cursor;
     ``finish(...)`` uploads what is left, writes the manifest covering every part of the
@@ -352,8 +363,9 @@ class ExportWriter:
     and :meth:`exported` give the repository the exactly-once bookkeeping.
 
     S3 PUTs per run: one per partition per checkpoint (plus one per quarantine partition
-    per checkpoint) and one manifest. Checkpoint rarely: at the end of an invocation, or
-    when :attr:`should_checkpoint` says a part grew past ``max_part_bytes``.
+    per checkpoint), one more each time a partition is reopened after it was evicted, and
+    one manifest. Checkpoint rarely: at the end of an invocation, or when
+    :attr:`should_checkpoint` says a part grew past ``max_part_bytes``.
 
     If this run id already has a manifest (a crash between ``finish`` and the caller's
     cursor commit), the writer continues as run ``{run_id}-r1`` (``-r2``...) so the earlier
@@ -371,6 +383,7 @@ class ExportWriter:
         dynamodb: DynamoDBClient | None = None,
         put_event: PutEvent | None = None,
         max_part_bytes: int = DEFAULT_MAX_PART_BYTES,
+        max_open_parts: int = DEFAULT_MAX_OPEN_PARTS,
         clock: Callable[[], float] = time.time,
         tmpdir: str | None = None,
     ) -> None:
@@ -386,6 +399,9 @@ class ExportWriter:
             put_event = default_put_event
         self._put_event: PutEvent = put_event
         self._max_part_bytes = max_part_bytes
+        if max_open_parts < 1:
+            raise ExportError("max_open_parts must be at least 1")
+        self._max_open_parts = max_open_parts
         self._clock = clock
         self._tmpdir = tmpdir
         self._ledger = RunLedger(settings, s3=self._s3, dynamodb=self._ddb)
@@ -400,10 +416,12 @@ class ExportWriter:
         self._ref = ""
         self._next_part = 1
         self._started_at = _now_iso(clock)
-        self._parts: dict[str, _Spool] = {}
+        self._parts: dict[str, _Spool] = {}  # least recently written first
+        self._last_dt = ""  # the partition written last (the end of _parts)
         self._quarantine: dict[str, _Spool] = {}
         self._unrecorded: list[PartInfo] = []  # uploaded, not yet in a checkpoint record
         self._unrecorded_q: list[PartInfo] = []
+        self._full = False  # a part went up at the size threshold: ask for a checkpoint
         self._recorded: list[PartInfo] = []  # in this writer's own checkpoint records
         self._recorded_q: list[PartInfo] = []
         self._recorded_refs: list[str] = []
@@ -436,8 +454,13 @@ class ExportWriter:
 
     @property
     def should_checkpoint(self) -> bool:
-        """True when parts were uploaded early (size threshold) and want a checkpoint record."""
-        return bool(self._unrecorded)
+        """True when a part was uploaded early at the size threshold and wants a checkpoint record.
+
+        Parts uploaded because too many were open do not ask (a checkpoint uploads every open
+        part: asking each time would multiply small parts), unless so many wait for a record
+        that it would grow too big.
+        """
+        return self._full or len(self._unrecorded) + len(self._unrecorded_q) >= MAX_UNRECORDED_PARTS
 
     def _new_ref(self) -> str:
         return f"{self._run}/{self._k:05d}-{secrets.token_hex(4)}"
@@ -504,15 +527,25 @@ class ExportWriter:
         """Append one canonical order to its partition (``dt`` = UTC date of ``modified_at``)."""
         self._writable()
         dt = utc_date(str(order["modified_at"]))
-        spool = self._parts.get(dt)
-        if spool is None:
-            spool = self._parts[dt] = _Spool(dt, self._alloc_part(), gzip=True, tmpdir=self._tmpdir)
+        if dt == self._last_dt:
+            spool = self._parts[dt]
+        else:
+            found = self._parts.pop(dt, None)
+            if found is None:
+                while len(self._parts) >= self._max_open_parts:
+                    # The least recently written part goes up now (recorded at the next checkpoint).
+                    self._unrecorded.append(self._upload_part(self._parts.pop(next(iter(self._parts)))))
+                found = _Spool(dt, self._alloc_part(), gzip=True, tmpdir=self._tmpdir)
+            spool = self._parts[dt] = found  # (re)inserted last: the most recently written
+            self._last_dt = dt
         spool.write(json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
         spool.records += 1
         self.records_added += 1
         if spool.size >= self._max_part_bytes:
             del self._parts[dt]
+            self._last_dt = ""
             self._unrecorded.append(self._upload_part(spool))
+            self._full = True
 
     def quarantine(self, raw: Mapping[str, Any], reason: str) -> None:
         """Keep a provider order that could not be normalized, with its reason (uploaded at checkpoint)."""
@@ -544,9 +577,9 @@ class ExportWriter:
         a predecessor that died before recording it) answers 412: take the next number.
         """
         trailer = b"]\n" if encoding is None else b""
-        sha_hex, sha_b64, md5_b64 = spool.seal(trailer)
         extra: dict[str, Any] = {"ContentEncoding": encoding} if encoding else {}
         try:
+            sha_hex, sha_b64, md5_b64 = spool.seal(trailer)
             for _ in range(100):
                 key = key_for(spool.part)
                 try:
@@ -578,6 +611,10 @@ class ExportWriter:
                     sha256=sha_hex,
                 )
             raise ExportError(f"run {self._run}: no free part number after 100 tries")
+        except BaseException:
+            # The spool's orders are gone with it: the open epoch must never commit now.
+            self._failed = True
+            raise
         finally:
             spool.close()
 
@@ -588,6 +625,7 @@ class ExportWriter:
         return self._put(spool, key_for, "application/x-ndjson", "gzip")
 
     def _upload_open(self) -> None:
+        self._last_dt = ""
         while self._parts:
             dt = min(self._parts)
             self._unrecorded.append(self._upload_part(self._parts.pop(dt)))
@@ -665,6 +703,7 @@ class ExportWriter:
         self._ledger.mark(self._ref)
         self._unrecorded.clear()
         self._unrecorded_q.clear()
+        self._full = False
         self._k += 1
         self._ref = self._new_ref()
         return uploaded
@@ -832,6 +871,7 @@ class ExportWriter:
         for spool in (*self._parts.values(), *self._quarantine.values()):
             spool.close()
         self._parts.clear()
+        self._last_dt = ""
         self._quarantine.clear()
 
     def __enter__(self) -> ExportWriter:
