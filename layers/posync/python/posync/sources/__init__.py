@@ -24,6 +24,13 @@ offsets staying put:
   remaining range is split so that ``parallelism`` fetches are in flight (work stealing:
   whenever a slice finishes, the biggest remaining one is split again). At 200 ms of
   latency the per-token rate limit, not latency, then bounds throughput.
+- **Pages held.** Every fetch holds a parsed page (some 20 MB of Python objects at 1,000
+  orders) from its response until the caller takes it. When the caller writes pages more
+  slowly than the fetches bring them, fetches running further ahead only queue: the
+  number of fetches alive (in flight, or done and not yet yielded) is then kept to what
+  keeps the caller fed, ``ceil(fetch time / caller time)`` (pages complete as fast as the
+  caller takes them), at least ``min_ahead`` and at most ``parallelism`` (both times are
+  moving averages). A caller faster than the fetches gets all ``parallelism``, as before.
 - **Cursor.** Pages are yielded in the order their fetches complete, each with a
   ``progress`` snapshot that is valid once that page and every page before it are
   durable (fetches running ahead are not in it). The sync engine commits it only after its
@@ -36,7 +43,9 @@ their time encoding; see ``clover.py`` and ``poynt.py``.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -54,6 +63,7 @@ MIN_PAGES_PER_PIECE = 3  # a split piece's extra partial page costs at most a th
 @dataclass(frozen=True)
 class SourceConfig:
     parallelism: int = 5  # fetches in flight at once (the token's concurrency)
+    min_ahead: int = 2  # fetches kept alive, at the least, for a caller slower than the fetches
     lookback_ms: int = DEFAULT_LOOKBACK_MS  # re-read this much before the cursor (late writes, skew)
     min_split_ms: int = 1_000  # never split a slice's remaining range below this
     page_limit: int | None = None  # None: the provider's maximum
@@ -127,6 +137,43 @@ class Page:
     rows: int  # rows the provider sent (before keyset de-duplication)
 
 
+class Pace:
+    """How many fetches to keep alive (in flight, or done and not yet taken) for a caller.
+
+    Enough that a page is ready whenever the caller asks for the next one, and no more (each
+    holds a parsed page): ``ceil(fetch / consume)`` from moving averages of a fetch's
+    duration and of the caller's time per page, within ``[min_ahead, workers]``. Until both
+    are measured: ``workers``.
+    """
+
+    ALPHA = 0.3  # weight of the newest measurement
+
+    def __init__(self, workers: int, min_ahead: int = 2) -> None:
+        self.workers = max(1, workers)
+        self.min_ahead = max(1, min(min_ahead, self.workers))
+        self.fetch_s: float | None = None
+        self.consume_s: float | None = None
+
+    @classmethod
+    def _avg(cls, old: float | None, new: float) -> float:
+        return new if old is None else old + cls.ALPHA * (new - old)
+
+    def fetched(self, seconds: float) -> None:
+        self.fetch_s = self._avg(self.fetch_s, max(0.0, seconds))
+
+    def consumed(self, seconds: float) -> None:
+        self.consume_s = self._avg(self.consume_s, max(0.0, seconds))
+
+    @property
+    def limit(self) -> int:
+        if self.fetch_s is None or self.consume_s is None or self.consume_s <= 0:
+            return self.workers
+        ratio = self.fetch_s / self.consume_s
+        if ratio >= self.workers:
+            return self.workers
+        return max(self.min_ahead, min(self.workers, math.ceil(ratio)))
+
+
 class KeysetSource:
     """The keyset engine; subclasses implement :meth:`fetch` and the time encoding."""
 
@@ -143,6 +190,7 @@ class KeysetSource:
         self.page_limit = max(1, min(limit, self.max_page_limit))
         self.requests = 0
         self._lock = threading.Lock()
+        self.pace: Pace | None = None  # the last pages() call's pacing (its measurements)
 
     @property
     def stats(self) -> TransportStats:
@@ -233,6 +281,11 @@ class KeysetSource:
         with self._lock:
             self.requests += n
 
+    def _timed_fetch(self, view: SliceView, limit: int, deadline: Deadline) -> tuple[Fetched, float]:
+        t0 = time.monotonic()
+        fetched = self.fetch(view, limit, deadline)
+        return fetched, time.monotonic() - t0
+
     def pages(self, plan: Plan, deadline: Deadline) -> Generator[Page, None, None]:
         """Pages of new orders, fetched concurrently, each with a progress snapshot.
 
@@ -244,33 +297,45 @@ class KeysetSource:
             yield Page([], None, None, 0)
             return
         workers = max(1, self.config.parallelism)
+        pace = self.pace = Pace(workers, self.config.min_ahead)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"fetch-{self.provider}")
-        inflight: dict[Future[Fetched], Slice] = {}
+        inflight: dict[Future[tuple[Fetched, float]], Slice] = {}
 
         def submit_idle() -> None:
+            limit = pace.limit  # fetches alive, the done ones not yet yielded included
             for s in sorted(slices, key=lambda s: s.start):
-                if len(inflight) >= workers:
+                if len(inflight) >= limit:
                     return
                 if not s.busy:
                     s.busy = True
-                    inflight[pool.submit(self.fetch, s.snapshot(), self.page_limit, deadline)] = s
+                    inflight[pool.submit(self._timed_fetch, s.snapshot(), self.page_limit, deadline)] = s
 
         try:
             submit_idle()
             while inflight:
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: inflight[f].start):
+                ready = sorted(done, key=lambda f: inflight[f].start, reverse=True)
+                del done
+                while ready:
+                    fut = ready.pop()
                     s = inflight.pop(fut)
                     s.busy = False
-                    fetched = fut.result()
+                    fetched, seconds = fut.result()
+                    del fut  # no reference to the future is left: the page is the caller's alone
+                    pace.fetched(seconds)
                     new, newest, tie = self._apply(s, fetched)
+                    rows = len(fetched.orders)
+                    del fetched
                     if s.end <= s.start:  # finished
                         slices.remove(s)
                     if tie is not None:
                         slices.append(tie)
                     self._rebalance(slices, workers)
                     submit_idle()  # the next requests run while the caller writes this page
-                    yield Page(new, self._progress(plan.end, slices), newest, len(fetched.orders))
+                    t0 = time.monotonic()
+                    yield Page(new, self._progress(plan.end, slices), newest, rows)
+                    pace.consumed(time.monotonic() - t0)
+                    del new
         finally:
             for fut in inflight:
                 fut.cancel()
