@@ -8,11 +8,13 @@ the **embedded AWS** (moto, running in the parent process, so its storage is not
 child's RSS). Only the newest-wins DynamoDB upsert is replaced by a pass-through (every
 order counts as changed): 100,000 conditional writes to moto would measure moto.
 
-The child reports ``ru_maxrss`` (peak RSS) after its imports and wiring (the baseline)
-and after the run, and the kernel's ``VmHWM`` as a cross-check. It is started through a
-shell that forks it: ``ru_maxrss`` counts the RSS of the process that called ``exec()``,
-so a child exec'd directly from the benchmark (moto's data included) would inherit the
-benchmark's RSS as its peak. The parent then reads the run's manifested exports back and checks
+The child runs with the worker function's process environment from ``posync.resources``
+(its glibc allocator settings), as deployed. It reports ``ru_maxrss`` (peak RSS) after its
+imports and wiring (the baseline) and after the run, and the kernel's ``VmHWM`` as a
+cross-check. It is started through a shell that forks it: ``ru_maxrss`` counts the RSS of
+the process that called ``exec()``, so a child exec'd directly from the benchmark (moto's
+data included) would inherit the benchmark's RSS as its peak. The parent then reads the
+run's manifested exports back and checks
 them against the sandbox's truth.
 """
 
@@ -31,6 +33,13 @@ from bench.common import check, load
 from bench.sandboxproc import ROOT, SandboxProcess
 
 TARGET = 1.25
+
+
+def worker_process_env() -> dict[str, str]:
+    from posync.resources import FUNCTIONS
+
+    (worker,) = [f for f in FUNCTIONS if f.name == "worker"]
+    return dict(worker.process_env)
 
 
 # --------------------------------------------------------------------------- the child
@@ -155,6 +164,7 @@ def run_size(
         "worker_gc": worker_gc,
     }
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POSYNC_"))}
+    child_env.update(worker_process_env())  # the worker function's allocator settings, as deployed
     # Through a shell that forks the child: Linux folds the RSS of the process that calls
     # exec() into ru_maxrss, so a child exec'd straight from this (large) process would
     # start with this process's RSS as its peak.

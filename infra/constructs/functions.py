@@ -83,7 +83,7 @@ class Functions(Construct):
         self.roles: dict[str, iam.Role] = {}
         self.log_groups: dict[str, logs.LogGroup] = {}
         for spec in specs:
-            self._make(spec, stage, dict(environment), RETENTION[log_retention_days])
+            self._make(spec, stage, {**environment, **dict(spec.process_env)}, RETENTION[log_retention_days])
 
     def _make(
         self, spec: FunctionSpec, stage: str, environment: dict[str, str], retention: logs.RetentionDays

@@ -120,9 +120,12 @@ def test_environment_matches_what_settings_read(synth: Synth) -> None:
     (bucket_lid,) = [
         lid for lid, r in synth.resources("AWS::S3::Bucket").items() if "BucketName" in r["Properties"]
     ]
+    specs = {f.name: f for f in FUNCTIONS}
     for name, props in functions_by_name(synth).items():
         env = props["Environment"]["Variables"]
-        assert set(env) == expected, name
+        own = dict(specs[name].process_env)  # the worker's allocator settings
+        assert set(env) == expected | set(own), name
+        assert {k: env[k] for k in own} == own
         assert env["POSYNC_STAGE"] == synth.stack.ctx.stage
         assert env["POSYNC_ACCOUNT_ID"] == {"Ref": "AWS::AccountId"}
         assert env["POSYNC_PROVIDER_REGION"] == "sandbox"
@@ -133,6 +136,15 @@ def test_environment_matches_what_settings_read(synth: Synth) -> None:
         assert env["POSYNC_EXPORT_BUCKET"] == {"Ref": bucket_lid}
         queue = synth.resources("AWS::SQS::Queue")[env["POSYNC_SYNC_QUEUE_URL"]["Ref"]]
         assert queue["Properties"]["QueueName"] == f"posync-{synth.stack.ctx.stage}-sync.fifo"
+
+
+def test_only_the_worker_tunes_its_allocator(synth: Synth) -> None:
+    fns = functions_by_name(synth)
+    assert fns["worker"]["Environment"]["Variables"]["MALLOC_ARENA_MAX"] == "2"
+    assert fns["worker"]["Environment"]["Variables"]["MALLOC_MMAP_THRESHOLD_"] == "131072"
+    assert all(
+        "MALLOC_ARENA_MAX" not in p["Environment"]["Variables"] for n, p in fns.items() if n != "worker"
+    )
 
 
 def test_settings_accept_the_environment_the_stack_sets(synth: Synth) -> None:
