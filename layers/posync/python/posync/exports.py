@@ -417,7 +417,6 @@ class ExportWriter:
         self._next_part = 1
         self._started_at = _now_iso(clock)
         self._parts: dict[str, _Spool] = {}  # least recently written first
-        self._last_dt = ""  # the partition written last (the end of _parts)
         self._quarantine: dict[str, _Spool] = {}
         self._unrecorded: list[PartInfo] = []  # uploaded, not yet in a checkpoint record
         self._unrecorded_q: list[PartInfo] = []
@@ -527,7 +526,7 @@ class ExportWriter:
         """Append one canonical order to its partition (``dt`` = UTC date of ``modified_at``)."""
         self._writable()
         dt = utc_date(str(order["modified_at"]))
-        if dt == self._last_dt:
+        if self._parts and next(reversed(self._parts)) == dt:  # the partition written last
             spool = self._parts[dt]
         else:
             found = self._parts.pop(dt, None)
@@ -537,13 +536,11 @@ class ExportWriter:
                     self._unrecorded.append(self._upload_part(self._parts.pop(next(iter(self._parts)))))
                 found = _Spool(dt, self._alloc_part(), gzip=True, tmpdir=self._tmpdir)
             spool = self._parts[dt] = found  # (re)inserted last: the most recently written
-            self._last_dt = dt
         spool.write(json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
         spool.records += 1
         self.records_added += 1
         if spool.size >= self._max_part_bytes:
             del self._parts[dt]
-            self._last_dt = ""
             self._unrecorded.append(self._upload_part(spool))
             self._full = True
 
@@ -625,7 +622,6 @@ class ExportWriter:
         return self._put(spool, key_for, "application/x-ndjson", "gzip")
 
     def _upload_open(self) -> None:
-        self._last_dt = ""
         while self._parts:
             dt = min(self._parts)
             self._unrecorded.append(self._upload_part(self._parts.pop(dt)))
@@ -871,7 +867,6 @@ class ExportWriter:
         for spool in (*self._parts.values(), *self._quarantine.values()):
             spool.close()
         self._parts.clear()
-        self._last_dt = ""
         self._quarantine.clear()
 
     def __enter__(self) -> ExportWriter:
