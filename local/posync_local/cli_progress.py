@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from posync.domain import Connection
 from posync.errors import InvalidInput
 from posync.ratelimit import Deadline
-from posync.sources import KeysetSource, Page, Plan
+from posync.sources import KeysetSource, Page, Plan, Prepare
 from posync.sync import SyncService
 
 BAR_WIDTH = 24
@@ -243,9 +243,11 @@ class PageObserver:
     def _wrap(self, source: KeysetSource) -> None:
         inner = source.pages
 
-        def pages(plan: Plan, deadline: Deadline) -> Generator[Page, None, None]:
+        def pages(
+            plan: Plan, deadline: Deadline, prepare: Prepare | None = None
+        ) -> Generator[Page, None, None]:
             self._begin(plan)
-            gen = inner(plan, deadline)
+            gen = inner(plan, deadline, prepare)
             try:
                 for page in gen:
                     self._page(source, page)

@@ -14,7 +14,7 @@ import requests
 from posync.domain import Connection
 from posync.errors import ProviderError, RateLimited
 from posync.ratelimit import BudgetExhausted, Deadline, RequestLimiter, TokenLimiter
-from posync.transport import RetryPolicy, Transport, parse_retry_after
+from posync.transport import RetryPolicy, Transport, parse_json, parse_retry_after
 
 MERCHANT = "ABCDEFGHJK123"
 POYNT_BIZ = "2f4a3a1e-3b4c-4d5e-8f90-1234567890ab"
@@ -414,3 +414,23 @@ def test_the_read_timeout_is_configurable_and_reaches_every_request() -> None:
     t.read_timeout_s = 0.25
     t.get("/x", deadline=far(clock))
     assert sess.sent[0]["timeout"] == (5.0, 0.25)
+
+
+# --------------------------------------------------------------------------- unparsed bodies
+
+
+def test_parse_false_returns_the_bytes_and_parse_json_reads_them_later() -> None:
+    t, _, clock, _ = make([response(200, {"elements": [{"id": "A"}]}), response(503), response(200)])
+    reply = t.get("/v3/merchants/M/orders", deadline=far(clock), parse=False)
+    assert reply.body == b'{"elements": [{"id": "A"}]}'
+    assert parse_json(reply.body) == {"elements": [{"id": "A"}]}
+    # retries work as for parsed replies; an empty body is an empty object
+    empty = t.get("/v3/merchants/M/orders", deadline=far(clock), parse=False)
+    assert empty.body == b""
+    assert parse_json(empty.body) == {}
+
+
+def test_parse_json_names_a_body_that_is_not_json() -> None:
+    with pytest.raises(ProviderError, match="non-JSON body") as info:
+        parse_json(b"<html>gateway</html>", 200)
+    assert info.value.status == 200

@@ -5,7 +5,7 @@ AWS and provider adapters implement them; the unit tests share in-memory fakes.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from posync.domain import Connection, ConnectionStatus
@@ -146,8 +146,13 @@ class OrderSource(Protocol):
 
     def decode_time(self, value: Any) -> int: ...
 
-    def pages(self, plan: Plan, deadline: Deadline) -> Generator[Page, None, None]:
-        """Pages of new orders, each with the progress that is valid once it is durable."""
+    def pages(
+        self, plan: Plan, deadline: Deadline, prepare: Callable[[dict[str, Any]], Any] | None = None
+    ) -> Generator[Page, None, None]:
+        """Pages of new orders, each with the progress that is valid once it is durable.
+
+        ``prepare`` runs on each order in the fetch threads; the page holds its results.
+        """
         ...
 
     @property

@@ -12,9 +12,11 @@ within the invocation's deadline:
    later than the cursor, so a manual sync cannot skip a gap), or, for a connection that
    never synced, ``settings.backfill_days`` back. The run's upper bound is "now" at its
    start: orders modified during the run are read by the next one.
-3. For every page (fetched concurrently by the source, see ``posync.sources``): normalize
-   each order (``MalformedOrder`` -> quarantined with its reason, the run goes on), upsert
-   the page newest-wins and add what changed to the run's export parts.
+3. For every page (fetched concurrently by the source, see ``posync.sources``): each order
+   is normalized in the fetch thread, as soon as its page arrives (``MalformedOrder`` ->
+   quarantined with its reason, the run goes on), so a page waiting to be written holds
+   canonical orders, not the ~4x larger raw ones; then the page is upserted newest-wins
+   and what changed is added to the run's export parts.
 4. Checkpoint (export parts uploaded and recorded, then the cursor committed with the
    page's progress) every ``checkpoint_s`` seconds / ``checkpoint_pages`` pages, when the
    export writer asks, and when the invocation stops. The cursor never moves past a page
@@ -319,6 +321,14 @@ class RunResult:
 COUNT_KEYS = ("pages", "fetched", "stored", "exported", "quarantined", "requests", "rate_limited")
 
 
+@dataclass(frozen=True)
+class Quarantined:
+    """A provider order that did not normalize, and why (it goes to the quarantine)."""
+
+    raw: dict[str, Any]
+    reason: str
+
+
 def new_run_id(provider: str, merchant_id: str, now_s: float) -> str:
     stamp = datetime.fromtimestamp(now_s, UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{provider}-{merchant_id}-{secrets.token_hex(3)}"
@@ -493,14 +503,22 @@ class _Run:
             if sink is not None:
                 sink.close()
 
+    def _prepare(self, raw: dict[str, Any]) -> dict[str, Any] | Quarantined:
+        """A raw order -> its canonical form (run in the source's fetch threads)."""
+        try:
+            return self.svc.normalize(self.conn.provider, self.conn.merchant_id, raw)
+        except MalformedOrder as exc:
+            return Quarantined(raw, exc.reason)
+
     def _loop(self, source: OrderSource, sink: Any, plan: Plan) -> RunResult:
-        pages = source.pages(plan, self.stop)
+        pages = source.pages(plan, self.stop, self._prepare)
         done = False
         try:
             for page in pages:
                 self._write(sink, page)  # raises on a failed write: no checkpoint, cursor stays
-                self.state["progress"] = page.progress
-                if page.progress is None:
+                progress = self.state["progress"] = page.progress
+                del page  # not held while the next page is awaited
+                if progress is None:
                     done = True
                     break
                 if self._checkpoint_due(sink):
@@ -534,14 +552,13 @@ class _Run:
 
     def _write(self, sink: Any, page: Page) -> None:
         canonical: list[dict[str, Any]] = []
-        provider, merchant = self.conn.provider, self.conn.merchant_id
-        for raw in page.orders:
-            try:
-                canonical.append(self.svc.normalize(provider, merchant, raw))
-            except MalformedOrder as exc:
-                sink.quarantine(raw, exc.reason)
+        for order in page.orders:
+            if isinstance(order, Quarantined):
+                sink.quarantine(order.raw, order.reason)
                 self.counts["quarantined"] += 1
                 self.result.quarantined += 1
+            else:
+                canonical.append(order)
         exported = sink.write(canonical) if canonical else 0
         self.counts["pages"] += 1
         self.counts["fetched"] += len(page.orders)

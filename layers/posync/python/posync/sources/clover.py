@@ -9,7 +9,10 @@ its latest 90 days), ``orderBy=modifiedTime ASC``, ``limit=1000`` (the maximum) 
 back as an ``href`` only. A complete order needs six (line items, payments, refunds, and the
 order-level discounts, service charge and credits that its totals depend on), so each page
 is read twice with the same filter: ``expand=lineItems,payments,refunds`` and then
-``expand=discounts,serviceCharge,credits``, merged by order id and modified time. A row the
+``expand=discounts,serviceCharge,credits``, merged by order id and modified time. Both are
+downloaded before either is parsed (see ``posync.sources``: parsing waits for a CPU slot);
+the second read is skipped when the first, small enough to parse at once, holds no order
+the slice wants (an empty page, or only ids already seen). A row the
 second read does not show at the same version is fetched by id
 (``/orders/{id}?expand=discounts,serviceCharge,credits``); if its version changed in the
 meantime it is skipped here: its newer version has a later modified time and is read there
@@ -24,13 +27,15 @@ shorter).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from posync.errors import ProviderError
 from posync.ratelimit import Deadline
 from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig
-from posync.transport import Transport
+from posync.transport import Transport, parse_json
 
+PARSE_AT_ONCE_BYTES = 32_768  # a first read this small is parsed at download (a dozen orders at most)
 NESTED_CUT = 100
 NESTED_LIMIT = 1000
 MAX_NESTED_PAGES = 100
@@ -38,6 +43,12 @@ EXPAND = "lineItems,payments,refunds"
 EXPAND_ORDER_LEVEL = "discounts,serviceCharge,credits"
 ORDER_LEVEL = ("discounts", "serviceCharge", "credits")
 LINE_ITEM_EXPAND = "discounts,modifications,taxRates"
+NESTED = (  # (field, path under the order, expand): the lists completed when cut at 100
+    ("lineItems", "line_items", LINE_ITEM_EXPAND),
+    ("payments", "payments", None),
+    ("refunds", "refunds", None),
+    ("discounts", "discounts", None),
+)
 
 
 class CloverSource(KeysetSource):
@@ -51,7 +62,7 @@ class CloverSource(KeysetSource):
         self.merchant_id = merchant_id
         self.base = f"/v3/merchants/{merchant_id}"
 
-    def _list(self, view: SliceView, limit: int, expand: str, deadline: Deadline) -> list[Any]:
+    def _list(self, view: SliceView, limit: int, expand: str, deadline: Deadline) -> bytes:
         params = [
             ("filter", f"modifiedTime>={view.start}"),
             ("filter", f"modifiedTime<{view.end}"),
@@ -60,30 +71,35 @@ class CloverSource(KeysetSource):
             ("limit", str(limit)),
             ("offset", str(view.offset)),
         ]
-        reply = self.transport.get(f"{self.base}/orders", params, deadline=deadline)
+        reply = self.transport.get(f"{self.base}/orders", params, deadline=deadline, parse=False)
         self._count()
-        elements = reply.body.get("elements", []) if isinstance(reply.body, dict) else None
-        if not isinstance(elements, list):
-            raise ProviderError("Clover orders reply without an elements list", status=reply.status)
-        return elements
+        body: bytes = reply.body
+        return body
 
-    def fetch(self, view: SliceView, limit: int, deadline: Deadline) -> Fetched:
-        elements = self._list(view, limit, EXPAND, deadline)
+    def download(self, view: SliceView, limit: int, deadline: Deadline) -> Downloaded:
+        first: bytes | list[Any] = self._list(view, limit, EXPAND, deadline)
+        if len(first) <= PARSE_AT_ONCE_BYTES:
+            first = _elements(first)  # small: whether the slice wants any of it decides the second read
+            if not _wanted(view, first):
+                return Downloaded(first, None)
+        return Downloaded(first, self._list(view, limit, EXPAND_ORDER_LEVEL, deadline))
+
+    def build(self, view: SliceView, downloaded: Downloaded, limit: int, deadline: Deadline) -> Fetched:
+        elements = _elements(downloaded.first)
         orders: list[dict[str, Any]] = [o for o in elements if isinstance(o, dict)]
         keys = [_key(o, view.start) for o in orders]
-        wanted = [
-            (t, oid, order)
-            for (t, oid), order in zip(keys, orders, strict=True)
-            if view.wants(t, oid) and oid.isalnum()
-        ]
+        wanted = _wanted(view, orders, keys)
         stale: set[str] = set()
+        pending: list[int] = []
         if wanted:
+            order_level = downloaded.second
+            if order_level is None:  # not downloaded (cannot happen: a wanted row means it was)
+                order_level = self._list(view, limit, EXPAND_ORDER_LEVEL, deadline)
             second = {
-                (o.get("id"), o.get("modifiedTime")): o
-                for o in self._list(view, limit, EXPAND_ORDER_LEVEL, deadline)
-                if isinstance(o, dict)
+                (o.get("id"), o.get("modifiedTime")): o for o in _elements(order_level) if isinstance(o, dict)
             }
-            for t, oid, order in wanted:
+            del order_level
+            for i, t, oid, order in wanted:
                 extra = second.get((oid, t)) or self._order_level(oid, deadline)
                 if extra is None or extra.get("modifiedTime") != t:
                     stale.add(oid)
@@ -93,8 +109,10 @@ class CloverSource(KeysetSource):
                         order[name] = extra[name]
                     else:
                         order.pop(name, None)
-                self._complete(order, deadline)
-        return Fetched(orders=orders, keys=keys, more=len(elements) >= limit, stale=frozenset(stale))
+                if any(_cut(order.get(name)) for name, _, _ in NESTED):
+                    pending.append(i)  # completed by complete(), outside the CPU slot
+        more = len(elements) >= limit
+        return Fetched(orders, keys, more, stale=frozenset(stale), pending=tuple(pending))
 
     def _order_level(self, oid: str, deadline: Deadline) -> dict[str, Any] | None:
         """One order's order-level lists (the second page read did not show this version)."""
@@ -109,17 +127,12 @@ class CloverSource(KeysetSource):
         self._count()
         return reply.body if isinstance(reply.body, dict) else None
 
-    def _complete(self, order: dict[str, Any], deadline: Deadline) -> None:
+    def complete(self, order: dict[str, Any], deadline: Deadline) -> None:
         """Replace nested lists cut at 100 with the full lists."""
         oid = order.get("id")
         if not isinstance(oid, str) or not oid.isalnum():
             return  # malformed: the normalizer quarantines it
-        for field_name, path, expand in (
-            ("lineItems", "line_items", LINE_ITEM_EXPAND),
-            ("payments", "payments", None),
-            ("refunds", "refunds", None),
-            ("discounts", "discounts", None),
-        ):
+        for field_name, path, expand in NESTED:
             if _cut(order.get(field_name)):
                 order[field_name] = {
                     "elements": self._all(f"{self.base}/orders/{oid}/{path}", expand, deadline)
@@ -141,6 +154,35 @@ class CloverSource(KeysetSource):
             if len(elements) < NESTED_LIMIT:  # Clover honours limits up to 1000 on every v3 list
                 return out
         raise ProviderError(f"nested list longer than {MAX_NESTED_PAGES} pages")
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A page's two list reads: the first (bytes, or parsed if small), the second's bytes (None: not read)."""
+
+    first: bytes | list[Any]
+    second: bytes | None
+
+
+def _elements(body: bytes | list[Any]) -> list[Any]:
+    if isinstance(body, list):
+        return body
+    reply = parse_json(body)
+    elements = reply.get("elements", []) if isinstance(reply, dict) else None
+    if not isinstance(elements, list):
+        raise ProviderError("Clover orders reply without an elements list")
+    return elements
+
+
+def _wanted(
+    view: SliceView, orders: list[Any], keys: list[tuple[int, str]] | None = None
+) -> list[tuple[int, int, str, dict[str, Any]]]:
+    """The rows new to the slice, as (index among the dict rows, modified ms, id, order)."""
+    rows = [o for o in orders if isinstance(o, dict)]
+    if keys is None:
+        keys = [_key(o, view.start) for o in rows]
+    pairs = enumerate(zip(keys, rows, strict=True))
+    return [(i, t, oid, o) for i, ((t, oid), o) in pairs if view.wants(t, oid) and oid.isalnum()]
 
 
 def _cut(nested: Any) -> bool:

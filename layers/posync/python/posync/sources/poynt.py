@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 from posync.errors import InvalidInput, ProviderError
 from posync.ratelimit import Deadline
 from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig, iso_to_ms, ms_to_iso
-from posync.transport import Transport
+from posync.transport import Reply, Transport, parse_json
 
 KEYSET_PARAMS = frozenset({"startAt", "endAt", "startOffset", "limit"})
 
@@ -62,7 +62,7 @@ class PoyntSource(KeysetSource):
                 return []
         return [(k, v) for k, v in parse_qsl(parts.query) if k not in KEYSET_PARAMS]
 
-    def fetch(self, view: SliceView, limit: int, deadline: Deadline) -> Fetched:
+    def download(self, view: SliceView, limit: int, deadline: Deadline) -> Reply:
         start = view.start - 1
         params = [
             *self._link_params(view.link),
@@ -72,14 +72,18 @@ class PoyntSource(KeysetSource):
             ("startOffset", str(view.offset)),
         ]
         headers = {"If-Modified-Since": email.utils.formatdate(start // 1000, usegmt=True)}
-        reply = self.transport.get(self.path, params, headers=headers, deadline=deadline)
+        reply = self.transport.get(self.path, params, headers=headers, deadline=deadline, parse=False)
         self._count()
-        if reply.status == 304:
+        return reply
+
+    def build(self, view: SliceView, downloaded: Reply, limit: int, deadline: Deadline) -> Fetched:
+        if downloaded.status == 304:
             return Fetched(orders=[], keys=[], more=False)
-        body = reply.body if isinstance(reply.body, dict) else {}
+        parsed = parse_json(downloaded.body, downloaded.status)
+        body = parsed if isinstance(parsed, dict) else {}
         raw = body.get("orders", [])
         if not isinstance(raw, list):
-            raise ProviderError("Poynt orders reply without an orders list", status=reply.status)
+            raise ProviderError("Poynt orders reply without an orders list", status=downloaded.status)
         orders: list[dict[str, Any]] = [o for o in raw if isinstance(o, dict)]
         keys = [_key(o, view.start) for o in orders]
         link = None
