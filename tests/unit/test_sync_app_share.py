@@ -75,3 +75,17 @@ def test_the_factory_leases_one_slot_for_a_caught_up_run_and_full_parallelism_ot
     factory(conn_with({}), deadline).close()
     # Then the first asks for one slot and the second for the per-token concurrency (5)
     assert slots.wanted == [1, 5]
+
+
+def test_the_factory_gives_each_source_the_configured_cpu_slots() -> None:
+    settings = Settings.from_env({})
+    assert SyncConfig.from_env({}, settings).cpu_slots == 2
+    config = SyncConfig.from_env({"POSYNC_SYNC_CPU_SLOTS": "1"}, settings)
+    source = SourceFactory(settings, NoTokens(), config)(conn_with({}), Deadline.after(60))
+    try:
+        assert source.config.cpu_slots == 1
+        assert source._cpu.acquire(blocking=False)
+        assert not source._cpu.acquire(blocking=False)  # one slot only
+        source._cpu.release()
+    finally:
+        source.close()

@@ -481,6 +481,8 @@ def test_config_from_env_validates() -> None:
         SyncConfig.from_env({"POSYNC_SYNC_STOP_MARGIN_SECONDS": "soon"})
     with pytest.raises(ConfigError):
         SyncConfig.from_env({"POSYNC_APP_LIMIT": "redis"})
+    with pytest.raises(ConfigError, match="POSYNC_SYNC_CPU_SLOTS"):
+        SyncConfig.from_env({"POSYNC_SYNC_CPU_SLOTS": "0"})
     assert set(COUNT_KEYS) >= {"pages", "exported", "quarantined"}
 
 

@@ -92,6 +92,7 @@ class SyncConfig:
     checkpoint_s: float = 0.0  # POSYNC_SYNC_CHECKPOINT_SECONDS (0: only when the invocation stops)
     checkpoint_pages: int = 0  # POSYNC_SYNC_CHECKPOINT_PAGES (0: by time only)
     parallelism: int = 0  # POSYNC_SYNC_PARALLELISM (0: the token's concurrency)
+    cpu_slots: int = 2  # POSYNC_SYNC_CPU_SLOTS: pages parsed and normalized at once (raw pages held)
     page_limit: int = 0  # POSYNC_SYNC_PAGE_LIMIT (0: the provider's maximum)
     app_limit: str = "dynamodb"  # POSYNC_APP_LIMIT: dynamodb | local | off
     backfill_days: int = 90
@@ -121,6 +122,7 @@ class SyncConfig:
             checkpoint_s=num("POSYNC_SYNC_CHECKPOINT_SECONDS", 0, 0, 3600),
             checkpoint_pages=int(num("POSYNC_SYNC_CHECKPOINT_PAGES", 0, 0, 100_000)),
             parallelism=int(num("POSYNC_SYNC_PARALLELISM", 0, 0, 64)),
+            cpu_slots=int(num("POSYNC_SYNC_CPU_SLOTS", 2, 1, 16)),
             page_limit=int(num("POSYNC_SYNC_PAGE_LIMIT", 0, 0, 1000)),
             app_limit=app_limit,
             read_timeout_s=num("POSYNC_SYNC_READ_TIMEOUT_SECONDS", 30, 0.1, 300),
@@ -266,6 +268,7 @@ class SourceFactory:
             transport,
             SourceConfig(
                 parallelism=want,
+                cpu_slots=self.config.cpu_slots,
                 lookback_ms=self.config.lookback_ms,
                 page_limit=self.config.page_limit or None,
             ),
