@@ -38,8 +38,8 @@ offsets staying put:
   of latency 0.61 -> 0.86 of what the rate limit allows for the requests it needs (the
   threads no longer fight over the GIL with five pages of objects each).
 - **Pages held.** Every fetch holds a page from its response until the caller takes it.
-  When the caller writes pages more
-  slowly than the fetches bring them, fetches running further ahead only queue: the
+  When the caller writes pages more slowly than the fetches bring them, fetches running
+  further ahead only queue: the
   number of fetches alive (in flight, or done and not yet yielded) is then kept to what
   keeps the caller fed, ``ceil(fetch time / caller time)`` (pages complete as fast as the
   caller takes them), at least ``min_ahead`` and at most ``parallelism`` (both times are
