@@ -324,11 +324,4 @@ def parse_json(body: bytes, status: int = 200) -> Any:
 
 
 def _json(resp: requests.Response) -> Any:
-    if resp.status_code == 304 or not resp.content:
-        return {}
-    try:
-        return resp.json()
-    except ValueError as exc:
-        raise ProviderError(
-            f"provider sent a non-JSON body ({resp.status_code})", status=resp.status_code
-        ) from exc
+    return {} if resp.status_code == 304 else parse_json(resp.content, resp.status_code)

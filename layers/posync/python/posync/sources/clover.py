@@ -92,13 +92,12 @@ class CloverSource(KeysetSource):
         stale: set[str] = set()
         pending: list[int] = []
         if wanted:
-            order_level = downloaded.second
-            if order_level is None:  # not downloaded (cannot happen: a wanted row means it was)
-                order_level = self._list(view, limit, EXPAND_ORDER_LEVEL, deadline)
+            # download() read the second list whenever a row could be wanted
             second = {
-                (o.get("id"), o.get("modifiedTime")): o for o in _elements(order_level) if isinstance(o, dict)
+                (o.get("id"), o.get("modifiedTime")): o
+                for o in _elements(downloaded.second or b"")
+                if isinstance(o, dict)
             }
-            del order_level
             for i, t, oid, order in wanted:
                 extra = second.get((oid, t)) or self._order_level(oid, deadline)
                 if extra is None or extra.get("modifiedTime") != t:
