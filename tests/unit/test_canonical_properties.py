@@ -8,13 +8,15 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from posync.canonical import normalize, validate
+from posync.canonical import fields, normalize, validate
+from posync.canonical.fields import epoch_ms
 from posync.errors import MalformedOrder
 from tests.unit.canonical_support import (
     BUSINESS_ID,
@@ -368,3 +370,23 @@ def test_any_damage_gives_a_valid_order_or_malformed_order_never_a_crash(
     assert not schema_errors(order), schema_errors(order)
     validate(order)
     _assert_adds_up(order)
+
+
+# ---------------------------------------------------------------- the time reader
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))
+def test_epoch_ms_matches_datetime_over_the_whole_rfc3339_range(ms: int) -> None:
+    expected = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    assert epoch_ms(ms, "t") == expected
+    assert epoch_ms(ms, "t") == expected  # the second read comes from the per-day cache
+
+
+def test_epoch_ms_day_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fields, "_DAYS", {})
+    day_ms = 86_400_000
+    for day in range(fields._DAY_CACHE * 2 + 3):
+        epoch_ms(day * day_ms + 1, "t")
+        assert len(fields._DAYS) <= fields._DAY_CACHE
+    assert epoch_ms(1_764_000_000_123, "t") == "2025-11-24T16:00:00.123Z"

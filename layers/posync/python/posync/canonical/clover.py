@@ -96,14 +96,17 @@ def _line(
     mods = elements(li.get("modifications"), "modifications")
     if mods:
         for j, m in enumerate(mods):
-            price += opt_money(item(m, f"modifications[{j}]"), "amount", f"modifications[{j}].amount")
+            try:
+                price += opt_money(item(m, ""), "amount", "amount")
+            except MalformedOrder as exc:
+                raise nested(f"modifications[{j}]", exc) from None
     gross = price if qty_milli == 1000 else rdiv(price * qty_milli, 1000)
     line_discount = 0
     ds = elements(li.get("discounts"), "discounts")
     if ds:
         for j, d_raw in enumerate(ds):
-            d = item(d_raw, f"discounts[{j}]")
             try:
+                d = item(d_raw, "")
                 amount = _discount(d, gross)
                 name = opt_str(d.get("name"), "name")
             except MalformedOrder as exc:
@@ -133,12 +136,15 @@ def _rates(raw_rates: list[Any] | None) -> list[tuple[tuple[str, int], str | Non
     if not raw_rates:
         return parsed
     for j, r_raw in enumerate(raw_rates):
-        r = item(r_raw, f"taxRates[{j}]")
-        rate = opt_int(r.get("rate"), f"taxRates[{j}].rate")
-        if rate is None or rate < 0:
-            raise malformed(f"taxRates[{j}].rate", "missing or negative")
-        name = opt_str(r.get("name"), f"taxRates[{j}].name")
-        key_id = opt_id(r.get("id"), f"taxRates[{j}].id") or name or ""
+        try:  # paths relative to the rate: formatted only for a reason
+            r = item(r_raw, "")
+            rate = opt_int(r.get("rate"), "rate")
+            if rate is None or rate < 0:
+                raise malformed("rate", "missing or negative")
+            name = opt_str(r.get("name"), "name")
+            key_id = opt_id(r.get("id"), "id") or name or ""
+        except MalformedOrder as exc:
+            raise nested(f"taxRates[{j}]", exc) from None
         parsed.append(((key_id, rate), name, rate))
     return parsed
 
@@ -282,8 +288,8 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
     raw_discounts = elements(raw.get("discounts"), "discounts")
     if raw_discounts:
         for j, d_raw in enumerate(raw_discounts):
-            d = item(d_raw, f"discounts[{j}]")
             try:
+                d = item(d_raw, "")
                 amount = _discount(d, base)
                 name = opt_str(d.get("name"), "name")
             except MalformedOrder as exc:

@@ -9,8 +9,7 @@ the only arithmetic is integer arithmetic with round-half-away-from-zero.
 from __future__ import annotations
 
 import math
-import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from posync.errors import MalformedOrder
@@ -21,6 +20,9 @@ MONEY_LIMIT = 10**15
 # Epoch milliseconds of 10000-01-01T00:00:00Z: RFC 3339 has four-digit years.
 _MS_LIMIT = 253_402_300_800_000
 _ID_MAX = 128
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DAY_CACHE = 4096  # days whose date part epoch_ms keeps (a dict of short strings)
+_DAYS: dict[int, str] = {}
 
 # Card brands as posync names them; anything else is kept upper-cased (at most 32 chars).
 _BRANDS: dict[str, str] = {
@@ -145,17 +147,27 @@ def currency(value: Any, path: str) -> str:
 
 
 def epoch_ms(value: Any, path: str) -> str:
-    """Epoch milliseconds (Clover) -> RFC 3339 UTC with milliseconds."""
+    """Epoch milliseconds (Clover) -> RFC 3339 UTC with milliseconds.
+
+    Each order has several times and a page's orders share a few days, so the date part is
+    kept per day number (at most ``_DAY_CACHE`` days, then started afresh); the time of day
+    is integer arithmetic. This is the normalizers' hottest reader.
+    """
     if type(value) is not int or not 0 <= value < _MS_LIMIT:
         if value is None:
             raise malformed(path, "missing")
         raise malformed(path, "not a time in epoch milliseconds")
     seconds, ms = divmod(value, 1000)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms:03d}Z"
-    )
+    day, second = divmod(seconds, 86_400)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        if len(_DAYS) >= _DAY_CACHE:
+            _DAYS.clear()
+        d = date.fromordinal(_EPOCH_ORDINAL + day)
+        prefix = _DAYS[day] = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{ms:03d}Z"
 
 
 def iso_time(value: Any, path: str) -> str:
