@@ -4,6 +4,9 @@ Every measurement is a new ``python`` process that loads one ``functions/<name>/
 by file path (as Lambda's bootstrap and ``posync_local.local_functions`` do) and reports
 the wall and CPU time of that import, module body included (settings, services, clients).
 The baseline is a bare handler importing only ``boto3`` and ``aws_lambda_powertools``.
+A second reference, ``worker_libraries``, imports what the worker cannot do without as
+well (Powertools' batch utility and ``requests``): the worker's figure minus it is posync's
+own code (its modules and the handler's module body: settings, clients, the service).
 
 The environment looks like Lambda's: ``LAMBDA_TASK_ROOT`` and ``AWS_LAMBDA_FUNCTION_NAME``
 set (Powertools and the X-Ray SDK behave as on Lambda; ``POSYNC_TRACE_CALLS`` unset, the
@@ -44,6 +47,21 @@ BARE_SOURCE = '''"""A bare handler: boto3 and Powertools, nothing else."""
 
 import boto3  # noqa: F401
 import aws_lambda_powertools  # noqa: F401
+
+
+def handler(event, context):
+    return {}
+'''
+# The libraries the worker cannot do without: the brief's Powertools batch utility (partial
+# batch failures) and requests (the providers' APIs). Not a handler: a reference that shows
+# how much of the worker's figure is these libraries and how much is posync's own code.
+FLOOR = "worker_libraries"
+FLOOR_SOURCE = '''"""The worker's required libraries: boto3, Powertools, its batch utility, requests."""
+
+import boto3  # noqa: F401
+import aws_lambda_powertools  # noqa: F401
+from aws_lambda_powertools.utilities.batch import BatchProcessor  # noqa: F401
+import requests  # noqa: F401
 
 
 def handler(event, context):
@@ -149,7 +167,7 @@ def _ratios(medians: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any
     bare = medians[BARE]
     out: dict[str, dict[str, Any]] = {}
     for name, m in medians.items():
-        if name == BARE:
+        if name in (BARE, FLOOR):
             continue
         wall = m["wall_ms"] / max(1e-9, bare["wall_ms"])
         cpu = m["cpu_ms"] / max(1e-9, bare["cpu_ms"])
@@ -164,6 +182,17 @@ def _ratios(medians: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any
     return out
 
 
+def _floor(medians: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The worker's required libraries against the bare handler, and the worker against them."""
+    bare, floor, worker = medians[BARE]["wall_ms"], medians[FLOOR]["wall_ms"], medians["worker"]["wall_ms"]
+    return {
+        "wall_ms": floor,
+        "ratio_to_bare": round(floor / max(1e-9, bare), 3),
+        "worker_ratio_to_libraries": round(worker / max(1e-9, floor), 3),
+        "posync_ms": round(worker - floor, 1),  # posync's modules and the handler's module body
+    }
+
+
 def scenario(
     *, runs: int, no_bytecode_runs: int, handlers: Sequence[str] = HANDLERS, seed: int = 7
 ) -> dict[str, Any]:
@@ -172,7 +201,11 @@ def scenario(
     with tempfile.TemporaryDirectory(prefix="posync-bench-coldstart-") as workdir:
         bare = Path(workdir) / "bare_handler.py"
         bare.write_text(BARE_SOURCE, encoding="utf-8")
+        floor = Path(workdir) / "worker_libraries.py"
+        floor.write_text(FLOOR_SOURCE, encoding="utf-8")
         paths = {BARE: bare, **{h: ROOT / "functions" / h / "handler.py" for h in handlers}}
+        if "worker" in handlers:
+            paths[FLOOR] = floor
         compiled = run_modes(paths, runs, bytecode=True, workdir=workdir, rng=rng)
         out: dict[str, Any] = {
             "environment": "Lambda-like (LAMBDA_TASK_ROOT set; POSYNC_TRACE_CALLS unset, the stack default)",
@@ -180,6 +213,8 @@ def scenario(
             "bare": compiled[BARE],
             "handlers": _ratios(compiled),
         }
+        if FLOOR in compiled:
+            out["worker_libraries"] = _floor(compiled)
         if no_bytecode_runs > 0:
             subset = {BARE: bare, **{h: paths[h] for h in ("worker",) if h in paths}}
             raw = run_modes(subset, no_bytecode_runs, bytecode=False, workdir=workdir, rng=rng)

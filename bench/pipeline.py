@@ -16,6 +16,9 @@ generation and the OAuth flow are outside it). Figures:
   three per call) + one per order with a nested list that reaches Clover's cut of 100
   (those cannot come with the page). The sandbox seeds some orders with 101-250 line
   items, so a page needs between two and four requests.
+- ``cpu_ceiling_orders_per_s``: orders ÷ the process's CPU seconds, the rate its CPU allows
+  (parsing and normalizing hold the GIL: one core's worth). ``bound`` names the lower of
+  that and the effective ceiling; ``cpu_busy`` is CPU seconds ÷ wall seconds.
 """
 
 from __future__ import annotations
@@ -124,6 +127,10 @@ def run_case(
     ceiling = token_rps * PAGE_LIMIT
     effective_ceiling = token_rps * len(truth) / max(1, needed)
     ratio = rate / ceiling
+    cpu = max(1e-9, cpu1 - cpu0)
+    # One interpreter: parsing and normalizing hold the GIL, so the process's CPU time per
+    # order bounds its rate whatever the provider allows.
+    cpu_ceiling = orders / cpu
     return {
         "latency_ms": case.latency_ms,
         "status": result.status,
@@ -150,6 +157,9 @@ def run_case(
         "quarantined": recorder.quarantined,
         "cpu_s": {"bench": round(cpu1 - cpu0, 2), "sandbox": round(sb_cpu1 - sb_cpu0, 2)},
         "cpu_us_per_order": round((cpu1 - cpu0) / max(1, orders) * 1e6, 1),
+        "cpu_busy": round(cpu / elapsed, 3),  # of one core
+        "cpu_ceiling_orders_per_s": round(cpu_ceiling, 1),
+        "bound": "cpu" if cpu_ceiling < effective_ceiling else "rate limit",
         "gc": gc_time.as_dict(),
         "check": verdict.as_dict(),
         "check_ok": verdict.ok,

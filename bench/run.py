@@ -94,6 +94,13 @@ def _print_coldstart(r: dict[str, Any]) -> None:
             f"  {name:<10} {h['wall_ms']:>7} ms wall ({h['ratio_wall']:.2f}x bare), {h['cpu_ms']:>7} ms CPU "
             f"({h['ratio_cpu']:.2f}x)  target <= {h['target']}x  {verdict(h['pass'])}"
         )
+    floor = r.get("worker_libraries")
+    if floor:
+        say(
+            f"  worker's required libraries alone (+ batch utility, requests): {floor['wall_ms']} ms "
+            f"({floor['ratio_to_bare']:.2f}x bare); the worker is {floor['worker_ratio_to_libraries']:.2f}x "
+            f"that (posync's modules and module body: {floor['posync_ms']} ms)"
+        )
     nb = r.get("no_bytecode")
     if nb:
         say(f"  without bytecode (a layer shipped without .pyc): bare {nb['bare']['wall_ms']} ms")
@@ -125,6 +132,11 @@ def _print_pipeline(r: dict[str, Any]) -> None:
             f"{g['seconds']} s), sandbox {c['cpu_s']['sandbox']} s; 429s {c['rate_limited_429']}; "
             f"lost {c['check']['lost']}, duplicated {c['check']['duplicated']}, stale {c['check']['stale']} "
             f"(check {verdict(c['check_ok'])}); load {c['load_before']['load_1m']}"
+        )
+        say(
+            f"      bound: {c['bound']} (the bench process was busy {c['cpu_busy']:.0%} of one core; "
+            f"its CPU allows {c['cpu_ceiling_orders_per_s']:.0f} orders/s, the requests needed "
+            f"{c['effective_ceiling_orders_per_s']:.0f})"
         )
 
 

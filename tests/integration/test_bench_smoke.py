@@ -62,6 +62,8 @@ def test_pipeline_reads_every_order_once_at_both_latencies(summary: dict[str, An
         assert case["requests"]["total"] >= case["requests_needed"]["list"] > 0
         assert case["ceiling_orders_per_s"] == 16_000
         assert case["ratio"] > 0 and case["effective_ratio"] >= case["ratio"]
+        assert case["cpu_ceiling_orders_per_s"] > 0 and case["cpu_busy"] > 0
+        assert case["bound"] in ("cpu", "rate limit")
 
 
 def test_tick_syncs_every_merchant_through_dispatcher_queue_and_workers(summary: dict[str, Any]) -> None:
@@ -111,3 +113,5 @@ def test_cold_start_measures_the_bare_handler_and_each_asked_handler(summary: di
     assert set(c["handlers"]) == {"health", "worker"}
     for h in c["handlers"].values():
         assert h["wall_ms"] > 0 and h["ratio_wall"] > 0
+    floor = c["worker_libraries"]  # measured because the worker was asked for
+    assert floor["wall_ms"] > 0 and floor["ratio_to_bare"] > 0 and floor["worker_ratio_to_libraries"] > 0

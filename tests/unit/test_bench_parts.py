@@ -13,7 +13,7 @@ import requests
 from botocore.stub import Stubber
 
 from bench.aws_calls import CallCounter, _figures
-from bench.coldstart import BARE, _ratios
+from bench.coldstart import BARE, FLOOR, _floor, _ratios
 from bench.common import GcTimer, MemoryConnections, Recorder, TimedHttp, check
 from bench.tick import InProcessFifo, LocalAppSlots
 from posync.domain import Connection, ConnectionStatus
@@ -265,8 +265,23 @@ def test_cold_start_ratios_are_against_the_bare_handler() -> None:
         "health": {"wall_ms": 120.0, "cpu_ms": 100.0},
         "worker": {"wall_ms": 250.0, "cpu_ms": 160.0},
     }
-    out = _ratios(medians)
-    assert set(out) == {"health", "worker"}
+    out = _ratios({**medians, FLOOR: {"wall_ms": 130.0, "cpu_ms": 120.0}})
+    assert set(out) == {"health", "worker"}  # the libraries' reference is not a handler
     assert out["health"]["ratio_wall"] == 1.2 and out["health"]["pass"] is True
     assert out["worker"]["ratio_wall"] == 2.5 and out["worker"]["ratio_cpu"] == 2.0
     assert out["worker"]["pass"] is False
+
+
+def test_cold_start_splits_the_worker_into_its_libraries_and_posync() -> None:
+    medians = {
+        BARE: {"wall_ms": 100.0, "cpu_ms": 80.0},
+        FLOOR: {"wall_ms": 125.0, "cpu_ms": 100.0},
+        "worker": {"wall_ms": 150.0, "cpu_ms": 120.0},
+    }
+    out = _floor(medians)
+    assert out == {
+        "wall_ms": 125.0,
+        "ratio_to_bare": 1.25,
+        "worker_ratio_to_libraries": 1.2,
+        "posync_ms": 25.0,
+    }
