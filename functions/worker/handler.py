@@ -38,7 +38,7 @@ tune_for_sync()  # pages of orders are acyclic: collect rarely (see posync.gcpol
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str, Any]:
-    request = SyncRequest.from_json(record.body)
+    request = SyncRequest.from_json(record.body, message_id=record.message_id)
     deadline = Deadline.after(lambda_context.get_remaining_time_in_millis() / 1000)
     result = SERVICE.run(request, deadline)
     return asdict(result)

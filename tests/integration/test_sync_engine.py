@@ -28,6 +28,7 @@ from posync.store import OrderRepository
 from posync.syncqueue import SyncKind, SyncRequest, send_sync
 from posync.tokens import SecretsManagerTokenStore
 from posync_local.cli_run import sync_command
+from posync_local.local_tick import sqs_record
 from posync_local.runtime import LocalRuntime
 
 pytestmark = pytest.mark.integration
@@ -334,3 +335,28 @@ def test_the_app_limits_live_in_the_control_table_and_leases_are_released(rt: Lo
     slots = ddb.get_item(TableName=table, Key={"pk": {"S": "ratelimit#clover#slots"}}, ConsistentRead=True)
     assert int(slots["Item"]["version"]["N"]) >= 1
     assert slots["Item"]["leases"]["M"] == {}
+
+
+def test_a_backfill_redelivered_after_its_run_completed_reads_nothing_again(rt: LocalRuntime) -> None:
+    # Given a merchant's first backfill message, taken from the real queue (moto over HTTP)
+    rt.apply_env()
+    merchant = sandbox(rt, "clover").add_merchant(orders=40, days=5)
+    req = SyncRequest("clover", merchant, SyncKind.BACKFILL, since="2000-01-01T00:00:00Z", reason="test")
+    connect(rt, "clover", merchant)
+    rt.drain()  # the callback's own backfill
+    url = str(rt.settings.sync_queue_url)
+    send_sync(url, req, f"{req.connection_id}-redelivery-{next(_ticks)}")
+    sqs = boto3.client("sqs")
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, AttributeNames=["All"], WaitTimeSeconds=1)
+    (message,) = got["Messages"]
+    arn = "arn:aws:sqs:us-east-1:000000000000:posync-syncit-sync.fifo"
+    event = {"Records": [sqs_record(dict(message), arn, "us-east-1")]}
+    # When the worker runs it, then gets the same delivery again (it died before SQS heard back)
+    assert rt.invoke("worker", event) == {"batchItemFailures": []}
+    first = conn(rt, "clover", merchant).last_run
+    assert first["kind"] == "backfill" and first["counts"]["fetched"] == 40
+    assert rt.invoke("worker", event) == {"batchItemFailures": []}
+    # Then the redelivery ran no second backfill: the last run is still the first one
+    assert conn(rt, "clover", merchant).last_run["run_id"] == first["run_id"]
+    assert conn(rt, "clover", merchant).cursor["done_messages"][-1] == message["MessageId"]
+    assert_in_sync(rt, "clover", merchant)

@@ -206,9 +206,13 @@ class World:
         return src
 
     def run(
-        self, kind: SyncKind = SyncKind.SCHEDULED, since: str | None = None, seconds: float = 900
+        self,
+        kind: SyncKind = SyncKind.SCHEDULED,
+        since: str | None = None,
+        seconds: float = 900,
+        message_id: str | None = None,
     ) -> RunResult:
-        req = SyncRequest("clover", CLOVER_MID, kind, since=since)
+        req = SyncRequest("clover", CLOVER_MID, kind, since=since, message_id=message_id)
         return self.service.run(req, Deadline(self.clock.mono + seconds, self.clock))
 
     def continue_run(self, seconds: float = 900) -> RunResult:
@@ -469,6 +473,51 @@ def test_a_backfill_arriving_mid_run_is_deferred_until_the_run_finishes() -> Non
     assert result.status == "completed"
     (req, _) = w.enqueued[0]
     assert (req.kind, req.since) == (SyncKind.MANUAL, "2020-01-01T00:00:00Z")
+
+
+def test_a_backfill_redelivered_after_its_run_completed_is_not_read_again() -> None:
+    # Given a backfill message whose run completed (the invocation then died before SQS heard back)
+    w = World(n=600, days=10)
+    since = ms_to_iso(w.api.now_ms - 11 * DAY_MS)
+    first = w.run(SyncKind.BACKFILL, since=since, message_id="msg-1")
+    assert first.status == "completed"
+    assert w.connections.commits[-1][0]["done_messages"] == ["msg-1"]
+    w.api.requests.clear()
+    # When SQS redelivers the same message
+    again = w.run(SyncKind.BACKFILL, since=since, message_id="msg-1")
+    # Then it is acknowledged without a run: no provider request, nothing exported twice
+    assert (again.status, again.reason) == ("skipped", "message already processed")
+    assert w.api.requests == []
+    assert Counter(w.store.exported) == Counter(w.ids)
+    # while a new message with the same body runs, and the cursor keeps the last ten ids
+    for i in range(2, 13):
+        assert w.run(SyncKind.SCHEDULED, message_id=f"msg-{i}").status == "completed"
+    assert w.connections.commits[-1][0]["done_messages"] == [f"msg-{i}" for i in range(3, 13)]
+    assert w.run(SyncKind.BACKFILL, since=since, message_id="msg-1").status == "completed"
+
+
+def test_a_message_redelivered_mid_run_resumes_that_run_and_is_remembered_when_it_ends() -> None:
+    # Given a backfill message whose run was cut short (each page takes 10 s to store)
+    w = World(n=2000, days=40)
+    w.store.on_write = lambda: w.clock.advance(10)
+    since = ms_to_iso(w.api.now_ms - 41 * DAY_MS)
+    first = w.run(SyncKind.BACKFILL, since=since, seconds=100, message_id="msg-1")
+    assert first.status == "continued"
+    w.enqueued.clear()  # the invocation died before its continuation was sent
+    w.store.on_write = None
+    # When SQS redelivers the message
+    again = w.run(SyncKind.BACKFILL, since=since, message_id="msg-1")
+    # Then it finishes the same run, every order exported once, and the message is remembered
+    assert (again.status, again.run_id) == ("completed", first.run_id)
+    assert Counter(w.store.exported) == Counter(w.ids)
+    assert w.connections.commits[-1][0]["done_messages"] == ["msg-1"]
+
+
+def test_the_message_id_is_delivery_metadata_never_sent() -> None:
+    req = SyncRequest("clover", CLOVER_MID, SyncKind.BACKFILL, since="2026-01-01T00:00:00Z", message_id="m")
+    assert "message_id" not in req.to_json() and '"m"' not in req.to_json()
+    assert SyncRequest.from_json(req.to_json(), message_id="m2").message_id == "m2"
+    assert SyncRequest.from_json(req.to_json()) == req  # equality ignores delivery metadata
 
 
 def test_config_from_env_validates() -> None:

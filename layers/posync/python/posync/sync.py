@@ -34,7 +34,12 @@ within the invocation's deadline:
 Cursor (the connection's ``cursor`` attribute, JSON)::
 
     {"v": 1, "modified_ms": T, "ids_at_T": [], "newest": N,          # Clover (Poynt: "updated_at", ISO)
+     "done_messages": [...],  # SQS ids of the last messages whose runs completed
      "run": {"id", "kind", "started_at", "from", "progress", "counts", "invocations", ...}}
+
+A message redelivered after its run completed (the invocation died before SQS got its
+answer) finds its id in ``done_messages`` and is acknowledged without a run; redelivered
+mid-run, it resumes the run like a continuation would.
 
 The ``run`` part exists only while a run is in progress; ``progress`` is the source's
 keyset snapshot (``{"end", "slices": [{"from", "to", "ids", "offset"?}]}``).
@@ -321,6 +326,7 @@ class RunResult:
     manifest_key: str | None = None
 
 
+DONE_MESSAGES = 10  # message ids remembered: more than one SQS batch of a connection's group
 COUNT_KEYS = ("pages", "fetched", "stored", "exported", "quarantined", "requests", "rate_limited")
 
 
@@ -330,6 +336,12 @@ class Quarantined:
 
     raw: dict[str, Any]
     reason: str
+
+
+def done_messages(cursor: dict[str, Any] | None) -> list[str]:
+    """The ids of the last messages whose runs completed (kept in the settled cursor)."""
+    got = (cursor or {}).get("done_messages")
+    return [m for m in got if isinstance(m, str)] if isinstance(got, list) else []
 
 
 def new_run_id(provider: str, merchant_id: str, now_s: float) -> str:
@@ -382,6 +394,18 @@ class SyncService:
             reason = f"connection is {conn.status.value}"
             logger.info("sync skipped", extra={"connection_id": conn.connection_id, "reason": reason})
             return RunResult("skipped", reason=reason)
+        if (
+            request.message_id
+            and request.kind is not SyncKind.CONTINUATION
+            and request.message_id in done_messages(conn.cursor)
+        ):
+            # Redelivered after its run completed (the invocation died before SQS heard
+            # back): a backfill must not read its whole window again.
+            logger.info(
+                "sync skipped: this message's run already completed",
+                extra={"connection_id": conn.connection_id, "message_id": request.message_id},
+            )
+            return RunResult("skipped", reason="message already processed")
         run = _Run(self, conn, request, deadline)
         logger.append_keys(connection_id=conn.connection_id, run_id=run.run_id)
         try:
@@ -420,6 +444,8 @@ class _Run:
                 "counts": dict.fromkeys(COUNT_KEYS, 0),
                 "invocations": 0,
             }
+            if request.message_id and request.kind is not SyncKind.CONTINUATION:
+                self.state["message_id"] = request.message_id
         self.state["invocations"] = int(self.state.get("invocations", 0)) + 1
         self.counts: dict[str, int] = {k: int(self.state.get("counts", {}).get(k, 0)) for k in COUNT_KEYS}
         self.newest: int | None = self.state.get("newest")
@@ -647,6 +673,12 @@ class _Run:
 
     def _complete(self, source: OrderSource, sink: Any, plan: Plan) -> RunResult:
         cursor_to = source.settled_cursor(plan.end, self.newest)
+        done = done_messages(self.settled_part)
+        message_id = self.state.get("message_id")
+        if isinstance(message_id, str) and message_id not in done:
+            done = [*done, message_id][-DONE_MESSAGES:]
+        if done:
+            cursor_to["done_messages"] = done
         counts = self._counts_now()
         manifest = sink.finish(self.state.get("from"), cursor_to, counts)
         last_run = {

@@ -8,7 +8,7 @@ The consumer is the worker.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -33,16 +33,20 @@ class SyncRequest:
     since: str | None = None  # RFC 3339 UTC: start here instead of the cursor (backfill, manual)
     run_id: str | None = None  # set on continuations: the run goes on
     reason: str | None = None  # free text for logs ("schedule slot 2026-11-23T18:15Z", "webhook")
+    # Delivery metadata, never sent: the SQS message id (the same on every redelivery), set
+    # by the worker so that a message whose run already completed is not run again.
+    message_id: str | None = field(default=None, compare=False)
 
     @property
     def connection_id(self) -> str:
         return connection_id(self.provider, self.merchant_id)
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))
+        body = {k: v for k, v in asdict(self).items() if v is not None and k != "message_id"}
+        return json.dumps(body, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, body: str) -> SyncRequest:
+    def from_json(cls, body: str, message_id: str | None = None) -> SyncRequest:
         try:
             data: dict[str, Any] = json.loads(body)
             req = cls(
@@ -52,6 +56,7 @@ class SyncRequest:
                 since=data.get("since"),
                 run_id=data.get("run_id"),
                 reason=data.get("reason"),
+                message_id=message_id,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInput(f"malformed sync message: {type(exc).__name__}") from exc
