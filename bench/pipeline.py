@@ -155,8 +155,8 @@ def run_case(
         "rate_limited_429": server["rate_limited"],
         "server_errors": server["server_errors"],
         "quarantined": recorder.quarantined,
-        "cpu_s": {"bench": round(cpu1 - cpu0, 2), "sandbox": round(sb_cpu1 - sb_cpu0, 2)},
-        "cpu_us_per_order": round((cpu1 - cpu0) / max(1, orders) * 1e6, 1),
+        "cpu_s": {"bench": round(cpu, 2), "sandbox": round(sb_cpu1 - sb_cpu0, 2)},
+        "cpu_us_per_order": round(cpu / max(1, orders) * 1e6, 1),
         "cpu_busy": round(cpu / elapsed, 3),  # of one core
         "cpu_ceiling_orders_per_s": round(cpu_ceiling, 1),
         "bound": "cpu" if cpu_ceiling < effective_ceiling else "rate limit",

@@ -326,7 +326,7 @@ class RunResult:
     manifest_key: str | None = None
 
 
-DONE_MESSAGES = 10  # message ids remembered: more than one SQS batch of a connection's group
+DONE_MESSAGES = 10  # message ids remembered: a whole SQS batch (10) from one connection's group
 COUNT_KEYS = ("pages", "fetched", "stored", "exported", "quarantined", "requests", "rate_limited")
 
 
