@@ -79,13 +79,14 @@ def test_the_factory_leases_one_slot_for_a_caught_up_run_and_full_parallelism_ot
 
 def test_the_factory_gives_each_source_the_configured_cpu_slots() -> None:
     settings = Settings.from_env({})
-    assert SyncConfig.from_env({}, settings).cpu_slots == 2
-    config = SyncConfig.from_env({"POSYNC_SYNC_CPU_SLOTS": "1"}, settings)
+    assert SyncConfig.from_env({}, settings).cpu_slots == 1
+    config = SyncConfig.from_env({"POSYNC_SYNC_CPU_SLOTS": "3"}, settings)
     source = SourceFactory(settings, NoTokens(), config)(conn_with({}), Deadline.after(60))
     try:
-        assert source.config.cpu_slots == 1
-        assert source._cpu.acquire(blocking=False)
-        assert not source._cpu.acquire(blocking=False)  # one slot only
-        source._cpu.release()
+        assert source.config.cpu_slots == 3
+        assert all(source._cpu.acquire(blocking=False) for _ in range(3))
+        assert not source._cpu.acquire(blocking=False)  # three slots only
+        for _ in range(3):
+            source._cpu.release()
     finally:
         source.close()

@@ -97,7 +97,7 @@ class SyncConfig:
     checkpoint_s: float = 0.0  # POSYNC_SYNC_CHECKPOINT_SECONDS (0: only when the invocation stops)
     checkpoint_pages: int = 0  # POSYNC_SYNC_CHECKPOINT_PAGES (0: by time only)
     parallelism: int = 0  # POSYNC_SYNC_PARALLELISM (0: the token's concurrency)
-    cpu_slots: int = 2  # POSYNC_SYNC_CPU_SLOTS: pages parsed and normalized at once (raw pages held)
+    cpu_slots: int = 1  # POSYNC_SYNC_CPU_SLOTS: pages parsed and normalized at once (raw pages held)
     page_limit: int = 0  # POSYNC_SYNC_PAGE_LIMIT (0: the provider's maximum)
     app_limit: str = "dynamodb"  # POSYNC_APP_LIMIT: dynamodb | local | off
     backfill_days: int = 90
@@ -127,7 +127,7 @@ class SyncConfig:
             checkpoint_s=num("POSYNC_SYNC_CHECKPOINT_SECONDS", 0, 0, 3600),
             checkpoint_pages=int(num("POSYNC_SYNC_CHECKPOINT_PAGES", 0, 0, 100_000)),
             parallelism=int(num("POSYNC_SYNC_PARALLELISM", 0, 0, 64)),
-            cpu_slots=int(num("POSYNC_SYNC_CPU_SLOTS", 2, 1, 16)),
+            cpu_slots=int(num("POSYNC_SYNC_CPU_SLOTS", 1, 1, 16)),
             page_limit=int(num("POSYNC_SYNC_PAGE_LIMIT", 0, 0, 1000)),
             app_limit=app_limit,
             read_timeout_s=num("POSYNC_SYNC_READ_TIMEOUT_SECONDS", 30, 0.1, 300),

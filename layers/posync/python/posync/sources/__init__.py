@@ -36,7 +36,11 @@ offsets staying put:
   size of the run. Measured by ``make bench`` against parsing in all five fetches at
   once: a 100,000-order backfill's peak RSS 157 -> 113-121 MiB, and throughput at 200 ms
   of latency 0.61 -> 0.86 of what the rate limit allows for the requests it needs (the
-  threads no longer fight over the GIL with five pages of objects each).
+  threads no longer fight over the GIL with five pages of objects each). One slot (the
+  default) against two: at 200 ms 0.77-0.83 against 0.73-0.79 of that ceiling over four
+  runs each on a slower day (a single building thread leaves the interpreter lock to the
+  downloads more often), the same within the noise on a faster one (0.885 against 0.880;
+  at 50 ms 0.941 against 0.936); one raw page fewer held either way.
 - **Pages held.** Every fetch holds a page from its response until the caller takes it.
   When the caller writes pages more slowly than the fetches bring them, fetches running
   further ahead only queue: the
@@ -77,7 +81,7 @@ MIN_PAGES_PER_PIECE = 3  # a split piece's extra partial page costs at most a th
 @dataclass(frozen=True)
 class SourceConfig:
     parallelism: int = 5  # fetches in flight at once (the token's concurrency)
-    cpu_slots: int = 2  # fetches building (parsing, preparing) a page at once: raw pages held
+    cpu_slots: int = 1  # fetches building (parsing, preparing) a page at once: raw pages held
     min_ahead: int = 2  # fetches kept alive, at the least, for a caller slower than the fetches
     lookback_ms: int = DEFAULT_LOOKBACK_MS  # re-read this much before the cursor (late writes, skew)
     min_split_ms: int = 1_000  # never split a slice's remaining range below this
