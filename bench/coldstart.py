@@ -5,8 +5,9 @@ by file path (as Lambda's bootstrap and ``posync_local.local_functions`` do) and
 the wall and CPU time of that import, module body included (settings, services, clients).
 The baseline is a bare handler importing only ``boto3`` and ``aws_lambda_powertools``.
 A second reference, ``worker_libraries``, imports what the worker cannot do without as
-well (Powertools' batch utility and ``requests``): the worker's figure minus it is posync's
-own code (its modules and the handler's module body: settings, clients, the service).
+well (Powertools' batch utility; its provider HTTP is urllib3, which boto3 already loads):
+the worker's figure minus it is posync's own code (its modules and the handler's module
+body: settings, clients, the service).
 
 The environment looks like Lambda's: ``LAMBDA_TASK_ROOT`` and ``AWS_LAMBDA_FUNCTION_NAME``
 set (Powertools and the X-Ray SDK behave as on Lambda; ``POSYNC_TRACE_CALLS`` unset, the
@@ -52,16 +53,15 @@ import aws_lambda_powertools  # noqa: F401
 def handler(event, context):
     return {}
 '''
-# The libraries the worker cannot do without: the brief's Powertools batch utility (partial
-# batch failures) and requests (the providers' APIs). Not a handler: a reference that shows
-# how much of the worker's figure is these libraries and how much is posync's own code.
+# The library the worker cannot do without beyond the bare handler's: the brief's Powertools
+# batch utility (partial batch failures). Not a handler: a reference that shows how much of
+# the worker's figure is that library and how much is posync's own code.
 FLOOR = "worker_libraries"
-FLOOR_SOURCE = '''"""The worker's required libraries: boto3, Powertools, its batch utility, requests."""
+FLOOR_SOURCE = '''"""The worker's required libraries: boto3, Powertools and its batch utility."""
 
 import boto3  # noqa: F401
 import aws_lambda_powertools  # noqa: F401
 from aws_lambda_powertools.utilities.batch import BatchProcessor  # noqa: F401
-import requests  # noqa: F401
 
 
 def handler(event, context):

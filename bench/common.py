@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
 from aws_lambda_powertools.metrics import MetricUnit
 
 from posync.config import PROVIDERS, Settings
@@ -21,6 +20,7 @@ from posync.domain import Connection, ConnectionStatus, connection_id
 from posync.errors import ConnectionNotFound
 from posync.exports import modified_ms
 from posync.ratelimit import Limits
+from posync.transport import Http, HttpReply
 
 # --------------------------------------------------------------------------- configuration
 
@@ -223,18 +223,17 @@ def check(truth: Mapping[str, int], seen: Sequence[tuple[str, int]]) -> Check:
 # --------------------------------------------------------------------------- timing and load
 
 
-class TimedHttp(requests.Session):
-    """Wraps a transport's ``requests.Session``: when each provider request started and ended."""
+class TimedHttp:
+    """Wraps a transport's :class:`~posync.transport.Http`: when each provider request started and ended."""
 
-    def __init__(self, inner: requests.Session) -> None:
-        super().__init__()
+    def __init__(self, inner: Http) -> None:
         self.inner = inner
         self._lock = threading.Lock()
         self.first_start: float | None = None
         self.last_end: float | None = None
         self.requests = 0
 
-    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
+    def get(self, url: str, **kwargs: Any) -> HttpReply:
         start = time.monotonic()
         try:
             return self.inner.get(url, **kwargs)

@@ -97,7 +97,7 @@ def _print_coldstart(r: dict[str, Any]) -> None:
     floor = r.get("worker_libraries")
     if floor:
         say(
-            f"  worker's required libraries alone (+ batch utility, requests): {floor['wall_ms']} ms "
+            f"  worker's required libraries alone (+ batch utility): {floor['wall_ms']} ms "
             f"({floor['ratio_to_bare']:.2f}x bare); the worker is {floor['worker_ratio_to_libraries']:.2f}x "
             f"that (posync's modules and module body: {floor['posync_ms']} ms)"
         )

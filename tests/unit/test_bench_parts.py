@@ -9,7 +9,6 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 from botocore.stub import Stubber
 
 from bench.aws_calls import CallCounter, _figures
@@ -18,6 +17,7 @@ from bench.common import GcTimer, MemoryConnections, Recorder, TimedHttp, check
 from bench.tick import InProcessFifo, LocalAppSlots
 from posync.domain import Connection, ConnectionStatus
 from posync.ratelimit import BudgetExhausted, Deadline
+from posync.transport import HttpReply
 
 # --------------------------------------------------------------------------- check
 
@@ -176,23 +176,22 @@ def test_recording_sink_keeps_each_order_version_per_connection() -> None:
     assert (recorder.pages, recorder.quarantined) == (1, 1)
 
 
-class _StubSession(requests.Session):
+class _StubSession:
     def __init__(self) -> None:
-        super().__init__()
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
-        self.calls.append((str(url), kwargs))
-        return requests.Response()
+    def get(self, url: str, **kwargs: Any) -> HttpReply:
+        self.calls.append((url, kwargs))
+        return HttpReply(200, {}, b"")
 
 
 def test_timed_http_forwards_requests_and_records_when_they_ran() -> None:
     inner = _StubSession()
     timed = TimedHttp(inner)
-    timed.get("http://127.0.0.1/x", params={"a": "1"}, timeout=(1, 2))
-    timed.get("http://127.0.0.1/y")
+    timed.get("http://127.0.0.1/x", params={"a": "1"}, headers={}, timeout=(1, 2))
+    timed.get("http://127.0.0.1/y", params=None, headers={}, timeout=(1, 2))
     assert [u for u, _ in inner.calls] == ["http://127.0.0.1/x", "http://127.0.0.1/y"]
-    assert inner.calls[0][1] == {"params": {"a": "1"}, "timeout": (1, 2)}
+    assert inner.calls[0][1] == {"params": {"a": "1"}, "headers": {}, "timeout": (1, 2)}
     assert timed.requests == 2
     assert timed.first_start is not None and timed.last_end is not None
     assert timed.first_start <= timed.last_end

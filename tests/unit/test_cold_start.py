@@ -89,7 +89,7 @@ print(json.dumps({"modules": modules, "built": built}))
         ("webhooks", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
         ("dispatcher", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
         ("callback", {"jwt", "cryptography", "aws_xray_sdk"}),
-        ("worker", {"jwt", "cryptography", "aws_xray_sdk"}),
+        ("worker", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
     ],
 )
 def test_a_handler_import_loads_only_what_every_invocation_needs(handler: str, absent: set[str]) -> None:

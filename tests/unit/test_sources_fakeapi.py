@@ -1,4 +1,4 @@
-"""In-memory Clover and Poynt order APIs behind a fake ``requests.Session`` (no network).
+"""In-memory Clover and Poynt order APIs behind a fake :class:`posync.transport.Http` (no network).
 
 They follow the provider facts the sources depend on (filters, ascending order with ties
 broken by id, limit caps, Clover's silent 90-day cut and nested cut at 100, Poynt's links)
@@ -19,26 +19,22 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import requests
+from urllib3 import HTTPHeaderDict
 
 from posync.domain import Connection
 from posync.ratelimit import Deadline, RequestLimiter, TokenLimiter
 from posync.sources import DAY_MS, SourceConfig, iso_to_ms, ms_to_iso
 from posync.sources.clover import CloverSource
 from posync.sources.poynt import PoyntSource
-from posync.transport import Transport
+from posync.transport import Http, HttpReply, Transport
 
 CLOVER_MID = "MERCHANT00001"
 POYNT_BIZ = "2f4a3a1e-3b4c-4d5e-8f90-1234567890ab"
 NOW_MS = 1_790_000_000_000  # "now" when a fake API is built
 
 
-def response(status: int, body: Any) -> requests.Response:
-    r = requests.Response()
-    r.status_code = status
-    r._content = json.dumps(body).encode()
-    r.headers["Content-Type"] = "application/json"
-    return r
+def response(status: int, body: Any) -> HttpReply:
+    return HttpReply(status, HTTPHeaderDict({"Content-Type": "application/json"}), json.dumps(body).encode())
 
 
 class FakeOrders:
@@ -113,14 +109,14 @@ class FakeOrders:
             self.modify(oid)
             self.modified_during_paging.append(oid)
 
-    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> requests.Response:
+    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> HttpReply:
         raise NotImplementedError
 
-    def session(self) -> requests.Session:
+    def session(self) -> Http:
         api = self
 
-        class Session(requests.Session):
-            def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
+        class Session:
+            def get(self, url: str, **kwargs: Any) -> HttpReply:
                 raw = kwargs.get("params") or []
                 params = list(raw.items()) if isinstance(raw, dict) else list(raw)
                 parts = urlsplit(str(url))
@@ -169,7 +165,7 @@ class FakeClover(FakeOrders):
     def set_time(self, order: dict[str, Any], t: int) -> None:
         order["modifiedTime"] = t
 
-    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> requests.Response:
+    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> HttpReply:
         prefix = f"/v3/merchants/{CLOVER_MID}/orders"
         if path == prefix:
             return self._list(params)
@@ -186,7 +182,7 @@ class FakeClover(FakeOrders):
             return response(200, {"elements": full[off : off + lim]})
         return response(404, {"message": "not found"})
 
-    def _list(self, params: list[tuple[str, str]]) -> requests.Response:
+    def _list(self, params: list[tuple[str, str]]) -> HttpReply:
         lo = hi = None
         for k, v in params:
             if k == "filter" and v.startswith("modifiedTime>="):
@@ -245,7 +241,7 @@ class FakePoynt(FakeOrders):
     def set_time(self, order: dict[str, Any], t: int) -> None:
         order["updatedAt"] = ms_to_iso(t)
 
-    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> requests.Response:
+    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> HttpReply:
         if path != f"/businesses/{POYNT_BIZ}/orders":
             return response(404, {"code": "NOT_FOUND"})
         p = dict(params)
@@ -307,7 +303,7 @@ def naive_offset_pager(api: FakeClover, start: int, end: int, limit: int = 100) 
             ("offset", str(offset)),
         ]
         url = f"https://clover.test/v3/merchants/{CLOVER_MID}/orders"
-        els = sess.get(url, params=params).json()["elements"]
+        els = json.loads(sess.get(url, params=params, headers={}, timeout=(1, 1)).content)["elements"]
         seen += [o["id"] for o in els]
         if len(els) < limit:
             return seen

@@ -9,12 +9,20 @@ import threading
 from typing import Any
 
 import pytest
-import requests
+from urllib3 import HTTPHeaderDict
 
 from posync.domain import Connection
 from posync.errors import ProviderError, RateLimited
 from posync.ratelimit import BudgetExhausted, Deadline, RequestLimiter, TokenLimiter
-from posync.transport import RetryPolicy, Transport, parse_json, parse_retry_after
+from posync.transport import (
+    HttpReply,
+    HttpTimeout,
+    HttpUnreachable,
+    RetryPolicy,
+    Transport,
+    parse_json,
+    parse_retry_after,
+)
 
 MERCHANT = "ABCDEFGHJK123"
 POYNT_BIZ = "2f4a3a1e-3b4c-4d5e-8f90-1234567890ab"
@@ -36,33 +44,29 @@ class FakeClock:
         self.now += max(0.0, seconds)
 
 
-def response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> requests.Response:
-    r = requests.Response()
-    r.status_code = status
-    r._content = b"" if body is None else json.dumps(body).encode()
-    r.headers.update(headers or {})
-    return r
+def response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> HttpReply:
+    content = b"" if body is None else json.dumps(body).encode()
+    return HttpReply(status, HTTPHeaderDict(headers or {}), content)
 
 
-Step = requests.Response | type[Exception] | Exception
+Step = HttpReply | type[Exception] | Exception
 
 
-class ScriptedSession(requests.Session):
+class ScriptedSession:
     """Answers GETs from a script; records what was sent (URL, params, headers)."""
 
     def __init__(self, script: list[Step], clock: FakeClock | None = None) -> None:
-        super().__init__()
         self.script = list(script)
         self.sent: list[dict[str, Any]] = []
         self.sent_at: list[float] = []
         self.clock = clock
 
-    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
+    def get(self, url: str, **kwargs: Any) -> HttpReply:
         self.sent.append({"url": url, **kwargs})
         if self.clock is not None:
             self.sent_at.append(self.clock.now)
         step = self.script.pop(0)
-        if isinstance(step, requests.Response):
+        if isinstance(step, HttpReply):
             return step
         if isinstance(step, Exception):
             raise step
@@ -243,9 +247,7 @@ def test_server_errors_back_off_with_capped_full_jitter_then_raise() -> None:
 
 
 def test_timeouts_and_connection_errors_are_retried() -> None:
-    t, _, clock, _ = make(
-        [requests.ReadTimeout, requests.ConnectionError, response(502, {}), response(200, {"n": 3})]
-    )
+    t, _, clock, _ = make([HttpTimeout, HttpUnreachable, response(502, {}), response(200, {"n": 3})])
     assert t.get("/x", deadline=far(clock)).body == {"n": 3}
     assert t.stats.retries == 3
 
@@ -304,8 +306,8 @@ def test_concurrent_401s_refresh_once() -> None:
     tokens = FakeTokens()
     gate = threading.Barrier(5)
 
-    class Sess(requests.Session):
-        def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:
+    class Sess:
+        def get(self, url: str, **kwargs: Any) -> HttpReply:
             if kwargs["headers"]["Authorization"].endswith("-1"):
                 gate.wait(timeout=5)
                 return response(401, {})
