@@ -19,6 +19,10 @@ generation and the OAuth flow are outside it). Figures:
 - ``cpu_ceiling_orders_per_s``: orders ÷ the process's CPU seconds, the rate its CPU allows
   (parsing and normalizing hold the GIL: one core's worth). ``bound`` names the lower of
   that and the effective ceiling; ``cpu_busy`` is CPU seconds ÷ wall seconds.
+- ``reachable_ratio``: the lower of the two ceilings ÷ the brief's: the greatest ``ratio``
+  this run's requests and CPU allow (about 0.29: the brief's 0.9 and 0.8 cannot be met by
+  any engine that reads complete orders). ``effective_pass``: ``effective_ratio`` against
+  the case's target.
 """
 
 from __future__ import annotations
@@ -152,6 +156,10 @@ def run_case(
         "request_ratio": round(requests / elapsed / token_rps, 3),
         "effective_ceiling_orders_per_s": round(effective_ceiling, 1),
         "effective_ratio": round(rate / effective_ceiling, 3),
+        "effective_pass": rate / effective_ceiling >= case.target,
+        # The best ``ratio`` any engine could show here: every request at the token's limit
+        # (the requests a complete read needs), or this process's CPU, whichever is lower.
+        "reachable_ratio": round(min(effective_ceiling, cpu_ceiling) / ceiling, 3),
         "rate_limited_429": server["rate_limited"],
         "server_errors": server["server_errors"],
         "quarantined": recorder.quarantined,

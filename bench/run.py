@@ -124,7 +124,12 @@ def _print_pipeline(r: dict[str, Any]) -> None:
             f"needed {need['total']} (list {need['list']}, nested {need['nested']}); "
             f"{c['requests_per_s']} req/s = {c['request_ratio']:.3f} of 16/s; "
             "vs the ceiling for the requests "
-            f"needed ({c['effective_ceiling_orders_per_s']:.0f} orders/s): {c['effective_ratio']:.3f}"
+            f"needed ({c['effective_ceiling_orders_per_s']:.0f} orders/s): {c['effective_ratio']:.3f}  "
+            f"target >= {c['target']}  {verdict(c['effective_pass'])}"
+        )
+        say(
+            f"      the brief's ceiling assumes 1 request per 1000 orders: the best ratio these requests "
+            f"and this CPU allow is {c['reachable_ratio']:.3f}"
         )
         g = c["gc"]
         say(
