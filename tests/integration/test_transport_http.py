@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import urllib3
+from botocore.httpsession import get_cert_path
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from posync.domain import Connection
 from posync.errors import ProviderError
@@ -173,3 +183,56 @@ def test_the_transport_over_the_real_client(server: str, http: PooledHttp) -> No
     with pytest.raises(Exception, match="Retry-After"):
         t.get("/limited", deadline=Deadline.after(2))
     assert time.monotonic() - started < 2
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_is_verified_against_botocores_ca_bundle(tmp_path: Path, http: PooledHttp) -> None:
+    # Given an HTTPS server whose certificate no public CA signed
+    cert_path, key_path = _self_signed(tmp_path)
+    srv = TrackedHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{srv.server_address[1]}/ok"
+    assert http.pool.connection_pool_kw["ca_certs"] == get_cert_path(True)  # the bundle AWS calls trust
+    try:
+        # When the provider client calls it, Then the handshake is refused: no request, no token sent
+        with pytest.raises(HttpUnreachable, match="SSLError"):
+            _get(http, url)
+        assert _Handler.seen == []
+        # and the same server is reached by a client that trusts its certificate (the refusal was TLS's)
+        trusting = PooledHttp()
+        trusting.pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cert_path), retries=False)
+        assert _get(trusting, url).status == 200
+    finally:
+        srv.shutdown()
+        srv.close_open_connections()
+        srv.server_close()

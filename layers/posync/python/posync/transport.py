@@ -144,7 +144,17 @@ class PooledHttp:
     """GETs over a urllib3 pool: no retries and no redirects (:class:`Transport` decides)."""
 
     def __init__(self, pool_size: int = 16) -> None:
-        self.pool = urllib3.PoolManager(num_pools=4, maxsize=pool_size, retries=False)
+        from botocore.httpsession import get_cert_path  # loaded with the first AWS client anyway
+
+        # The CA bundle botocore verifies AWS with (certifi's where installed), not whatever
+        # the runtime's OpenSSL was built to look for.
+        self.pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=pool_size,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=get_cert_path(True),
+        )
 
     def get(
         self, url: str, *, params: Any, headers: Mapping[str, str], timeout: tuple[float, float]
