@@ -236,3 +236,29 @@ def test_tls_is_verified_against_botocores_ca_bundle(tmp_path: Path, http: Poole
         srv.shutdown()
         srv.close_open_connections()
         srv.server_close()
+
+
+def test_the_environments_proxy_is_used_and_no_proxy_bypasses_it(server: str) -> None:
+    # Given a proxy server (a plain HTTP server: a proxied request's target is an absolute URL)
+    proxy = TrackedHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    target = "http://provider.test/v3/merchants/M/orders"
+    try:
+        _Handler.seen.clear()
+        # When the environment names it for http, the request goes to it, for the provider's host
+        via = PooledHttp(proxies={"http": proxy_url})
+        assert _get(via, target, {"limit": "1"}).status == 200
+        assert _Handler.seen[-1]["path"] == "/v3/merchants/M/orders"  # the proxy was asked for it
+        assert _Handler.seen[-1]["headers"]["Host"] == "provider.test"
+        # and a host NO_PROXY lists is reached directly (here: the test server itself)
+        direct = PooledHttp(proxies={"http": "http://127.0.0.1:9", "no": "127.0.0.1"})
+        assert _get(direct, f"{server}/ok").status == 200
+        # while without NO_PROXY the same call goes to the (closed) proxy and fails
+        with pytest.raises(HttpUnreachable):
+            _get(PooledHttp(proxies={"http": "http://127.0.0.1:9"}), f"{server}/ok", timeout=2)
+    finally:
+        proxy.shutdown()
+        proxy.close_open_connections()
+        proxy.server_close()

@@ -33,8 +33,9 @@ import json
 import math
 import random
 import threading
+import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -140,27 +141,50 @@ def with_query(url: str, params: Any) -> str:
     return url + ("&" if "?" in url else "?") + urlencode(params, doseq=True)
 
 
-class PooledHttp:
-    """GETs over a urllib3 pool: no retries and no redirects (:class:`Transport` decides)."""
+# NO_PROXY's reading, as the standard library (and requests) apply it; typeshed leaves it out.
+_bypass_proxy: Callable[[str, Mapping[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
-    def __init__(self, pool_size: int = 16) -> None:
+
+class PooledHttp:
+    """GETs over a urllib3 pool: no retries and no redirects (:class:`Transport` decides).
+
+    TLS is verified against the CA bundle botocore verifies AWS with (certifi's, where it is
+    installed), not whatever the runtime's OpenSSL was built to look for. ``HTTPS_PROXY``,
+    ``HTTP_PROXY`` and ``NO_PROXY`` are honoured as requests and botocore honour them.
+    """
+
+    def __init__(self, pool_size: int = 16, proxies: Mapping[str, str] | None = None) -> None:
         from botocore.httpsession import get_cert_path  # loaded with the first AWS client anyway
 
-        # The CA bundle botocore verifies AWS with (certifi's where installed), not whatever
-        # the runtime's OpenSSL was built to look for.
-        self.pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=pool_size,
-            retries=False,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=get_cert_path(True),
-        )
+        self._pool_kw: dict[str, Any] = {
+            "num_pools": 4,
+            "maxsize": pool_size,
+            "retries": False,
+            "cert_reqs": "CERT_REQUIRED",
+            "ca_certs": get_cert_path(True),
+        }
+        self.pool = urllib3.PoolManager(**self._pool_kw)
+        self.proxies = dict(urllib.request.getproxies() if proxies is None else proxies)
+        self._via: dict[str, urllib3.ProxyManager] = {}
+        self._lock = threading.Lock()
+
+    def manager(self, url: str) -> urllib3.PoolManager:
+        """The direct pool, or the pool through the proxy the environment names for ``url``."""
+        parts = urlsplit(url)
+        proxy = self.proxies.get(parts.scheme)
+        if not proxy or _bypass_proxy(parts.hostname or "", self.proxies):
+            return self.pool
+        with self._lock:
+            via = self._via.get(proxy)
+            if via is None:
+                via = self._via[proxy] = urllib3.ProxyManager(proxy, **self._pool_kw)
+            return via
 
     def get(
         self, url: str, *, params: Any, headers: Mapping[str, str], timeout: tuple[float, float]
     ) -> HttpReply:
         try:
-            resp = self.pool.request(
+            resp = self.manager(url).request(
                 "GET",
                 with_query(url, params),
                 headers={"Accept-Encoding": "gzip", **headers},
