@@ -14,6 +14,13 @@ skips nothing.
 
 from __future__ import annotations
 
+from posync.gcpolicy import tune_for_sync
+
+# Pages of orders are acyclic: collect rarely (see posync.gcpolicy). Applied before the
+# imports below: under CPython's default thresholds importing them ran about a hundred
+# collections, each walking the (long-lived) objects imported so far; now one runs.
+tune_for_sync()
+
 import os
 from dataclasses import asdict
 from typing import Any
@@ -24,7 +31,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from posync.config import Settings
-from posync.gcpolicy import tune_for_sync
 from posync.observability import logger, metrics
 from posync.ratelimit import Deadline
 from posync.sync import SyncConfig, build_sync_service
@@ -34,7 +40,6 @@ SETTINGS = Settings.from_env()
 CONFIG = SyncConfig.from_env(os.environ, SETTINGS)
 SERVICE = build_sync_service(SETTINGS, CONFIG)
 PROCESSOR = BatchProcessor(event_type=EventType.SQS)
-tune_for_sync()  # pages of orders are acyclic: collect rarely (see posync.gcpolicy)
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from posync import aws
+from posync.gcpolicy import SYNC_THRESHOLD0
 from posync.observability import trace_calls_enabled
 
 LAYER = Path(__file__).resolve().parents[2] / "layers" / "posync" / "python"
@@ -81,21 +82,10 @@ print(json.dumps({"modules": modules, "built": built}))
 """
 
 
-@pytest.mark.parametrize(
-    ("handler", "absent"),
-    [
-        ("health", {"boto3", "requests", "jwt", "cryptography", "aws_xray_sdk"}),
-        ("connect", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
-        ("webhooks", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
-        ("dispatcher", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
-        ("callback", {"jwt", "cryptography", "aws_xray_sdk"}),
-        ("worker", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
-    ],
-)
-def test_a_handler_import_loads_only_what_every_invocation_needs(handler: str, absent: set[str]) -> None:
-    # Given a Lambda-like environment (as the cold-start benchmark sets it; port 9 refuses at once)
+def _import_in_lambda_env(handler: str, probe: str) -> dict[str, Any]:
+    """Run ``probe`` (which imports the handler given as argv[1]) in a Lambda-like fresh interpreter."""
     root = LAYER.parents[2]
-    env = {
+    env = {  # as the cold-start benchmark sets it; port 9 refuses at once
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(LAYER),
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -109,9 +99,8 @@ def test_a_handler_import_loads_only_what_every_invocation_needs(handler: str, a
         "POSYNC_STAGE": "test",
         "POSYNC_SYNC_QUEUE_URL": "http://127.0.0.1:9/000000000000/posync-test-sync.fifo",
     }
-    # When the handler module is imported in a fresh interpreter
     out = subprocess.run(
-        [sys.executable, "-c", _LOADED, str(root / "functions" / handler / "handler.py")],
+        [sys.executable, "-c", probe, str(root / "functions" / handler / "handler.py")],
         env=env,
         cwd=root,
         capture_output=True,
@@ -119,7 +108,45 @@ def test_a_handler_import_loads_only_what_every_invocation_needs(handler: str, a
         check=True,
         timeout=120,
     )
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize(
+    ("handler", "absent"),
+    [
+        ("health", {"boto3", "requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("connect", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("webhooks", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("dispatcher", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+        ("callback", {"jwt", "cryptography", "aws_xray_sdk"}),
+        ("worker", {"requests", "jwt", "cryptography", "aws_xray_sdk"}),
+    ],
+)
+def test_a_handler_import_loads_only_what_every_invocation_needs(handler: str, absent: set[str]) -> None:
+    # Given a Lambda-like environment, When the handler module is imported in a fresh interpreter
+    loaded = _import_in_lambda_env(handler, _LOADED)
     # Then no provider-specific or optional library is loaded, and no AWS client is built yet
     assert absent.isdisjoint(loaded["modules"]), absent & set(loaded["modules"])
     assert loaded["built"] == []
+
+
+_COLLECTIONS = """
+import gc, importlib.util, json, sys
+started = []
+gc.callbacks.append(lambda phase, info: started.append(info["generation"]) if phase == "start" else None)
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps({"collections": len(started), "threshold0": gc.get_threshold()[0]}))
+"""
+
+
+def test_the_worker_applies_its_gc_policy_before_its_imports() -> None:
+    # When the worker's module is imported in a fresh interpreter (CPython's default thresholds)
+    out = _import_in_lambda_env("worker", _COLLECTIONS)
+    # Then its policy is in force, and was before boto3, Powertools and posync were imported:
+    # at most a collection or two ran (about a hundred, each walking what was imported so far,
+    # when the policy came after the imports)
+    assert out["threshold0"] == SYNC_THRESHOLD0
+    assert out["collections"] <= 3, out
