@@ -60,6 +60,8 @@ def load_rsa_private_key(pem: str | bytes) -> RSAPrivateKey:
 
 @dataclass(frozen=True)
 class CloverAppCredentials:
+    """The Clover app's client id and secret, and its webhook auth code once verified."""
+
     client_id: str
     client_secret: str = field(repr=False)
     webhook_auth_code: str | None = field(default=None, repr=False)
@@ -79,6 +81,8 @@ class CloverAppCredentials:
 
 @dataclass(frozen=True)
 class PoyntAppCredentials:
+    """The Poynt app's id and private key (PEM), and its webhook signing secret."""
+
     app_id: str
     private_key_pem: str = field(repr=False)
     webhook_secret: str | None = field(default=None, repr=False)

@@ -26,6 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ProviderHosts:
+    """One provider's hosts: consent page, token endpoint, REST API."""
+
     authorize_base: str  # where the merchant's browser goes to consent
     oauth_base: str  # token exchange and refresh
     api_base: str  # orders and the rest of the REST API
@@ -121,6 +123,8 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
 
 @dataclass(frozen=True)
 class Settings:
+    """A handler's typed settings, read from the environment and validated at cold start."""
+
     stage: str
     aws_region: str
     resources: Resources

@@ -50,6 +50,8 @@ class ConnectionStatus(StrEnum):
 
 @dataclass
 class Connection:
+    """One merchant's connection to one provider: status, sync cursor and last run."""
+
     provider: str
     merchant_id: str
     status: ConnectionStatus = ConnectionStatus.ACTIVE

@@ -15,6 +15,8 @@ STAGE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 @dataclass(frozen=True)
 class IndexSpec:
+    """A DynamoDB global secondary index: its name and key attributes."""
+
     name: str
     pk: str
     sk: str | None = None
@@ -22,6 +24,8 @@ class IndexSpec:
 
 @dataclass(frozen=True)
 class TableSpec:
+    """A DynamoDB table: name, key schema, TTL attribute and indexes."""
+
     key: str  # logical key used in code and CDK ("connections")
     name: str
     pk: str
@@ -32,6 +36,8 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class QueueSpec:
+    """An SQS queue: name, FIFO or not, visibility timeout, retention and dead-letter queue."""
+
     key: str
     name: str
     fifo: bool
@@ -43,6 +49,8 @@ class QueueSpec:
 
 @dataclass(frozen=True)
 class Resources:
+    """Every AWS resource of one stage, by name (what the stack creates and the code uses)."""
+
     stage: str
     tables: tuple[TableSpec, ...]
     queues: tuple[QueueSpec, ...]
@@ -126,6 +134,8 @@ class FunctionSpec:
 
 @dataclass(frozen=True)
 class RouteSpec:
+    """A public HTTP API route and the function behind it."""
+
     method: str
     path: str  # API Gateway HTTP API route path, e.g. "/connect/{provider}"
     function: str

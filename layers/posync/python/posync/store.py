@@ -98,6 +98,8 @@ class _RunLevelLedger:
 
 @dataclass
 class _Entry:
+    """One canonical order on its way to DynamoDB: its item, size and the version it may replace."""
+
     order: dict[str, Any]
     order_id: str
     ms: int

@@ -315,6 +315,8 @@ class Enqueue(Protocol):
 
 @dataclass
 class RunResult:
+    """How a sync invocation ended for one connection, with its counts."""
+
     status: str  # completed | continued | skipped | not_found | revoked
     run_id: str | None = None
     reason: str | None = None

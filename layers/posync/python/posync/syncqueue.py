@@ -27,6 +27,8 @@ class SyncKind(StrEnum):
 
 @dataclass(frozen=True)
 class SyncRequest:
+    """What one sync queue message asks for: a connection, a kind of sync and why."""
+
     provider: str
     merchant_id: str
     kind: SyncKind

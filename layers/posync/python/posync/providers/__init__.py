@@ -50,6 +50,8 @@ class CallbackParams:
 
 @dataclass(frozen=True)
 class Grant:
+    """What an authorization code was exchanged for: the merchant and its tokens."""
+
     merchant_id: str
     tokens: TokenSet
 

@@ -80,6 +80,8 @@ MIN_PAGES_PER_PIECE = 3  # a split piece's extra partial page costs at most a th
 
 @dataclass(frozen=True)
 class SourceConfig:
+    """How a source reads: fetches in flight, CPU slots, lookback, windows and page size."""
+
     parallelism: int = 5  # fetches in flight at once (the token's concurrency)
     cpu_slots: int = 1  # fetches building (parsing, preparing) a page at once: raw pages held
     min_ahead: int = 2  # fetches kept alive, at the least, for a caller slower than the fetches
@@ -153,6 +155,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Page:
+    """One fetched page of a slice, with the position it makes valid once it is durable."""
+
     # The orders new to this run (nested lists complete), in the provider's order: raw, or
     # what the caller's ``prepare`` made of each.
     orders: list[Any]
