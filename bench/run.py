@@ -59,7 +59,7 @@ FULL = Scale(
     memory_small=10_000,
     memory_large=100_000,
     memory_days=60,
-    coldstart_runs=5,
+    coldstart_runs=9,
     coldstart_no_bytecode_runs=2,
     coldstart_handlers=coldstart.HANDLERS,
 )
