@@ -33,8 +33,10 @@ POYNT_BIZ = "2f4a3a1e-3b4c-4d5e-8f90-1234567890ab"
 NOW_MS = 1_790_000_000_000  # "now" when a fake API is built
 
 
-def response(status: int, body: Any) -> HttpReply:
-    return HttpReply(status, HTTPHeaderDict({"Content-Type": "application/json"}), json.dumps(body).encode())
+def response(status: int, body: Any, headers: dict[str, str] | None = None) -> HttpReply:
+    """A JSON reply as :class:`~posync.transport.PooledHttp` gives it (case-insensitive headers)."""
+    all_headers = HTTPHeaderDict({"Content-Type": "application/json", **(headers or {})})
+    return HttpReply(status, all_headers, json.dumps(body).encode())
 
 
 class FakeOrders:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -441,8 +440,7 @@ def test_budget_exhaustion_in_the_source_checkpoints_and_continues() -> None:
         if calls == 4:
             from tests.unit.test_sources_fakeapi import response
 
-            r = response(429, {})
-            return replace(r, headers={**r.headers, "Retry-After": "3600"})  # far past the budget
+            return response(429, {}, {"Retry-After": "3600"})  # far past the budget
         return real(path, params, headers)
 
     w.api.serve = limited  # type: ignore[method-assign]
