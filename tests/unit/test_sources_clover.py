@@ -130,16 +130,17 @@ def test_requests_use_the_documented_parameters() -> None:
     api = FakeClover()
     api.add_spread(10, days=1)
     read_run(api, api.now_ms - DAY_MS, api.now_ms)
-    # one page, read with both sets of three expansions (Clover takes at most three per call)
+    # one page, read with both sets of three expansions (Clover takes at most three per call),
+    # the order-level (smaller) one first
     first, second = api.requests
     params = dict(p for p in first["params"] if p[0] != "filter")
     assert params == {
         "orderBy": "modifiedTime ASC",
-        "expand": "lineItems,payments,refunds",
+        "expand": "discounts,serviceCharge,credits",
         "limit": "1000",
         "offset": "0",
     }
-    assert dict(second["params"])["expand"] == "discounts,serviceCharge,credits"
+    assert dict(second["params"])["expand"] == "lineItems,payments,refunds"
     assert [p for p in first["params"] if p[0] == "filter"] == [
         p for p in second["params"] if p[0] == "filter"
     ]

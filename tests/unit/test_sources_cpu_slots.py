@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from posync.ratelimit import Deadline
-from posync.sources import DAY_MS, Fetched, SliceView
+from posync.sources import DAY_MS, Fetched, Prepare, SliceView
 from posync.sources.clover import EXPAND, EXPAND_ORDER_LEVEL, CloverSource, Downloaded
-from tests.unit.test_sources_fakeapi import FakeClover, clover_source, far
+from tests.unit.test_sources_fakeapi import FakeClover, FakePoynt, clover_source, far, poynt_source
 
 
 class Gauge:
@@ -42,10 +44,12 @@ def gauged(src: CloverSource, build_s: float = 0.01) -> tuple[Gauge, Gauge]:
         with downloads:
             return download(view, limit, deadline)
 
-    def gauged_build(view: SliceView, downloaded: Downloaded, limit: int, deadline: Deadline) -> Fetched:
+    def gauged_build(
+        view: SliceView, downloaded: Downloaded, limit: int, deadline: Deadline, prepare: Prepare | None
+    ) -> Fetched:
         with builds:
             time.sleep(build_s)  # a build is CPU: long enough here for overlaps to show
-            return build(view, downloaded, limit, deadline)
+            return build(view, downloaded, limit, deadline, prepare)
 
     src.download = gauged_download  # type: ignore[method-assign]
     src.build = gauged_build  # type: ignore[method-assign]
@@ -126,7 +130,7 @@ def test_orders_with_cut_lists_are_completed_outside_the_cpu_slot_then_prepared_
     assert dict(o for p in pages for o in p.orders) == {big: 250, small: 1}
 
 
-def test_a_small_first_read_with_nothing_new_skips_the_second_read() -> None:
+def test_a_small_order_level_read_with_nothing_new_skips_the_big_read() -> None:
     # Given a slice resumed at the millisecond of its one order, already read
     api = FakeClover()
     t = api.now_ms - 1000
@@ -135,8 +139,42 @@ def test_a_small_first_read_with_nothing_new_skips_the_second_read() -> None:
     plan = src.resume({"end": api.now_ms, "slices": [{"from": t, "to": api.now_ms, "ids": [oid]}]})
     # When read
     pages = list(src.pages(plan, far()))
-    # Then nothing is yielded and the order-level expansion was never asked for
+    # Then nothing is yielded and the big read (line items, payments, refunds) was never asked for
     assert [o for p in pages for o in p.orders] == []
     expands = [dict(r["params"]).get("expand") for r in api.requests]
-    assert expands == [EXPAND]
-    assert EXPAND_ORDER_LEVEL not in expands
+    assert expands == [EXPAND_ORDER_LEVEL]
+    assert EXPAND not in expands
+
+
+@pytest.mark.parametrize("provider", ["clover", "poynt"])
+def test_a_page_is_parsed_one_order_at_a_time_each_prepared_before_the_next_is_parsed(provider: str) -> None:
+    # Given one page of 100 orders, each some 40 line items: a page whose objects outweigh its bytes
+    api: FakeClover | FakePoynt = FakeClover() if provider == "clover" else FakePoynt()
+    lines = [{"id": f"L{i}", "qty": [1, 2, 3, 4, 5, 6], "price": i, "tax": None} for i in range(40)]
+    for i in range(100):
+        api.add(api.now_ms - 10_000 + i, _lineItems=lines)
+    src = clover_source(api) if isinstance(api, FakeClover) else poynt_source(api)
+    page_bytes = len(json.dumps([{"lineItems": {"elements": lines}}] * 100, separators=(",", ":")))
+    held: list[int] = []  # bytes traced at each prepare call
+
+    def prepare(raw: dict[str, Any]) -> str:
+        held.append(tracemalloc.get_traced_memory()[0])
+        return str(raw["id"])
+
+    # When read with a prepare step, memory traced
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pages = list(src.pages(src.plan(api.now_ms - 20_000, api.now_ms), far(), prepare))
+        after = tracemalloc.get_traced_memory()[0]
+        parsed = [json.loads(json.dumps(lines)) for _ in range(100)]
+        page_of_objects = tracemalloc.get_traced_memory()[0] - after
+        del parsed
+    finally:
+        tracemalloc.stop()
+    # Then every order was prepared, and while they were, what was alive beyond the page's
+    # bytes (and their text) stayed far below the page as objects (parsed whole, all 100 raw
+    # orders would be alive at the first call)
+    assert sum(len(p.orders) for p in pages) == 100 == len(held)
+    assert page_of_objects > 4 * page_bytes  # the check below can tell the two apart
+    assert max(held) - before < page_of_objects * 3 / 4

@@ -26,21 +26,26 @@ offsets staying put:
   latency the per-token rate limit, not latency, then bounds throughput.
 - **Downloaded, then built.** A fetch is two steps: :meth:`KeysetSource.download` (the
   requests; their bodies kept as bytes) and :meth:`KeysetSource.build` (parse, merge,
-  anything rare that needs another request), then the caller's ``prepare`` (the sync
-  engine's normalization) on each order the slice wants, replacing the raw order in
-  place as it goes. Downloads run ``parallelism`` at a time (they wait on latency and the
-  rate limit); building and preparing, which are CPU (one thread runs Python at a time
-  anyway), run ``cpu_slots`` at a time. A page's bytes are some 3 MB, its parsed raw
-  orders some 13 MiB, the canonical orders made of them some 3 MiB: at most
-  ``cpu_slots`` raw pages exist at once, whatever the parallelism, the latency or the
-  size of the run. Measured by ``make bench`` against parsing in all five fetches at
-  once: a 100,000-order backfill's peak RSS 157 -> 113-121 MiB, and throughput at 200 ms
-  of latency 0.61 -> 0.86 of what the rate limit allows for the requests it needs (the
-  threads no longer fight over the GIL with five pages of objects each). One slot (the
-  default) against two: at 200 ms 0.77-0.83 against 0.73-0.79 of that ceiling over four
-  runs each on a slower day (a single building thread leaves the interpreter lock to the
-  downloads more often), the same within the noise on a faster one (0.885 against 0.880;
-  at 50 ms 0.941 against 0.936); one raw page fewer held either way.
+  anything rare that needs another request), which hands each order the slice wants to
+  the caller's ``prepare`` (the sync engine's normalization) as soon as it is parsed
+  (:class:`Rows`): a body is parsed one order at a time
+  (:func:`posync.transport.iter_json_list`), so a page never exists as raw orders all
+  together. Downloads run ``parallelism`` at a time (they wait on latency and the rate
+  limit); building, which is CPU (one thread runs Python at a time anyway), runs
+  ``cpu_slots`` at a time. A Clover page's bytes are some 3 MB, its raw orders would be
+  some 13 MiB of objects parsed at once (one order some 13 KiB), the serialized canonical
+  orders made of them some 2.5 MB. Measured by ``make bench`` (peak RSS of a
+  100,000-order backfill): parsing in all five fetches at once 157 MiB; parsing whole
+  pages in one CPU slot 113-121 MiB; one order at a time, the canonical orders held as
+  JSON text (``posync.serialized``) and the smaller of Clover's two reads sent first
+  (what a fetch holds while its second request waits) 85 MiB, against 72 MiB at 10,000
+  orders. Throughput at 200 ms of latency went from 0.61 to 0.86-0.89 of what the rate
+  limit allows for the requests it needs with the CPU slots (the threads no longer fight
+  over the GIL with five pages of objects each). One slot (the default) against two: at
+  200 ms 0.77-0.83 against 0.73-0.79 of that ceiling over four runs each on a slower day
+  (a single building thread leaves the interpreter lock to the downloads more often), the
+  same within the noise on a faster one (0.885 against 0.880; at 50 ms 0.941 against
+  0.936).
 - **Pages held.** Every fetch holds a page from its response until the caller takes it.
   When the caller writes pages more slowly than the fetches bring them, fetches running
   further ahead only queue: the
@@ -83,7 +88,7 @@ class SourceConfig:
     """How a source reads: fetches in flight, CPU slots, lookback, windows and page size."""
 
     parallelism: int = 5  # fetches in flight at once (the token's concurrency)
-    cpu_slots: int = 1  # fetches building (parsing, preparing) a page at once: raw pages held
+    cpu_slots: int = 1  # fetches building (parsing, preparing) a page at once
     min_ahead: int = 2  # fetches kept alive, at the least, for a caller slower than the fetches
     lookback_ms: int = DEFAULT_LOOKBACK_MS  # re-read this much before the cursor (late writes, skew)
     min_split_ms: int = 1_000  # never split a slice's remaining range below this
@@ -131,7 +136,7 @@ class SliceView:
 class Fetched:
     """One list request's result, rows in the provider's order (ascending modified time)."""
 
-    orders: list[Any]  # raw orders; once prepared, what prepare made of them (None: not yielded)
+    orders: list[Any]  # per row: what prepare made of it (raw while pending; None: not yielded)
     keys: list[tuple[int, str]]  # (modified ms, id) per order
     more: bool  # the provider says more rows may follow (full page / a next link)
     link: str | None = None
@@ -239,8 +244,10 @@ class KeysetSource:
         """The list request(s) for ``view``, bodies unparsed (``Transport.get(parse=False)``)."""
         raise NotImplementedError
 
-    def build(self, view: SliceView, downloaded: Any, limit: int, deadline: Deadline) -> Fetched:
-        """Parse what :meth:`download` returned (plus nested paging for the orders it wants)."""
+    def build(
+        self, view: SliceView, downloaded: Any, limit: int, deadline: Deadline, prepare: Prepare | None
+    ) -> Fetched:
+        """Parse what :meth:`download` returned, through :class:`Rows` (which prepares as it goes)."""
         raise NotImplementedError
 
     def complete(self, order: dict[str, Any], deadline: Deadline) -> None:
@@ -249,23 +256,23 @@ class KeysetSource:
     def fetch(
         self, view: SliceView, limit: int, deadline: Deadline, prepare: Prepare | None = None
     ) -> Fetched:
-        """One page for ``view``: downloaded, built, its pending orders completed, prepared.
+        """One page for ``view``: downloaded, built (each order prepared as it is parsed), its
+        pending orders completed and prepared.
 
-        The raw page exists only inside a CPU slot (``cpu_slots`` at once), except the few
-        pending orders while their requests run.
+        Parsing happens only inside a CPU slot (``cpu_slots`` at once), one raw order at a
+        time, except the few pending orders while their requests run.
         """
         downloaded = self.download(view, limit, deadline)
         with self._cpu:
-            fetched = self.build(view, downloaded, limit, deadline)
+            fetched = self.build(view, downloaded, limit, deadline, prepare)
             del downloaded
-            if prepare is not None:
-                _prepare_in_place(fetched, view, prepare, skip=frozenset(fetched.pending))
         if fetched.pending:
             for i in fetched.pending:
                 self.complete(fetched.orders[i], deadline)
             if prepare is not None:
                 with self._cpu:
-                    _prepare_in_place(fetched, view, prepare, only=fetched.pending)
+                    for i in fetched.pending:
+                        fetched.orders[i] = prepare(fetched.orders[i])
         return fetched
 
     def encode_time(self, ms: int) -> Any:
@@ -492,27 +499,45 @@ class KeysetSource:
             )
 
 
-def _prepare_in_place(
-    fetched: Fetched,
-    view: SliceView,
-    prepare: Prepare,
-    *,
-    skip: frozenset[int] = frozenset(),
-    only: Sequence[int] | None = None,
-) -> None:
-    """Replace each order the page will yield with ``prepare(order)``, the others with None.
+class Rows:
+    """A page's rows, collected as they are parsed: each order the page will yield is prepared
+    at once, so that a page never exists as raw orders all together.
 
-    In place, one order at a time, so each raw order is freed as soon as it is prepared
-    (``only``: just these indexes; ``skip``: not these). The page yields a subset of what
-    ``view`` (the slice as the fetch was sent) wants: the slice cannot gain rows while its
-    fetch is in flight (a split only moves its end down).
+    Per row: its key, and the order prepared (``prepare``; the raw order if None), ``None``
+    if the slice does not want it (outside the view, seen, or ``stale``), or the raw order
+    while ``pending`` (:meth:`KeysetSource.complete` finishes it; the fetch prepares it
+    after). A page yields a subset of what ``view`` (the slice as the fetch was sent)
+    wants: the slice cannot gain rows while its fetch is in flight (a split only moves its
+    end down).
     """
-    orders, keys = fetched.orders, fetched.keys
-    for i in range(len(orders)) if only is None else only:
-        if i in skip:
-            continue
-        t, oid = keys[i]
-        orders[i] = prepare(orders[i]) if view.wants(t, oid) and oid not in fetched.stale else None
+
+    def __init__(self, view: SliceView, prepare: Prepare | None) -> None:
+        self.view = view
+        self.prepare = prepare
+        self.orders: list[Any] = []
+        self.keys: list[tuple[int, str]] = []
+        self.stale: set[str] = set()
+        self.pending: list[int] = []
+
+    def add(
+        self, order: dict[str, Any], key: tuple[int, str], *, stale: bool = False, pending: bool = False
+    ) -> None:
+        t, oid = key
+        self.keys.append(key)
+        if stale:
+            self.stale.add(oid)
+        if stale or not self.view.wants(t, oid):
+            self.orders.append(None)
+        elif pending:
+            self.pending.append(len(self.orders))
+            self.orders.append(order)
+        else:
+            self.orders.append(order if self.prepare is None else self.prepare(order))
+
+    def fetched(self, more: bool, link: str | None = None) -> Fetched:
+        return Fetched(
+            self.orders, self.keys, more, link, stale=frozenset(self.stale), pending=tuple(self.pending)
+        )
 
 
 def ms_to_iso(ms: int) -> str:

@@ -8,12 +8,16 @@ its latest 90 days), ``orderBy=modifiedTime ASC``, ``limit=1000`` (the maximum) 
 **Expansions.** Clover expands at most three fields per call, and an un-expanded list comes
 back as an ``href`` only. A complete order needs six (line items, payments, refunds, and the
 order-level discounts, service charge and credits that its totals depend on), so each page
-is read twice with the same filter: ``expand=lineItems,payments,refunds`` and then
-``expand=discounts,serviceCharge,credits``, merged by order id and modified time. Both are
-downloaded before either is parsed (see ``posync.sources``: parsing waits for a CPU slot);
-the second read is skipped when the first, small enough to parse at once, holds no order
+is read twice with the same filter: ``expand=discounts,serviceCharge,credits`` (about a
+quarter of the size) and then ``expand=lineItems,payments,refunds`` (the page's rows),
+merged by order id and modified time. The small read goes first, so a fetch waiting for
+the rate limit to send its second request holds the small body, not the big one. Both are
+downloaded before either is parsed (see ``posync.sources``: parsing waits for a CPU slot),
+and each is parsed one order at a time (``posync.transport.iter_json_list``), the small
+one first: each order of the big one is merged and normalized as soon as it is parsed.
+The big read is skipped when the small one, small enough to parse at once, holds no order
 the slice wants (an empty page, or only ids already seen). A row the
-second read does not show at the same version is fetched by id
+order-level read does not show at the same version is fetched by id
 (``/orders/{id}?expand=discounts,serviceCharge,credits``); if its version changed in the
 meantime it is skipped here: its newer version has a later modified time and is read there
 (or by the next run). A list the order does not have stays absent, as Clover sends it.
@@ -27,15 +31,16 @@ shorter).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from posync.errors import ProviderError
 from posync.ratelimit import Deadline
-from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig
-from posync.transport import Transport, parse_json
+from posync.sources import DAY_MS, Fetched, KeysetSource, Prepare, Rows, SliceView, SourceConfig
+from posync.transport import Transport, iter_json_list
 
-PARSE_AT_ONCE_BYTES = 32_768  # a first read this small is parsed at download (a dozen orders at most)
+PARSE_AT_ONCE_BYTES = 32_768  # an order-level read this small is parsed at download (some 40 orders)
 NESTED_CUT = 100
 NESTED_LIMIT = 1000
 MAX_NESTED_PAGES = 100
@@ -77,44 +82,57 @@ class CloverSource(KeysetSource):
         return body
 
     def download(self, view: SliceView, limit: int, deadline: Deadline) -> Downloaded:
-        first: bytes | list[Any] = self._list(view, limit, EXPAND, deadline)
-        if len(first) <= PARSE_AT_ONCE_BYTES:
-            first = _elements(first)  # small: whether the slice wants any of it decides the second read
-            if not _wanted(view, first):
-                return Downloaded(first, None)
-        return Downloaded(first, self._list(view, limit, EXPAND_ORDER_LEVEL, deadline))
+        # The order-level read first: it is about a quarter of the other's size, and it is
+        # what the fetch holds while its second request waits for the rate limit.
+        level: bytes | list[Any] = self._list(view, limit, EXPAND_ORDER_LEVEL, deadline)
+        if len(level) <= PARSE_AT_ONCE_BYTES:
+            level = list(_elements(level))  # small: whether the slice wants any of it decides the other read
+            if not _wanted(view, level):
+                return Downloaded(level, None)  # the page is these rows (nothing in it is read further)
+        return Downloaded(self._list(view, limit, EXPAND, deadline), level)
 
-    def build(self, view: SliceView, downloaded: Downloaded, limit: int, deadline: Deadline) -> Fetched:
-        elements = _elements(downloaded.first)
-        orders: list[dict[str, Any]] = [o for o in elements if isinstance(o, dict)]
-        keys = [_key(o, view.start) for o in orders]
-        wanted = _wanted(view, orders, keys)
-        stale: set[str] = set()
-        pending: list[int] = []
-        if wanted:
-            # download() read the second list whenever a row could be wanted
-            second = {
-                (o.get("id"), o.get("modifiedTime")): o
-                for o in _elements(downloaded.second or b"")
-                if isinstance(o, dict)
-            }
-            for i, t, oid, order in wanted:
-                extra = second.get((oid, t)) or self._order_level(oid, deadline)
-                if extra is None or extra.get("modifiedTime") != t:
-                    stale.add(oid)
-                    continue
-                for name in ORDER_LEVEL:
-                    if name in extra:
-                        order[name] = extra[name]
-                    else:
-                        order.pop(name, None)
-                if any(_cut(order.get(name)) for name, _, _ in NESTED):
-                    pending.append(i)  # completed by complete(), outside the CPU slot
-        more = len(elements) >= limit
-        return Fetched(orders, keys, more, stale=frozenset(stale), pending=tuple(pending))
+    def build(
+        self, view: SliceView, downloaded: Downloaded, limit: int, deadline: Deadline, prepare: Prepare | None
+    ) -> Fetched:
+        # The order-level lists of the rows the slice wants, by (id, modified time): parsed
+        # first (the big read's orders are then prepared as they are parsed), the rest of
+        # each of its rows dropped at once.
+        second: dict[tuple[str, int], dict[str, Any]] = {}
+        if downloaded.second is not None:
+            for o in _elements(downloaded.take_second() or b""):
+                if isinstance(o, dict):
+                    t, oid = _key(o, -1)
+                    if view.wants(t, oid):
+                        second[(oid, t)] = {name: o[name] for name in ORDER_LEVEL if name in o}
+        rows = Rows(view, prepare)
+        count = 0
+        for order in _elements(downloaded.take_first()):
+            count += 1
+            if not isinstance(order, dict):
+                continue
+            key = t, oid = _key(order, view.start)
+            if not (view.wants(t, oid) and oid.isalnum()):
+                rows.add(order, key)  # not wanted (None), or malformed (quarantined by prepare)
+                continue
+            extra = second.get((oid, t))
+            if extra is None:  # download() read the order-level list whenever a row could be wanted
+                extra = self._order_level(oid, deadline)
+                if extra is not None and extra.get("modifiedTime") != t:
+                    extra = None
+            if extra is None:  # its version changed while being read: its newer one is read later
+                rows.add(order, key, stale=True)
+                continue
+            for name in ORDER_LEVEL:
+                if name in extra:
+                    order[name] = extra[name]
+                else:
+                    order.pop(name, None)
+            # Nested lists cut at 100: completed by complete(), outside the CPU slot.
+            rows.add(order, key, pending=any(_cut(order.get(name)) for name, _, _ in NESTED))
+        return rows.fetched(more=count >= limit)
 
     def _order_level(self, oid: str, deadline: Deadline) -> dict[str, Any] | None:
-        """One order's order-level lists (the second page read did not show this version)."""
+        """One order's order-level lists (the order-level page read did not show this version)."""
         try:
             reply = self.transport.get(
                 f"{self.base}/orders/{oid}", {"expand": EXPAND_ORDER_LEVEL}, deadline=deadline
@@ -155,33 +173,45 @@ class CloverSource(KeysetSource):
         raise ProviderError(f"nested list longer than {MAX_NESTED_PAGES} pages")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Downloaded:
-    """A page's two list reads: the first (bytes, or parsed if small), the second's bytes (None: not read)."""
+    """A page's two list reads: ``first`` (its rows: line items, payments and refunds expanded;
+    or, when nothing in the page is wanted, the order-level read) and ``second`` (the
+    order-level read; None: not needed), each bytes or, if small, parsed.
 
-    first: bytes | list[Any]
-    second: bytes | None
+    :meth:`CloverSource.build` takes each body out as it parses it, so that a body's bytes
+    are freed as soon as they are decoded to text.
+    """
+
+    first: bytes | list[Any] | None
+    second: bytes | list[Any] | None
+
+    def take_first(self) -> bytes | list[Any]:
+        body, self.first = self.first, None
+        if body is None:
+            raise ValueError("this page's first read was taken already")
+        return body
+
+    def take_second(self) -> bytes | list[Any] | None:
+        body, self.second = self.second, None
+        return body
 
 
-def _elements(body: bytes | list[Any]) -> list[Any]:
+def _elements(body: bytes | list[Any]) -> Iterable[Any]:
+    """A list read's orders, parsed one at a time (already parsed if small, see download())."""
     if isinstance(body, list):
         return body
-    reply = parse_json(body)
-    elements = reply.get("elements", []) if isinstance(reply, dict) else None
-    if not isinstance(elements, list):
-        raise ProviderError("Clover orders reply without an elements list")
-    return elements
+    return iter_json_list(body, "elements", what="Clover orders")
 
 
-def _wanted(
-    view: SliceView, orders: list[Any], keys: list[tuple[int, str]] | None = None
-) -> list[tuple[int, int, str, dict[str, Any]]]:
-    """The rows new to the slice, as (index among the dict rows, modified ms, id, order)."""
-    rows = [o for o in orders if isinstance(o, dict)]
-    if keys is None:
-        keys = [_key(o, view.start) for o in rows]
-    pairs = enumerate(zip(keys, rows, strict=True))
-    return [(i, t, oid, o) for i, ((t, oid), o) in pairs if view.wants(t, oid) and oid.isalnum()]
+def _wanted(view: SliceView, orders: list[Any]) -> bool:
+    """Does the slice want any of these rows (inside it, not seen, a well-formed id)?"""
+    for o in orders:
+        if isinstance(o, dict):
+            t, oid = _key(o, view.start)
+            if view.wants(t, oid) and oid.isalnum():
+                return True
+    return False
 
 
 def _cut(nested: Any) -> bool:

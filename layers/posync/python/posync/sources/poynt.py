@@ -23,10 +23,20 @@ import email.utils
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from posync.errors import InvalidInput, ProviderError
+from posync.errors import InvalidInput
 from posync.ratelimit import Deadline
-from posync.sources import DAY_MS, Fetched, KeysetSource, SliceView, SourceConfig, iso_to_ms, ms_to_iso
-from posync.transport import Reply, Transport, parse_json
+from posync.sources import (
+    DAY_MS,
+    Fetched,
+    KeysetSource,
+    Prepare,
+    Rows,
+    SliceView,
+    SourceConfig,
+    iso_to_ms,
+    ms_to_iso,
+)
+from posync.transport import Reply, Transport, iter_json_list
 
 KEYSET_PARAMS = frozenset({"startAt", "endAt", "startOffset", "limit"})
 
@@ -76,23 +86,32 @@ class PoyntSource(KeysetSource):
         self._count()
         return reply
 
-    def build(self, view: SliceView, downloaded: Reply, limit: int, deadline: Deadline) -> Fetched:
+    def build(
+        self, view: SliceView, downloaded: Reply, limit: int, deadline: Deadline, prepare: Prepare | None
+    ) -> Fetched:
         if downloaded.status == 304:
             return Fetched(orders=[], keys=[], more=False)
-        parsed = parse_json(downloaded.body, downloaded.status)
-        body = parsed if isinstance(parsed, dict) else {}
-        raw = body.get("orders", [])
-        if not isinstance(raw, list):
-            raise ProviderError("Poynt orders reply without an orders list", status=downloaded.status)
-        orders: list[dict[str, Any]] = [o for o in raw if isinstance(o, dict)]
-        keys = [_key(o, view.start) for o in orders]
+        rows = Rows(view, prepare)
+        rest: dict[str, Any] = {}
+        count = 0
+        for order in iter_json_list(
+            downloaded.body,
+            "orders",
+            what="Poynt orders",
+            status=downloaded.status,
+            rest=rest,
+            required=False,
+        ):
+            count += 1
+            if isinstance(order, dict):
+                rows.add(order, _key(order, view.start))
         link = None
-        links = body.get("links")
+        links = rest.get("links")
         if isinstance(links, list):
             for item in links:
                 if isinstance(item, dict) and item.get("rel") == "next" and isinstance(item.get("href"), str):
                     link = item["href"]
-        return Fetched(orders=orders, keys=keys, more=link is not None and len(raw) > 0, link=link)
+        return rows.fetched(more=link is not None and count > 0, link=link)
 
 
 def _key(order: dict[str, Any], fallback: int) -> tuple[int, str]:
