@@ -150,7 +150,7 @@ class RecordingSink:
     def wants_checkpoint(self) -> bool:
         return False
 
-    def write(self, orders: Sequence[dict[str, Any]]) -> int:
+    def write(self, orders: Sequence[Mapping[str, Any]]) -> int:
         got = [(str(o["order_id"]), modified_ms(str(o["modified_at"]))) for o in orders]
         with self.recorder._lock:
             self.recorder.seen.setdefault(self.conn_id, []).extend(got)

@@ -52,8 +52,8 @@ class PassThroughRepository:
         self.orders = 0
 
     def write(
-        self, conn_id: str, run_id: str, orders: Sequence[dict[str, Any]], *, ledger: Any = None
-    ) -> list[dict[str, Any]]:
+        self, conn_id: str, run_id: str, orders: Sequence[Mapping[str, Any]], *, ledger: Any = None
+    ) -> list[Mapping[str, Any]]:
         self.orders += len(orders)
         return list(orders)
 
@@ -103,7 +103,7 @@ def child(config: Mapping[str, Any]) -> dict[str, Any]:
     samples: list[tuple[int, int]] = []  # (orders written so far, peak RSS so far in kB)
 
     class SampledSink(StoreSink):
-        def write(self, orders: Sequence[dict[str, Any]]) -> int:
+        def write(self, orders: Sequence[Mapping[str, Any]]) -> int:
             n = super().write(orders)
             samples.append((repository.orders, _status_kb("VmHWM")))
             return n

@@ -28,6 +28,7 @@ from posync.exports import (
     read_manifested,
     utc_date,
 )
+from posync.serialized import Serialized
 
 MID = "ABCDEFGHIJKLM"
 NOW = 1_790_000_000.0  # 2026-09-21T14:13:20Z
@@ -158,6 +159,19 @@ def test_parts_are_gzip_jsonl_per_utc_date_with_checksums_and_kms(
         assert (p["ServerSideEncryption"], p["SSEKMSKeyId"]) == ("aws:kms", settings.resources.kms_alias)
         head = aws.client("s3").head_object(Bucket=settings.bucket, Key=info.key)
         assert head["ServerSideEncryption"] == "aws:kms"
+
+
+def test_a_serialized_order_is_written_as_the_same_line_as_its_dict(settings: Settings) -> None:
+    # Given the same order (text that is not ASCII) added as a dict and serialized once
+    a = order("A", "2026-09-20T10:00:00.000Z", note="crème brûlée")
+    w = writer(settings)
+    w.add(a)
+    w.add(Serialized.of(a))
+    # When the part goes up
+    (part,) = w.checkpoint()
+    # Then both lines are the same compact UTF-8 JSON
+    lines = gzip.decompress(get_bytes(settings, part.key)).decode().splitlines()
+    assert lines == [json.dumps(a, separators=(",", ":"), ensure_ascii=False)] * 2
 
 
 def test_checkpoint_with_nothing_open_uploads_nothing(

@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from posync.config import Settings
+from posync.serialized import Serialized
 from posync.store import MAX_INLINE_PAYLOAD, OrderRepository, StoreError
 
 SETTINGS = Settings.from_env({"POSYNC_STAGE": "unit"})
@@ -127,6 +128,24 @@ def test_new_orders_are_written_in_one_conditioned_transaction_and_all_returned(
     out = repo_for(c).write(CONN, RUN, orders, ledger=FakeLedger())
     # Then one call carried every item with the newest-wins condition, and all are to export
     assert out == orders
+
+
+def test_serialized_orders_are_written_as_their_text_and_returned_as_they_came(
+    ddb: tuple[Any, Stubber],
+) -> None:
+    # Given a page of orders serialized once by the sync (one with text that is not ASCII)
+    c, stub = ddb
+    orders = [order("A", note="crème brûlée"), order("B")]
+    page = [Serialized.of(o) for o in orders]
+    # whose items are exactly those of the same orders as dicts
+    expected = [put(o) for o in orders]
+    for e, o in zip(expected, orders, strict=True):
+        e["Put"]["Item"]["payload"] = {"S": json.dumps(o, separators=(",", ":"), ensure_ascii=False)}
+    stub.add_response("transact_write_items", {}, {"TransactItems": expected})
+    # When the page is written
+    out = repo_for(c).write(CONN, RUN, page, ledger=FakeLedger())
+    # Then the serialized orders themselves go on to the exports (not parsed back)
+    assert all(a is b for a, b in zip(out, page, strict=True))
 
 
 def test_duplicate_ids_in_a_page_keep_the_newest(ddb: tuple[Any, Stubber]) -> None:

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked, ConnectionNotFound, MalformedOrder, ProviderError
 from posync.ratelimit import BudgetExhausted, Deadline
+from posync.serialized import Serialized
 from posync.sources import DAY_MS, KeysetSource, ms_to_iso
 from posync.sync import COUNT_KEYS, RunResult, SyncConfig, SyncService
 from posync.syncqueue import SyncKind, SyncRequest
@@ -104,7 +105,7 @@ class Sink:
         self.run_id = run_id
         self.wants_checkpoint = False
 
-    def write(self, orders: Sequence[dict[str, Any]]) -> int:
+    def write(self, orders: Sequence[Mapping[str, Any]]) -> int:
         s = self.store
         s.writes += 1
         if s.on_write is not None:
@@ -256,6 +257,32 @@ def test_a_first_sync_backfills_every_order_once_and_settles_the_cursor() -> Non
     assert w.metrics.values["OrdersQuarantined"] == [0]
     assert w.metrics.values["SyncLagSeconds"][0] < 1
     assert "RunDurationMs" in w.metrics.values
+
+
+def test_the_sinks_get_each_order_normalized_and_serialized_once() -> None:
+    # Given a sink that keeps what it is given
+    w = World(n=300, days=3)
+    given: list[Any] = []
+    write = Sink.write
+
+    def keep(self: Sink, orders: Sequence[Mapping[str, Any]]) -> int:
+        given.extend(orders)
+        return write(self, orders)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Sink, "write", keep)
+        # When the sync runs
+        w.run(SyncKind.BACKFILL, since=ms_to_iso(w.api.now_ms - 4 * DAY_MS))
+    # Then every order came as its normalized form, serialized (not as dicts)
+    assert all(isinstance(o, Serialized) for o in given)
+    assert sorted(o["order_id"] for o in given) == sorted(w.ids)
+    by_id = {o["order_id"]: o.to_dict() for o in given}
+    some = w.ids[0]
+    assert by_id[some] == {
+        "order_id": some,
+        "modified_at": by_id[some]["modified_at"],
+        "merchant_id": CLOVER_MID,
+    }
 
 
 def test_a_connection_that_never_synced_reads_backfill_days() -> None:

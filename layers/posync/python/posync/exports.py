@@ -46,6 +46,7 @@ from posync.config import Settings
 from posync.domain import check_merchant_id, check_provider
 from posync.errors import PosyncError
 from posync.observability import logger
+from posync.serialized import to_json
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -536,7 +537,7 @@ class ExportWriter:
                     self._unrecorded.append(self._upload_part(self._parts.pop(next(iter(self._parts)))))
                 found = _Spool(dt, self._alloc_part(), gzip=True, tmpdir=self._tmpdir)
             spool = self._parts[dt] = found  # (re)inserted last: the most recently written
-        spool.write(json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        spool.write(to_json(order).encode() + b"\n")
         spool.records += 1
         self.records_added += 1
         if spool.size >= self._max_part_bytes:

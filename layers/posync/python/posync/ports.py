@@ -66,10 +66,10 @@ class OrderSink(Protocol):
         self,
         conn_id: str,
         run_id: str,
-        orders: Sequence[dict[str, Any]],
+        orders: Sequence[Mapping[str, Any]],
         *,
         ledger: ExportLedger | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Mapping[str, Any]]:
         """Upsert a page of canonical orders; return the versions to export."""
         ...
 
@@ -114,7 +114,7 @@ class Sink(Protocol):
     @property
     def wants_checkpoint(self) -> bool: ...
 
-    def write(self, orders: Sequence[dict[str, Any]]) -> int:
+    def write(self, orders: Sequence[Mapping[str, Any]]) -> int:
         """Store a page of canonical orders; returns how many went to the exports."""
         ...
 

@@ -38,6 +38,7 @@ from posync.aws import client
 from posync.config import Settings
 from posync.errors import PosyncError
 from posync.exports import ExportError, RunLedger, modified_ms
+from posync.serialized import to_json
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -100,7 +101,7 @@ class _RunLevelLedger:
 class _Entry:
     """One canonical order on its way to DynamoDB: its item, size and the version it may replace."""
 
-    order: dict[str, Any]
+    order: Mapping[str, Any]
     order_id: str
     ms: int
     item: dict[str, Any]
@@ -149,10 +150,10 @@ class OrderRepository:
         self,
         conn_id: str,
         run_id: str,
-        orders: Sequence[dict[str, Any]],
+        orders: Sequence[Mapping[str, Any]],
         *,
         ledger: ExportLedger | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Mapping[str, Any]]:
         """Upsert a page of canonical orders; return the versions to export (in page order).
 
         A version older than or equal to the stored one is neither written nor returned,
@@ -220,7 +221,7 @@ class OrderRepository:
         return self._handed
 
     def _item(self, conn_id: str, run_id: str, ref: str, e: _Entry, now: str) -> tuple[dict[str, Any], int]:
-        payload = json.dumps(e.order, separators=(",", ":"), ensure_ascii=False)
+        payload = to_json(e.order)
         size = len(payload.encode())
         item: dict[str, Any] = {
             "connection_id": {"S": conn_id},
