@@ -10,8 +10,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from posync.errors import ProviderError
 from posync.ratelimit import BudgetExhausted, Deadline
 from posync.sources import DAY_MS, Page
+from posync.sources.clover import EXPAND
+from posync.transport import HttpReply
 from tests.unit.test_sources_fakeapi import FakeClover, clover_source, far
 
 LOOKBACK = 2 * 60_000
@@ -344,3 +347,33 @@ def test_property_no_order_is_ever_lost_or_read_twice_in_a_run(
     assert set(ids) - set(api.modified_during_paging) <= set(first)
     assert set(ids) <= set(first) | set(second)
     assert set(api.modified_during_paging) <= set(second)
+
+
+def test_a_page_body_cut_short_on_a_200_raises_and_yields_nothing_of_that_page() -> None:
+    # Given 300 orders read in pages of 100, the third page's big read answered 200 with a cut body
+    api = FakeClover()
+    ids = api.add_spread(300, days=3)
+    serve = api.serve
+    lists = 0
+
+    def cut(path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> HttpReply:
+        nonlocal lists
+        reply = serve(path, params, headers)
+        if dict(params).get("expand") == EXPAND:
+            lists += 1
+            if lists == 3:
+                return HttpReply(200, reply.headers, reply.content[: len(reply.content) // 2])
+        return reply
+
+    api.serve = cut  # type: ignore[method-assign]
+    src = clover_source(api, page_limit=100, parallelism=1)
+    pages: list[list[str]] = []
+    # When read, each page taken as it comes
+    with pytest.raises(ProviderError, match="non-JSON body"):
+        for page in src.pages(src.plan(api.now_ms - 4 * DAY_MS, api.now_ms), far()):
+            pages.append([o["id"] for o in page.orders])
+    # Then the two pages before it came whole, in order and once each, and nothing of the cut
+    # one: the run stops there (its cursor holds the two pages) and the retry reads it again
+    got = [oid for p in pages for oid in p]
+    assert len(pages) == 2 and len(got) >= 190
+    assert got == sorted(ids, key=lambda oid: (api.times[oid], oid))[: len(got)]
