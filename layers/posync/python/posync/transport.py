@@ -420,7 +420,7 @@ def parse_json(body: bytes, status: int = 200) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise ProviderError(f"provider sent a non-JSON body ({status})", status=status) from exc
+        raise _not_json(status) from exc
 
 
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
@@ -447,14 +447,15 @@ def iter_json_list(
     :func:`parse_json` reads as ``{}``); items yielded before that belong to a reply that
     is then rejected.
     """
+    no_list = ProviderError(f"{what} reply without an {key} list", status=status)
     if not body:
         if required:
-            raise ProviderError(f"{what} reply without an {key} list", status=status)
+            raise no_list
         return
     try:
         text = body.decode(json.detect_encoding(body), "surrogatepass")
     except (UnicodeDecodeError, LookupError) as exc:
-        raise ProviderError(f"provider sent a non-JSON body ({status})", status=status) from exc
+        raise _not_json(status) from exc
     del body  # the text replaces the bytes (freed here if the caller kept no reference)
     decode = _DECODER.raw_decode
     found = False
@@ -463,10 +464,10 @@ def iter_json_list(
         try:
             json.loads(text)
         except ValueError as exc:
-            raise ProviderError(f"provider sent a non-JSON body ({status})", status=status) from exc
+            raise _not_json(status) from exc
         raise ProviderError(f"{what} reply is not a JSON object", status=status)
     try:
-        _, i = _punct(text, i, "{")
+        i = _skip_ws(text, i + 1)
         closed = text[i : i + 1] == "}"
         if closed:
             i = _skip_ws(text, i + 1)
@@ -481,7 +482,7 @@ def iter_json_list(
                     rest[name] = value
                 del value
             elif found or text[i : i + 1] != "[":
-                raise ProviderError(f"{what} reply without an {key} list", status=status)
+                raise no_list
             else:
                 found = True
                 _, i = _punct(text, i, "[")
@@ -499,9 +500,13 @@ def iter_json_list(
         if i != len(text):
             raise ValueError("extra data")
     except ValueError as exc:  # json.JSONDecodeError included
-        raise ProviderError(f"provider sent a non-JSON body ({status})", status=status) from exc
+        raise _not_json(status) from exc
     if required and not found:
-        raise ProviderError(f"{what} reply without an {key} list", status=status)
+        raise no_list
+
+
+def _not_json(status: int) -> ProviderError:
+    return ProviderError(f"provider sent a non-JSON body ({status})", status=status)
 
 
 def _skip_ws(text: str, i: int) -> int:
