@@ -58,8 +58,10 @@ lint: $(VENV)/.synced
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy layers/posync/python/posync local/posync_local functions infra tests $(wildcard bench)
 
+# Two workers (these machines have 2 cores); a file's tests stay on one worker (its fixtures).
+PYTEST_WORKERS ?= 2
 test: install /usr/bin/chromium lint typecheck
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 unit: $(VENV)/.synced
 	$(VENV)/bin/pytest -q tests/unit

@@ -280,6 +280,13 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+def _wait_for_frame(term: io.StringIO, text: str, timeout_s: float = 10.0) -> None:
+    """Until the redraw thread has drawn a frame showing ``text`` (a loaded machine runs it late)."""
+    end = time.monotonic() + timeout_s
+    while text not in term.getvalue() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 def test_on_a_terminal_progress_is_one_redrawn_line_with_a_bar_and_rates() -> None:
     # Given a progress line on a terminal, redrawn every 10 ms
     term = FakeTerminal()
@@ -287,9 +294,9 @@ def test_on_a_terminal_progress_is_one_redrawn_line_with_a_bar_and_rates() -> No
     # When pages arrive
     with progress:
         progress.add(250, 1, 0.25)
-        time.sleep(0.05)
+        _wait_for_frame(term, "250 orders")
         progress.add(250, 1, 0.5)
-        time.sleep(0.05)
+        _wait_for_frame(term, "500 orders")
     # Then the line was redrawn in place with the bar, the counts and the rates, and cleared at the end
     text = term.getvalue()
     frames = [f for f in text.split(CLEAR_LINE) if f]

@@ -18,7 +18,11 @@ settings.load_profile("ci" if os.environ.get("CI") else "posync")
 
 
 @pytest.fixture(autouse=True)
-def _no_network() -> Iterator[None]:
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # A suite that ran earlier in this process (integration or chaos, under xdist in any order)
+    # may have left its embedded AWS's endpoint in the environment: unit tests never use one.
+    for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL")]:
+        monkeypatch.delenv(name)
     disable_socket(allow_unix_socket=True)
     yield
     enable_socket()
