@@ -11,9 +11,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from posync.errors import ProviderError
+from posync.providers.clover.source import EXPAND
 from posync.ratelimit import BudgetExhausted, Deadline
 from posync.sources import DAY_MS, Page
-from posync.sources.clover import EXPAND
 from posync.transport import HttpReply
 from tests.unit.test_sources_fakeapi import FakeClover, clover_source, far
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from posync.canonical.clover import normalize_clover
 from posync.canonical.poynt import normalize_poynt
 from posync.errors import MalformedOrder, UnknownProvider
+from posync.providers.clover.normalizer import normalize_clover
 
 __all__ = ["SCHEMA_VERSION", "normalize", "schema", "validate"]
 
