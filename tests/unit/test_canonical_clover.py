@@ -637,3 +637,46 @@ def test_not_an_object_unknown_provider_and_bad_merchant() -> None:
         normalize("square", MERCHANT, cafe_order())
     with pytest.raises(MalformedOrder, match="merchant_id"):
         normalize("clover", "", cafe_order())
+
+
+def test_a_service_charge_definition_is_charged_on_the_discounted_nets_untaxed() -> None:
+    # Given 10.00 of goods, a 1.00 order discount, 8.875 % tax on 9.00 (0.80) and an 18 %
+    # service charge defined on the order (percentageDecimal 180000) that no payment reports
+    definition = {"id": "SC1", "name": "Service", "enabled": True, "percentageDecimal": 180_000}
+    raw = base_order(
+        total=900 + 162 + 80,
+        lineItems={"elements": [{"id": "L1", "price": 1000, "taxRates": {"elements": [NY_TAX]}}]},
+        discounts={"elements": [{"id": "D1", "name": "Comp", "amount": -100}]},
+        serviceCharge=definition,
+    )
+    order = clover(raw)
+    # Then the charge is 18 % of 9.00, and the tax the rates give: nothing flagged
+    assert (order["totals"]["service_charge"], order["totals"]["tax"]) == (162, 80)
+    assert order["discrepancies"] == []
+    # When the device charged it on the nets before the order discount (18 % of 10.00)
+    raw["total"] = 900 + 180 + 80
+    order = clover(raw)
+    # Then that basis is the one that makes the total add up
+    assert (order["totals"]["service_charge"], order["totals"]["tax"]) == (180, 80)
+    assert order["discrepancies"] == []
+
+
+def test_a_service_charge_reference_only_is_malformed() -> None:
+    raw = base_order(total=0, serviceCharge={"id": "SC1"})
+    with pytest.raises(MalformedOrder, match=r"^serviceCharge: not expanded"):
+        clover(raw)
+
+
+@pytest.mark.parametrize(("off", "flagged"), [(0, False), (1, False), (-1, False), (2, True), (-3, True)])
+def test_tax_that_disagrees_with_the_rates_by_more_than_a_cent_is_flagged(off: int, flagged: bool) -> None:
+    # Given a 10.00 line taxed 8.875 % (0.89 by the rates) and a total off by `off` cents
+    raw = base_order(
+        total=1089 + off,
+        lineItems={"elements": [{"id": "L1", "price": 1000, "taxRates": {"elements": [NY_TAX]}}]},
+    )
+    order = clover(raw)
+    # Then the exported tax is the remainder (the totals add up), and it is flagged past a cent
+    assert order["totals"]["tax"] == 89 + off
+    expected = [{"field": "totals.tax", "value": 89 + off, "computed": 89}] if flagged else []
+    assert order["discrepancies"] == expected
+    assert_schema_valid(order)
