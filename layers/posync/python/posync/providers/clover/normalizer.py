@@ -3,8 +3,9 @@
 Register rows relied on (``docs/provider-contracts.md``): CLV-MONEY-1 (cents, epoch ms,
 ``unitQty`` in thousandths), CLV-TAX-1 (rates in 1/100000 of a percent, no order tax
 field), CLV-EXPAND-1 (a collection not expanded is absent, or ``{"href"}`` only: never read
-as empty), CLV-TENDER-1 (``tender.labelKey``), CLV-CARD-1 (``cardTransaction.cardType``),
-CLV-SC-1..3 (the order's ``serviceCharge`` is a definition; payments carry amounts).
+as empty), CLV-TENDER-1 (``tender.labelKey``), CLV-EXPAND-4 (``cardTransaction.cardType``),
+CLV-SC-1, CLV-SC-2, CLV-SC-3 (the order's ``serviceCharge`` is a definition, its basis;
+payments carry amounts), CLV-MISSING-1.
 
 The arithmetic (docs/canonical-order-v1.md, "Clover"): per line
 ``gross = round((price + Σ modifications) * unitQty / 1000)``, line discounts

@@ -1,8 +1,8 @@
 """Clover orders: ``GET /v3/merchants/{mId}/orders`` read by keyset (see ``posync.sources``).
 
-Register rows relied on (``docs/provider-contracts.md``): CLV-LIST-1..3 (filters, order,
-limit, the 90-day cut), CLV-EXPAND-1..5 (explicit expansion, three per call, dotted paths),
-CLV-NESTED-1 (nested lists cut at 100), CLV-SC-1 (the service charge definition).
+Register rows relied on (``docs/provider-contracts.md``): CLV-LIST-1, CLV-LIST-3 (filters,
+order, limit, the 90-day cut), CLV-EXPAND-1 to CLV-EXPAND-5 (explicit expansion, three per
+call, dotted paths), CLV-NESTED-1 (nested lists cut at 100), CLV-MISSING-1.
 
 Every list request carries both bounds of its slice (``filter=modifiedTime>=T`` and
 ``filter=modifiedTime<U``, never wider than 90 days: Clover silently cuts a wider range to
