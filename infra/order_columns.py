@@ -68,6 +68,7 @@ PROVIDERS: tuple[str, ...] = ("clover", "poynt")
 # Data columns of canonical order v1 (times stay RFC 3339 strings: they sort as they should).
 ORDER_COLUMNS: tuple[tuple[str, ColumnType], ...] = (
     ("schema_version", INT),
+    ("schema_minor", INT),  # v1.1 (null on orders written before it)
     ("order_id", STRING),
     ("state", STRING),
     ("provider_state", STRING),
@@ -142,6 +143,7 @@ ORDER_COLUMNS: tuple[tuple[str, ColumnType], ...] = (
     ("discounts", Array(Struct((("name", STRING), ("amount", BIGINT))))),
     ("taxes", Array(Struct((("name", STRING), ("rate", DOUBLE), ("amount", BIGINT))))),
     ("source", Struct((("store_id", STRING), ("device_id", STRING), ("employee_id", STRING)))),
+    ("discrepancies", Array(Struct((("field", STRING), ("value", BIGINT), ("computed", BIGINT))))),  # v1.1
 )
 
 

@@ -28,3 +28,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.infra)
         elif "/tests/e2e/" in path:
             item.add_marker(pytest.mark.e2e)
+
+
+# Every reading of Clover that the sandbox models (posync_local/sandbox/clover_profile.py): a
+# test that takes ``clover_profile`` runs once per preset. Kept as names so this module does
+# not import the sandbox (the unit tests run without it).
+CLOVER_PROFILES = (
+    "documented",
+    "href-unexpanded",
+    "card-inline",
+    "tender-inline",
+    "service-charge-line-basis",
+)
+
+
+@pytest.fixture(params=CLOVER_PROFILES)
+def clover_profile(request: pytest.FixtureRequest) -> str:
+    """The name of one Clover sandbox profile (the test runs under each)."""
+    name: str = request.param
+    return name

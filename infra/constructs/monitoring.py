@@ -30,6 +30,7 @@ METRICS = (
     "RateLimited",
     "RefreshFailures",
     "OrdersQuarantined",
+    "OrdersWithDiscrepancies",
     "PagesFetched",
     "RunDurationMs",
     "ConnectionsNeedingReauth",
@@ -103,6 +104,13 @@ class Monitoring(Construct):
             threshold=0,
             description="Provider orders failed normalization and were quarantined (quarantine/ prefix).",
         )
+        self._alarm(
+            "Discrepancies",
+            posync_metric("OrdersWithDiscrepancies", "Sum", Duration.hours(1)),
+            threshold=0,
+            description="Orders were exported with a derived figure (Clover: the tax left of the total) that "
+            "disagrees with its computation from the rates by more than a cent: see their `discrepancies`.",
+        )
         for name, fn in functions.items():
             self._alarm(
                 f"{name.capitalize()}Errors",
@@ -125,7 +133,13 @@ class Monitoring(Construct):
                 [
                     graph("Token refresh failures", [posync_metric("RefreshFailures", "Sum", five)]),
                     graph("Sync DLQ depth", [dlq_depth]),
-                    graph("Quarantined orders", [posync_metric("OrdersQuarantined", "Sum", five)]),
+                    graph(
+                        "Quarantined / flagged orders",
+                        [
+                            posync_metric("OrdersQuarantined", "Sum", five),
+                            posync_metric("OrdersWithDiscrepancies", "Sum", five),
+                        ],
+                    ),
                 ],
                 [
                     graph("Pages fetched", [posync_metric("PagesFetched", "Sum", five)]),

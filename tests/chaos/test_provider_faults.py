@@ -43,6 +43,37 @@ def test_a_429_storm_is_waited_out_and_loses_nothing(chaos: Chaos) -> None:
     chaos.verify()
 
 
+def test_clovers_429_header_names_are_understood_and_nothing_is_lost(chaos: Chaos) -> None:
+    # Given two Clover merchants whose API allows 3 calls/s and 2 in flight per token and 5/s
+    # per app (posync assumes 16, 5 and 50), naming each limit in the header's name
+    # (X-RateLimit-tokenLimit, ...crossTokenLimit, ...tokenConcurrentLimit) and sending
+    # Retry-After only with the concurrency 429s
+    for _ in range(2):
+        chaos.merchant("clover", orders=40)
+    clover = chaos.clover()
+    before = clover.stats.snapshot()
+    clover.knobs.per_token_rps = 3
+    clover.knobs.per_token_concurrency = 2
+    clover.knobs.per_app_rps = 5
+    # When the backfills run
+    report = chaos.drain()
+    # Then Clover refused calls for its rate and its concurrency limits
+    after = clover.stats.snapshot()
+    by_kind = {k: v - before["rate_limited_by"].get(k, 0) for k, v in after["rate_limited_by"].items()}
+    chaos.provider_faults["clover_429"] = sum(by_kind.values())
+    assert chaos.provider_faults["clover_429"] > 0
+    # and posync read the limit from the header's name: it logged which one, and adopted it
+    assert chaos.log_count(r'"limit":\s*"(token|app)-(rps|concurrency)"') > 0
+    assert chaos.log_count(r'"limit":\s*"unnamed"') == 0
+    assert chaos.log_count(r"adopted the provider's limit") > 0
+    # And every run completed, every order is durable once
+    assert report.failures == 0
+    for p, m in chaos.merchants:
+        assert chaos.assert_cursor_covers(p, m) == 40
+    chaos.settle()
+    chaos.verify()
+
+
 def test_a_10_percent_5xx_rate_is_retried_and_loses_nothing(chaos: Chaos) -> None:
     # Given merchants of both providers behind APIs that fail 10% of calls with 500/502/503
     for p in ("clover", "poynt"):

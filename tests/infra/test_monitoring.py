@@ -78,6 +78,14 @@ def test_quarantine_alarm(synth: Synth) -> None:
     assert (a["Namespace"], a["MetricName"], a["Statistic"]) == ("posync", "OrdersQuarantined", "Sum")
 
 
+def test_discrepancies_alarm_fires_on_any_flagged_order(synth: Synth) -> None:
+    # Given the synthesized stack, then one flagged order in an hour is enough to alarm
+    a = alarms(synth)["Discrepancies"]
+    assert (a["Namespace"], a["MetricName"], a["Statistic"]) == ("posync", "OrdersWithDiscrepancies", "Sum")
+    assert (a["Threshold"], a["Period"]) == (0, 3600)
+    assert a["Dimensions"] == [{"Name": "service", "Value": "posync"}]
+
+
 def test_an_errors_alarm_per_function(synth: Synth) -> None:
     found = alarms(synth)
     fn_ids = {
@@ -102,6 +110,7 @@ def test_dashboard_shows_the_operational_metrics(synth: Synth) -> None:
         "RateLimited",
         "RefreshFailures",
         "OrdersQuarantined",
+        "OrdersWithDiscrepancies",
         "PagesFetched",
         "RunDurationMs",
         "ApproximateNumberOfMessagesVisible",

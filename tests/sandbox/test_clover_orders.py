@@ -154,17 +154,69 @@ def test_expand_takes_at_most_three_fields(clover: CloverSandbox) -> None:
     assert api.get(expand=["lineItems,payments", "refunds,credits"]).status_code == 400
 
 
-def test_unexpanded_lists_are_hrefs_and_expanded_lists_are_elements(clover: CloverSandbox) -> None:
-    mid = clover.add_merchant(orders=40, days=30)
+def test_expansion_is_explicit_and_dotted_paths_count(clover: CloverSandbox) -> None:
+    # Given the documented profile and an order with line items and a card payment
+    mid = clover.add_merchant(orders=80, days=30)
+    truth = next(
+        o
+        for o in clover.orders(mid)
+        if o.get("payments")
+        and "cardTransaction" in o["payments"]["elements"][0]
+        and any("taxRates" in li for li in o["lineItems"]["elements"])
+    )
     api = Api(clover, mid)
-    plain = api.elements(limit=1)[0]
-    assert set(plain["lineItems"]) == {"href"}
-    assert plain["lineItems"]["href"].endswith(f"/v3/merchants/{mid}/orders/{plain['id']}/line_items")
-    assert set(plain["payments"]) == {"href"}
-    full = api.elements(limit=1, expand="lineItems,payments")[0]
-    assert full["id"] == plain["id"]
-    assert full["lineItems"]["elements"]
-    assert set(full["refunds"]) == {"href"}
+    path = f"/orders/{truth['id']}"
+    # When read without expand, then no collection is there at all (not even an href)
+    plain = api.get(path).json()
+    assert not {"lineItems", "payments", "refunds", "discounts", "credits", "serviceCharge"} & set(plain)
+    # When line items are expanded alone, then their own lists are not
+    lines = api.get(path, expand="lineItems").json()["lineItems"]["elements"]
+    assert lines and all(not {"modifications", "discounts", "taxRates"} & set(li) for li in lines)
+    # When a dotted path is named, then it expands its parent and only that child
+    taxed = api.get(path, expand="lineItems.taxRates").json()["lineItems"]["elements"]
+    assert any("taxRates" in li for li in taxed)
+    assert all("modifications" not in li for li in taxed)
+    # And a payment's tender is a reference, its card transaction absent, unless expanded
+    bare = api.get(path, expand="payments").json()["payments"]["elements"][0]
+    assert set(bare["tender"]) == {"id"} and "cardTransaction" not in bare
+    full = api.get(path, expand="payments.tender,payments.cardTransaction").json()["payments"]["elements"][0]
+    assert full["tender"] == truth["payments"]["elements"][0]["tender"]
+    assert full["cardTransaction"] == truth["payments"]["elements"][0]["cardTransaction"]
+    # And dotted paths count toward the three expansions a call may name
+    over = api.get(path, expand="lineItems,lineItems.taxRates,payments,refunds")
+    assert over.status_code == 400
+    assert "at most 3" in over.json()["message"]
+
+
+def test_the_href_profile_shows_unexpanded_lists_as_hrefs(clover: CloverSandbox) -> None:
+    # Given the reading where an unexpanded list is an href
+    clover.profile = "href-unexpanded"
+    try:
+        mid = clover.add_merchant(orders=40, days=30)
+        api = Api(clover, mid)
+        plain = api.elements(limit=1)[0]
+        assert set(plain["lineItems"]) == {"href"}
+        assert plain["lineItems"]["href"].endswith(f"/v3/merchants/{mid}/orders/{plain['id']}/line_items")
+        assert set(plain["payments"]) == {"href"}
+        expanded = api.elements(limit=1, expand="lineItems,payments")[0]
+        assert expanded["lineItems"]["elements"]
+        assert set(expanded["refunds"]) == {"href"}
+    finally:
+        clover.profile = "documented"
+
+
+def test_the_service_charge_expansion_is_the_definition(clover: CloverSandbox) -> None:
+    # Given orders with a service charge (about 6 %)
+    mid = clover.add_merchant(orders=300, days=30)
+    truth = next(o for o in clover.orders(mid) if "serviceCharge" in o and o.get("payments"))
+    api = Api(clover, mid)
+    # When the order-level serviceCharge is expanded, then it is the definition, not an amount
+    sc = api.get(f"/orders/{truth['id']}", expand="serviceCharge").json()["serviceCharge"]
+    assert set(sc) == {"id", "name", "enabled", "percentageDecimal"}
+    assert sc["percentageDecimal"] == 180_000  # 18 %: percent x 10,000
+    # And the payments carry the amount each collected (documented profile)
+    charged = [p["serviceCharge"]["amount"] for p in truth["payments"]["elements"]]
+    assert sum(charged) > 0
 
 
 def test_nested_lists_are_cut_at_100_and_paged_separately(clover: CloverSandbox) -> None:
@@ -173,46 +225,59 @@ def test_nested_lists_are_cut_at_100_and_paged_separately(clover: CloverSandbox)
     big = next(o for o in clover.orders(mid) if len(o["lineItems"]["elements"]) > 100)
     n = len(big["lineItems"]["elements"])
     api = Api(clover, mid)
-    # When it is read with lineItems expanded
-    r = api.get(f"/orders/{big['id']}", expand="lineItems")
+    # When it is read with its line items and their lists expanded
+    every = "lineItems.modifications,lineItems.discounts,lineItems.taxRates"
+    r = api.get(f"/orders/{big['id']}", expand=every)
     assert r.status_code == 200
     cut = r.json()["lineItems"]["elements"]
     # Then only the first 100 come
     assert len(cut) == 100
     assert cut == big["lineItems"]["elements"][:100]
-    # And the nested endpoint (the un-expanded href) pages the rest
-    href = api.get(f"/orders/{big['id']}").json()["lineItems"]["href"]
+    # And the nested endpoint pages the rest, with its own expand
     items: list[dict[str, Any]] = []
     offset = 0
     while True:
-        page = api.session.get(href, params={"limit": 100, "offset": offset}, timeout=10).json()["elements"]
+        page = api.get(
+            f"/orders/{big['id']}/line_items",
+            limit=100,
+            offset=offset,
+            expand="modifications,discounts,taxRates",
+        ).json()["elements"]
         items += page
         offset += len(page)
         if len(page) < 100:
             break
     assert len(items) == n
     assert items == big["lineItems"]["elements"]
-    payments = api.get(f"/orders/{big['id']}/payments").json()["elements"]
+    bare = api.get(f"/orders/{big['id']}/line_items", limit=1000).json()["elements"]
+    assert all("taxRates" not in li for li in bare)
+    payments = api.get(f"/orders/{big['id']}/payments", expand="tender,cardTransaction").json()["elements"]
     assert payments == big.get("payments", {}).get("elements", [])
 
 
 def test_api_orders_equal_the_ground_truth(clover: CloverSandbox) -> None:
     mid = clover.add_merchant(orders=120, days=60, currency="JPY")
     api = Api(clover, mid)
-    got = api.elements(
-        filter=f"modifiedTime>={now_ms() - 80 * DAY}",
-        orderBy="modifiedTime ASC",
-        limit=1000,
-        expand="lineItems,payments,refunds",
-    )
+    reads = {
+        "lineItems.modifications,lineItems.discounts,lineItems.taxRates": ("lineItems",),
+        "payments.tender,payments.cardTransaction,refunds": ("payments", "refunds"),
+        "discounts,serviceCharge,credits": ("discounts", "serviceCharge", "credits"),
+    }
     truth = sorted(clover.orders(mid), key=key)
-    for api_order, true_order in zip(got, truth, strict=True):
-        expected = dict(true_order)
-        expected["discounts"] = {"href": f"{true_order['href']}/discounts"}
-        if len(true_order["lineItems"]["elements"]) > 100:
-            expected["lineItems"] = {"elements": true_order["lineItems"]["elements"][:100]}
-        assert api_order == expected
-    assert {o["currency"] for o in got} == {"JPY"}
+    collections = {name for names in reads.values() for name in names}
+    for expand, names in reads.items():
+        got = api.elements(
+            filter=f"modifiedTime>={now_ms() - 80 * DAY}",
+            orderBy="modifiedTime ASC",
+            limit=1000,
+            expand=expand,
+        )
+        for api_order, true_order in zip(got, truth, strict=True):
+            expected = {k: v for k, v in true_order.items() if k not in collections or k in names}
+            if len(true_order["lineItems"]["elements"]) > 100 and "lineItems" in names:
+                expected["lineItems"] = {"elements": true_order["lineItems"]["elements"][:100]}
+            assert api_order == expected
+        assert {o["currency"] for o in got} == {"JPY"}
 
 
 def test_unknown_order_is_404(clover: CloverSandbox) -> None:

@@ -41,7 +41,12 @@ def clover_total(order: dict[str, Any]) -> tuple[int, int]:
     tax = sum(
         rhu(base * (subtotal + discount) * rate, subtotal * 10_000_000) for rate, base in by_rate.items()
     )
-    return subtotal + discount + tax, tax
+    # the service charge (a definition: percent x 10,000) on the nets after discounts, untaxed
+    sc = order.get("serviceCharge")
+    charge = rhu((subtotal + discount) * sc["percentageDecimal"], 1_000_000) if sc else 0
+    if sc:
+        assert sum(p["serviceCharge"]["amount"] for p in elements(order, "payments")) in (0, charge)
+    return subtotal + discount + charge + tax, tax
 
 
 def test_same_seed_same_merchants_and_orders_and_another_seed_differs() -> None:

@@ -77,19 +77,47 @@ def test_a_client_above_the_per_token_rate_gets_429_naming_the_limit(
     assert statuses[:16] == [200] * 16
     assert 429 in statuses[16:]
     refused = next(r for r in answers if r.status_code == 429)
-    assert refused.headers["X-RateLimit-Type"] == "token-rps"
-    assert refused.headers["X-RateLimit-Limit"] == "16"
-    assert refused.headers["X-RateLimit-Remaining"] == "0"
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert int(refused.headers["X-RateLimit-Reset"]) >= int(time.time())
+    # naming the limit in the header's name, as Clover does (its value: the limit), and
+    # without Retry-After (Clover sends it with the concurrency 429s only)
+    assert refused.headers["X-RateLimit-tokenLimit"] == "16"
+    assert "Retry-After" not in refused.headers
+    assert "X-RateLimit-Type" not in refused.headers
     assert clover.stats.rate_limited_by["token-rps"] >= 1
 
 
-def test_retry_after_is_honest_and_retrying_early_makes_the_wait_longer(clover: CloverSandbox) -> None:
+class PoyntClient:
+    """One business's API session against a Poynt sandbox (whose 429s carry the generic headers,
+    Retry-After included: the limiter's penalty box is read from them)."""
+
+    def __init__(self, poynt: PoyntSandbox) -> None:
+        bid = poynt.add_merchant(orders=3)
+        self.url = f"{poynt.url}/businesses/{bid}/orders"
+        self.session = requests.Session()
+        self.session.headers.update(poynt_headers(poynt_connect(poynt, bid)["accessToken"]))
+
+    def call(self) -> requests.Response:
+        return self.session.get(self.url, timeout=10)
+
+
+def test_generic_429s_name_the_limit_and_the_reset(poynt: PoyntSandbox) -> None:
+    poynt.knobs.per_token_rps = 2
+    client = PoyntClient(poynt)
+    client.call()
+    client.call()
+    refused = client.call()
+    assert refused.status_code == 429
+    assert refused.headers["X-RateLimit-Type"] == "token-rps"
+    assert refused.headers["X-RateLimit-Limit"] == "2"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert int(refused.headers["X-RateLimit-Reset"]) >= int(time.time())
+
+
+def test_retry_after_is_honest_and_retrying_early_makes_the_wait_longer(poynt: PoyntSandbox) -> None:
     # Given a 2/s token limit and float Retry-After (fast tests)
-    clover.knobs.per_token_rps = 2
-    clover.knobs.retry_after_ms = 300
-    client = Client(clover)
+    poynt.knobs.per_token_rps = 2
+    poynt.knobs.retry_after_ms = 300
+    client = PoyntClient(poynt)
     assert [client.call().status_code for _ in range(2)] == [200, 200]
     # When the limit is passed
     refused = client.call()
@@ -100,17 +128,17 @@ def test_retry_after_is_honest_and_retrying_early_makes_the_wait_longer(clover: 
     early = client.call()
     assert early.status_code == 429
     assert float(early.headers["Retry-After"]) >= 0.3
-    assert clover.stats.early_retries == 1
+    assert poynt.stats.early_retries == 1
     # And a retry after the (new) Retry-After is served
     time.sleep(float(early.headers["Retry-After"]) + 0.02)
     assert client.call().status_code == 200
 
 
-def test_without_the_penalty_an_early_retry_does_not_extend_the_wait(clover: CloverSandbox) -> None:
-    clover.knobs.per_token_rps = 2
-    clover.knobs.retry_after_ms = 400
-    clover.knobs.retry_early_penalty = False
-    client = Client(clover)
+def test_without_the_penalty_an_early_retry_does_not_extend_the_wait(poynt: PoyntSandbox) -> None:
+    poynt.knobs.per_token_rps = 2
+    poynt.knobs.retry_after_ms = 400
+    poynt.knobs.retry_early_penalty = False
+    client = PoyntClient(poynt)
     client.call()
     client.call()
     first = float(client.call().headers["Retry-After"])
@@ -142,8 +170,7 @@ def test_concurrency_limit_per_token(clover: CloverSandbox) -> None:
     # Then one is refused for concurrency
     refused = [r for r in results if r.status_code == 429]
     assert len(refused) == 1
-    assert refused[0].headers["X-RateLimit-Type"] == "token-concurrency"
-    assert refused[0].headers["X-RateLimit-Limit"] == "2"
+    assert refused[0].headers["X-RateLimit-tokenConcurrentLimit"] == "2"
     assert refused[0].headers["Retry-After"] == "1"
     # And once they are done, calls pass again
     assert client.call().status_code == 200
@@ -155,7 +182,8 @@ def test_app_limits_count_every_token_of_the_app(clover: CloverSandbox) -> None:
     assert [a.call().status_code, b.call().status_code, a.call().status_code] == [200, 200, 200]
     refused = b.call()
     assert refused.status_code == 429
-    assert refused.headers["X-RateLimit-Type"] == "app-rps"
+    assert refused.headers["X-RateLimit-crossTokenLimit"] == "3"
+    assert "Retry-After" not in refused.headers
     clover.knobs.per_app_rps = None
     clover.knobs.per_app_concurrency = 1
     clover.knobs.latency_ms = 250
@@ -167,7 +195,8 @@ def test_app_limits_count_every_token_of_the_app(clover: CloverSandbox) -> None:
     t.join()
     assert results == [200]
     assert other.status_code == 429
-    assert other.headers["X-RateLimit-Type"] == "app-concurrency"
+    assert other.headers["X-RateLimit-crossTokenConcurrentLimit"] == "1"
+    assert other.headers["Retry-After"] == "1"
 
 
 def test_oauth_endpoints_are_not_rate_limited(clover: CloverSandbox) -> None:

@@ -219,14 +219,14 @@ def clover_orders(draw: st.DrawFn) -> tuple[Raw, CloverExpected]:
         raw["paymentState"] = payment_state
     if raw["state"] is None:
         del raw["state"]  # Clover omits null fields: hidden orders have no state
-    lines_mode = pick(draw, "lines", "lines", "lines", "empty", "href", "absent")
+    lines_mode = pick(draw, "lines", "lines", "lines", "empty", "absent")
     if lines_mode == "lines":
         n = draw(st.integers(1, 8))
         raw["lineItems"] = {"elements": [draw(clover_line(i)) for i in range(n)]}
     elif lines_mode == "empty":
         raw["lineItems"] = {"elements": []}
-    elif lines_mode == "href":
-        raw["lineItems"] = {"href": "https://sandbox/v3/merchants/M/orders/X/line_items"}
+    else:
+        raw["manualTransaction"] = True  # no line items at all: a quick-pay amount
     order_discounts = draw(_ORDER_DISCOUNTS)
     if order_discounts:
         raw["discounts"] = {
@@ -268,9 +268,10 @@ def clover_orders(draw: st.DrawFn) -> tuple[Raw, CloverExpected]:
         payments.append(payment)
     if draw(st.integers(0, 2)):
         raw["payments"] = {"elements": payments}
-    else:
-        raw["payments"] = {"href": "https://sandbox/v3/merchants/M/orders/X/payments"}
+    else:  # no payments at all (Clover leaves the key out): then the order is not paid
         payments = []
+        if raw.get("paymentState") not in (None, "OPEN"):
+            raw["paymentState"] = "OPEN"
     refunds: list[Raw] = []
     for j in range(draw(st.integers(0, 2))):
         refund: Raw = {

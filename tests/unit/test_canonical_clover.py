@@ -12,6 +12,7 @@ import pytest
 
 from posync.canonical import normalize
 from posync.errors import MalformedOrder, UnknownProvider
+from posync.providers.clover.normalizer import missing
 from tests.unit.canonical_support import assert_schema_valid
 
 MERCHANT = "MERCHANT12345"
@@ -149,6 +150,7 @@ def test_a_paid_cafe_order_normalizes_exactly() -> None:
     # Then every field is as worked out by hand
     assert order == {
         "schema_version": 1,
+        "schema_minor": 1,
         "provider": "clover",
         "merchant_id": MERCHANT,
         "order_id": "ORDER00000001",
@@ -227,6 +229,7 @@ def test_a_paid_cafe_order_normalizes_exactly() -> None:
         "discounts": [{"name": "10% off beans", "amount": -300}, {"name": "Loyalty", "amount": -200}],
         "taxes": [{"name": "NY Sales Tax", "rate": 8.875, "amount": 276}],
         "source": {"store_id": None, "device_id": "DEVICE0000001", "employee_id": "EMPLOYEE00001"},
+        "discrepancies": [],
     }
 
 
@@ -288,8 +291,8 @@ def test_jpy_amounts_are_yen_with_no_scaling() -> None:
 
 
 def test_a_hidden_order_has_no_state() -> None:
-    # Given an order Clover returns without a state (state null: hidden), lists not expanded
-    raw = base_order(total=0, lineItems={"href": "https://x/line_items"})
+    # Given an order Clover returns without a state (state null: hidden), without line items
+    raw = base_order(total=0)
     del raw["state"]
     order = clover(raw)
     assert (order["state"], order["provider_state"]) == ("hidden", None)
@@ -297,28 +300,56 @@ def test_a_hidden_order_has_no_state() -> None:
     assert clover(raw)["state"] == "hidden"
 
 
-def test_unexpanded_lists_give_empty_lists_and_the_total_in_the_subtotal() -> None:
-    # Given an order fetched without expand: nested lists are {"href": ...} only
+@pytest.mark.parametrize("name", ["lineItems", "payments", "refunds", "discounts", "credits"])
+def test_an_unexpanded_list_is_malformed_never_an_empty_list(name: str) -> None:
+    # Given an order whose one list came unexpanded ({"href"} only), the others expanded
+    raw = base_order(total=1234, manualTransaction=True)
+    raw[name] = {"href": f"https://x/{name}"}
+    # When it is normalized, then it is refused, naming the list (it is quarantined, not exported)
+    with pytest.raises(MalformedOrder, match=rf"^{name}: not expanded"):
+        clover(raw)
+
+
+@pytest.mark.parametrize(
+    ("payment_state", "absent", "gap"),
+    [
+        ("PAID", "payments", "payments"),
+        ("PARTIALLY_REFUNDED", "payments", "payments"),
+        ("REFUNDED", "refunds", "refunds"),
+        ("PAID", "lineItems", "lineItems"),
+    ],
+)
+def test_a_collection_the_order_says_exists_but_that_is_absent_is_malformed(
+    payment_state: str, absent: str, gap: str
+) -> None:
+    # Given a paid order with a total whose one collection is missing from the reply
     raw = base_order(
-        total=1234,
-        lineItems={"href": "https://x/line_items"},
-        payments={"href": "https://x/payments"},
-        refunds={"href": "https://x/refunds"},
-        discounts={"href": "https://x/discounts"},
+        total=1000,
+        paymentState=payment_state,
+        lineItems={"elements": [{"id": "L1", "price": 1000}]},
+        payments={"elements": [{"id": "P1", "amount": 1000, "result": "SUCCESS"}]},
+        refunds={"elements": [{"id": "R1", "amount": 1000, "payment": {"id": "P1"}}]},
     )
-    order = clover(raw)
-    # Then the lists are empty and the whole total sits in the subtotal (no tax is invented)
-    assert order["line_items"] == order["payments"] == order["refunds"] == order["discounts"] == []
-    assert order["totals"] == {
-        "subtotal": 1234,
-        "discount": 0,
-        "tax": 0,
-        "tip": 0,
-        "service_charge": 0,
-        "total": 1234,
-        "paid": 0,
-        "refunded": 0,
-    }
+    del raw[absent]
+    # When it is normalized, then it is refused naming that collection; missing() says so too
+    assert gap in missing(raw)
+    with pytest.raises(MalformedOrder, match=rf"^{gap}: asked for but missing"):
+        clover(raw)
+
+
+def test_a_tender_reference_or_a_card_payment_without_its_card_is_malformed() -> None:
+    # Given a payment whose tender came as a reference only ({id}: payments.tender not expanded)
+    card = {"id": "T1", "labelKey": "com.clover.tender.credit_card"}
+    raw = base_order(total=0, payments={"elements": [{"id": "P1", "amount": 0, "tender": {"id": "T1"}}]})
+    with pytest.raises(MalformedOrder, match=r"^payments\[0\]\.tender: not expanded"):
+        clover(raw)
+    # and one whose card tender came without its cardTransaction
+    raw["payments"]["elements"][0]["tender"] = card
+    with pytest.raises(MalformedOrder, match=r"^payments\[0\]\.cardTransaction: missing"):
+        clover(raw)
+    # Then with the card transaction, the brand is read
+    raw["payments"]["elements"][0]["cardTransaction"] = {"cardType": "VISA"}
+    assert clover(raw)["payments"][0]["card_brand"] == "VISA"
 
 
 def test_a_manual_amount_order_without_lines_paid_in_cash() -> None:
@@ -435,6 +466,7 @@ def test_payment_results_decide_what_counts_as_paid() -> None:
     raw = base_order(
         total=1000,
         paymentState="PAID",
+        manualTransaction=True,
         payments={
             "elements": [
                 payment("P1", "FAIL", 1000, card),
@@ -460,6 +492,7 @@ def test_full_refunds_and_credits_make_a_refunded_order() -> None:
     # Given a paid order (no paymentState) refunded in full: a refund plus a manual credit
     raw = base_order(
         total=2000,
+        manualTransaction=True,
         payments={"elements": [{"id": "P1", "amount": 2000, "result": "SUCCESS"}]},
         refunds={"elements": [{"id": "R1", "amount": 1500, "payment": {"id": "P1"}}]},
         credits={"elements": [{"id": "C1", "amount": 500, "createdTime": T0}]},
@@ -604,3 +637,46 @@ def test_not_an_object_unknown_provider_and_bad_merchant() -> None:
         normalize("square", MERCHANT, cafe_order())
     with pytest.raises(MalformedOrder, match="merchant_id"):
         normalize("clover", "", cafe_order())
+
+
+def test_a_service_charge_definition_is_charged_on_the_discounted_nets_untaxed() -> None:
+    # Given 10.00 of goods, a 1.00 order discount, 8.875 % tax on 9.00 (0.80) and an 18 %
+    # service charge defined on the order (percentageDecimal 180000) that no payment reports
+    definition = {"id": "SC1", "name": "Service", "enabled": True, "percentageDecimal": 180_000}
+    raw = base_order(
+        total=900 + 162 + 80,
+        lineItems={"elements": [{"id": "L1", "price": 1000, "taxRates": {"elements": [NY_TAX]}}]},
+        discounts={"elements": [{"id": "D1", "name": "Comp", "amount": -100}]},
+        serviceCharge=definition,
+    )
+    order = clover(raw)
+    # Then the charge is 18 % of 9.00, and the tax the rates give: nothing flagged
+    assert (order["totals"]["service_charge"], order["totals"]["tax"]) == (162, 80)
+    assert order["discrepancies"] == []
+    # When the device charged it on the nets before the order discount (18 % of 10.00)
+    raw["total"] = 900 + 180 + 80
+    order = clover(raw)
+    # Then that basis is the one that makes the total add up
+    assert (order["totals"]["service_charge"], order["totals"]["tax"]) == (180, 80)
+    assert order["discrepancies"] == []
+
+
+def test_a_service_charge_reference_only_is_malformed() -> None:
+    raw = base_order(total=0, serviceCharge={"id": "SC1"})
+    with pytest.raises(MalformedOrder, match=r"^serviceCharge: not expanded"):
+        clover(raw)
+
+
+@pytest.mark.parametrize(("off", "flagged"), [(0, False), (1, False), (-1, False), (2, True), (-3, True)])
+def test_tax_that_disagrees_with_the_rates_by_more_than_a_cent_is_flagged(off: int, flagged: bool) -> None:
+    # Given a 10.00 line taxed 8.875 % (0.89 by the rates) and a total off by `off` cents
+    raw = base_order(
+        total=1089 + off,
+        lineItems={"elements": [{"id": "L1", "price": 1000, "taxRates": {"elements": [NY_TAX]}}]},
+    )
+    order = clover(raw)
+    # Then the exported tax is the remainder (the totals add up), and it is flagged past a cent
+    assert order["totals"]["tax"] == 89 + off
+    expected = [{"field": "totals.tax", "value": 89 + off, "computed": 89}] if flagged else []
+    assert order["discrepancies"] == expected
+    assert_schema_valid(order)

@@ -18,7 +18,7 @@ from requests.structures import CaseInsensitiveDict
 from posync.app_credentials import CloverAppCredentials, PoyntAppCredentials
 from posync.errors import ProviderError, RateLimited
 from posync.providers import CallbackParams, ExchangeRefused
-from posync.providers.clover_oauth import CloverOAuth
+from posync.providers.clover.oauth import CloverOAuth
 from posync.providers.poynt_oauth import PoyntOAuth, business_id_of
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
 from tests.unit.oauth_fakes import FakeClock, unit_settings

@@ -11,9 +11,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from posync.errors import ProviderError
+from posync.providers.clover.source import EXPAND
 from posync.ratelimit import BudgetExhausted, Deadline
 from posync.sources import DAY_MS, Page
-from posync.sources.clover import EXPAND
 from posync.transport import HttpReply
 from tests.unit.test_sources_fakeapi import FakeClover, clover_source, far
 
@@ -133,9 +133,9 @@ def test_requests_use_the_documented_parameters() -> None:
     api = FakeClover()
     api.add_spread(10, days=1)
     read_run(api, api.now_ms - DAY_MS, api.now_ms)
-    # one page, read with both sets of three expansions (Clover takes at most three per call),
-    # the order-level (smaller) one first
-    first, second = api.requests
+    # Then one page is read three times (nine expansions at most three a call, dotted paths
+    # counted), the smallest (order-level) read first, the line items (the rows) last
+    first, second, third = api.requests
     params = dict(p for p in first["params"] if p[0] != "filter")
     assert params == {
         "orderBy": "modifiedTime ASC",
@@ -143,10 +143,11 @@ def test_requests_use_the_documented_parameters() -> None:
         "limit": "1000",
         "offset": "0",
     }
-    assert dict(second["params"])["expand"] == "lineItems,payments,refunds"
-    assert [p for p in first["params"] if p[0] == "filter"] == [
-        p for p in second["params"] if p[0] == "filter"
-    ]
+    assert dict(second["params"])["expand"] == "payments.tender,payments.cardTransaction,refunds"
+    assert dict(third["params"])["expand"] == "lineItems.modifications,lineItems.discounts,lineItems.taxRates"
+    assert all(len(dict(r["params"])["expand"].split(",")) <= 3 for r in api.requests)
+    filters = [[p for p in r["params"] if p[0] == "filter"] for r in api.requests]
+    assert filters[0] == filters[1] == filters[2]
 
 
 def test_nested_lists_cut_at_100_are_completed() -> None:
@@ -187,8 +188,8 @@ def test_parallel_slices_overlap_latency() -> None:
     assert api.peak_in_flight <= 5
     assert elapsed < 0.8 * len(api.requests) * api.latency_s
     # and splitting cost few extra requests: 20 full pages plus about one partial page per slice,
-    # each read twice (two sets of expansions)
-    assert len(api.requests) <= 2 * (20 + 2 * 5)
+    # each read three times (three sets of expansions)
+    assert len(api.requests) <= 3 * (20 + 2 * 5)
 
 
 def test_splitting_follows_the_data_not_the_clock() -> None:
@@ -199,14 +200,14 @@ def test_splitting_follows_the_data_not_the_clock() -> None:
     got, _ = read_run(api, api.now_ms - 61 * DAY_MS, api.now_ms, page_limit=100, parallelism=5)
     # Then every order once, in not many more requests than pages
     assert Counter(got) == Counter(ids)
-    assert len(api.requests) <= 2 * (11 + 2 * 5)
+    assert len(api.requests) <= 3 * (11 + 2 * 5)
 
 
 def test_a_small_sync_costs_one_page_read() -> None:
     api = FakeClover()
     api.add_spread(20, days=0.01)
     read_run(api, api.now_ms - DAY_MS, api.now_ms, parallelism=5)
-    assert len(api.requests) == 2  # one page, two sets of expansions
+    assert len(api.requests) == 3  # one page, three sets of expansions
 
 
 def test_an_empty_window_costs_one_request() -> None:

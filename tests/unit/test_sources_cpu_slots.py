@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from posync.providers.clover.source import EXPAND, EXPAND_ORDER_LEVEL, CloverSource, Downloaded
 from posync.ratelimit import Deadline
 from posync.sources import DAY_MS, Fetched, Prepare, SliceView
-from posync.sources.clover import EXPAND, EXPAND_ORDER_LEVEL, CloverSource, Downloaded
 from tests.unit.test_sources_fakeapi import FakeClover, FakePoynt, clover_source, far, poynt_source
 
 

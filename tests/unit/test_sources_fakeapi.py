@@ -22,9 +22,9 @@ from urllib.parse import parse_qsl, urlsplit
 from urllib3 import HTTPHeaderDict
 
 from posync.domain import Connection
+from posync.providers.clover.source import CloverSource
 from posync.ratelimit import Deadline, RequestLimiter, TokenLimiter
 from posync.sources import DAY_MS, SourceConfig, iso_to_ms, ms_to_iso
-from posync.sources.clover import CloverSource
 from posync.sources.poynt import PoyntSource
 from posync.transport import Http, HttpReply, Transport
 
@@ -209,8 +209,9 @@ class FakeClover(FakeOrders):
         return response(200, {"elements": out, "href": "x"})
 
     def view(self, oid: str, expand: list[str]) -> dict[str, Any]:
-        """As Clover shows an order: expanded lists cut at 100, absent if the order has none,
-        un-expanded ones an href only."""
+        """As Clover shows an order: expanded lists (a dotted path expands its parent) cut at
+        100, absent if the order has none or if not expanded."""
+        expand = [e.split(".", 1)[0] for e in expand]
         o: dict[str, Any] = json.loads(
             json.dumps({k: v for k, v in self.orders[oid].items() if not k.startswith("_")})
         )
@@ -219,9 +220,7 @@ class FakeClover(FakeOrders):
             if full is None:
                 full = o.get(f, {}).get("elements") if isinstance(o.get(f), dict) else None
             o.pop(f, None)
-            if f not in expand:
-                o[f] = {"href": f"https://clover.test/{oid}/{f}"}
-            elif full:
+            if f in expand and full:
                 o[f] = {"elements": json.loads(json.dumps(full[:100]))}
         return o
 

@@ -159,7 +159,10 @@ class Metrics:
 def normalize(provider: str, merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
     if raw.get("poison"):
         raise MalformedOrder("total: not an integer")
-    return {"order_id": raw["id"], "modified_at": ms_to_iso(raw["modifiedTime"]), "merchant_id": merchant_id}
+    order = {"order_id": raw["id"], "modified_at": ms_to_iso(raw["modifiedTime"]), "merchant_id": merchant_id}
+    if raw.get("flagged"):
+        order["discrepancies"] = [{"field": "totals.tax", "value": 5, "computed": 1}]
+    return order
 
 
 class World:
@@ -342,6 +345,21 @@ def test_a_malformed_order_is_quarantined_and_the_run_goes_on() -> None:
     assert set(w.store.exported) == set(good + more)
     assert w.metrics.values["OrdersQuarantined"] == [1]
     assert w.connections.commits[-1][1]["counts"]["quarantined"] == 1
+
+
+def test_orders_with_discrepancies_are_stored_and_counted_once() -> None:
+    # Given five orders, two of which normalize with a discrepancy (their tax disagrees with the rates)
+    w = World(n=0)
+    plain = [w.api.add(w.api.now_ms - 1000 + i) for i in range(3)]
+    flagged = [w.api.add(w.api.now_ms - 500 + i, flagged=True) for i in range(2)]
+    # When the run syncs them
+    result = w.run(SyncKind.BACKFILL, since=ms_to_iso(w.api.now_ms - DAY_MS))
+    # Then all five are exported (a flag is not a quarantine), and the two are counted:
+    # in the result, the metric (the Discrepancies alarm watches it) and the run's counts
+    assert set(w.store.exported) == set(plain + flagged)
+    assert (result.quarantined, result.discrepancies) == (0, 2)
+    assert w.metrics.values["OrdersWithDiscrepancies"] == [2]
+    assert w.connections.commits[-1][1]["counts"]["discrepancies"] == 2
 
 
 # --------------------------------------------------------------------------- failures

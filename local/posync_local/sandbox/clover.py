@@ -14,15 +14,30 @@ Choices where Clover's docs are silent, or where the sandbox must pick:
 - The callback gets ``merchant_id``, ``employee_id``, ``client_id``, ``code`` and ``state``.
 - If no merchant exists when the authorize page is shown, one is created (50 orders), as every
   Clover developer account comes with a test merchant.
+- **Profiles** (``clover_profile.py``): where Clover's record is silent or its sources
+  disagree, the sandbox's :class:`CloverProfile` picks one reading (default: as documented).
+  ``CloverSandbox(profile=...)`` (a preset name or a profile), or the environment's
+  ``POSYNC_SANDBOX_CLOVER_PROFILE``; ``sandbox.profile = ...`` changes it (and re-renders).
+- Expansion is explicit (``CloverFactory.view``): a collection not in ``expand`` is absent;
+  a dotted path (``lineItems.taxRates``, ``payments.tender``) expands its parent and that
+  child, and counts as one of the three fields a call may expand (a fourth -> 400). The
+  order-level ``serviceCharge`` is the charge's definition ``{id, name, enabled,
+  percentageDecimal}``.
+- 429s name the limit in the header's name (``X-RateLimit-tokenLimit``,
+  ``X-RateLimit-crossTokenLimit``, ``X-RateLimit-tokenConcurrentLimit``,
+  ``X-RateLimit-crossTokenConcurrentLimit``; value: the limit); only the concurrency ones
+  carry ``Retry-After``.
 - Orders: ``filter`` supports ``modifiedTime`` and ``createdTime`` with ``>=``, ``>``, ``<=``, ``<``
   and ``=`` (others -> 400). The 90-day cut applies per filtered field; a request with no time
   filter at all gets the orders created in the last 90 days. ``orderBy`` without a direction is
   ascending; descending is the exact reverse of ascending (ties on the same millisecond broken by
   id). ``limit`` 0 means the default (100); above 1000 acts as 1000. ``expand`` may repeat and
-  takes a comma list; at most 3 fields (a dotted ``lineItems.modifications`` counts as
-  ``lineItems``); unknown fields count but change nothing.
+  takes a comma list; at most 3 fields, dotted paths included; unknown fields count but
+  change nothing.
 - ``GET /v3/merchants/{mId}/orders/{orderId}/line_items`` (and ``/payments``, ``/refunds``,
-  ``/discounts``) page the whole nested list: ``limit`` default 100, max 1000, ``offset``.
+  ``/discounts``) page the whole nested list: ``limit`` default 100, max 1000, ``offset``;
+  ``line_items`` takes ``expand`` of ``modifications``, ``discounts``, ``taxRates`` and
+  ``payments`` of ``tender``, ``cardTransaction`` (explicit as above).
 - Webhooks (``send_webhook``) post ``{appId, merchants: {mId: [{objectId: "O:<id>", type, ts}]}}``
   with the app's fixed ``X-Clover-Auth`` code; ``send_verification`` posts the
   ``{"verificationCode": ...}`` handshake; ``send_uninstall`` posts an ``APP`` ``DELETE`` event
@@ -46,11 +61,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from posync_local.sandbox.clover_profile import CloverProfile, profile_named
 from posync_local.sandbox.data import (
     CLOVER_NESTED,
     DAY_MS,
     NESTED_CUT,
     CloverFactory,
+    MerchantProfile,
+    OrderFactory,
     derive_seed,
     id13,
 )
@@ -67,6 +85,7 @@ from posync_local.sandbox.merchants import (
 from posync_local.sandbox.orderbook import INF, Query
 from posync_local.sandbox.server import (
     Principal,
+    Refusal,
     Request,
     Response,
     html_response,
@@ -113,6 +132,42 @@ class CloverSandbox(OrderSandbox):
     provider = "clover"
     factory_cls = CloverFactory
     default_access_ttl = 1800
+
+    def __init__(self, *args: Any, profile: CloverProfile | str | None = None, **kwargs: Any) -> None:
+        self._profile = profile if isinstance(profile, CloverProfile) else profile_named(profile)
+        super().__init__(*args, **kwargs)
+
+    @property
+    def profile(self) -> CloverProfile:
+        """The reading of Clover this sandbox serves (see ``clover_profile.py``)."""
+        return self._profile
+
+    @profile.setter
+    def profile(self, value: CloverProfile | str) -> None:
+        self._profile = value if isinstance(value, CloverProfile) else profile_named(value)
+        with self._mlock:
+            for m in self._merchants.values():
+                assert isinstance(m.factory, CloverFactory)
+                m.factory.set_profile(self._profile)
+        self.cache.clear()
+
+    def new_factory(self, prof: MerchantProfile) -> OrderFactory:
+        factory = CloverFactory(prof)
+        factory.set_profile(self._profile)
+        return factory
+
+    def refusal_headers(self, refusal: Refusal) -> dict[str, str]:
+        """Clover names the limit in the header's name; only concurrency 429s carry Retry-After."""
+        name = {
+            "token-rps": "X-RateLimit-tokenLimit",
+            "app-rps": "X-RateLimit-crossTokenLimit",
+            "token-concurrency": "X-RateLimit-tokenConcurrentLimit",
+            "app-concurrency": "X-RateLimit-crossTokenConcurrentLimit",
+        }[refusal.kind]
+        headers = {name: _limit_text(refusal.limit)}
+        if refusal.kind.endswith("concurrency"):
+            headers["Retry-After"] = refusal.retry_after
+        return headers
 
     def set_up(self) -> None:
         """The default app (seeded ids, a fresh secret and webhook code) and the routes."""
@@ -339,13 +394,14 @@ class CloverSandbox(OrderSandbox):
 
     @staticmethod
     def _expand(req: Request) -> frozenset[str]:
+        """The ``expand`` paths, dotted ones included, each counting toward the three allowed."""
         fields: list[str] = []
         for raw in req.query.get("expand", []):
             fields += [f.strip() for f in raw.split(",") if f.strip()]
         unique = list(dict.fromkeys(fields))
         if len(unique) > MAX_EXPAND:
             raise BadRequest(f"Too many expansions: at most {MAX_EXPAND} fields may be expanded")
-        return frozenset(f.split(".", 1)[0] for f in unique if f.split(".", 1)[0] in CLOVER_NESTED)
+        return frozenset(unique)
 
     def _query(self, req: Request) -> Query:
         bounds: dict[str, tuple[int, int]] = {}
@@ -427,9 +483,18 @@ class CloverSandbox(OrderSandbox):
             offset = self._int_arg(req, "offset", 0)
         except BadRequest as exc:
             return json_response(400, {"message": str(exc)})
-        full = m.factory.full(rec.state)
-        elements = (full.get(name) or {}).get("elements", [])
-        return json_response(200, {"elements": elements[offset : offset + limit], "href": self._href(req)})
+        try:
+            subs = self._expand(req)
+        except BadRequest as exc:
+            return json_response(400, {"message": str(exc)})
+        factory = m.factory
+        assert isinstance(factory, CloverFactory)
+        elements = (factory.full(rec.state).get(name) or {}).get("elements", [])[offset : offset + limit]
+        if name == "lineItems":
+            elements = [factory.line_view(li, subs) for li in elements]
+        elif name == "payments":
+            elements = [factory.payment_view(p, subs) for p in elements]
+        return json_response(200, {"elements": elements, "href": self._href(req)})
 
     # webhooks -----------------------------------------------------------------------------------
 
@@ -473,6 +538,10 @@ class CloverSandbox(OrderSandbox):
             "merchants": {merchant_id: [{"objectId": f"A:{self.client_id}", "type": "DELETE", "ts": ts}]},
         }
         return self.post(url, payload)
+
+
+def _limit_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:

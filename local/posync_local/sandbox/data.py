@@ -56,6 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from posync_local.sandbox.clover_profile import DEFAULT as DEFAULT_PROFILE
+from posync_local.sandbox.clover_profile import CloverProfile
 from posync_local.sandbox.orderbook import OrderState
 
 DAY_MS = 86_400_000
@@ -392,13 +394,27 @@ CLOVER_NESTED = {
     "discounts": "discounts",
 }
 CLOVER_EXPANDABLE = frozenset((*CLOVER_NESTED, "credits", "serviceCharge"))
+LINE_CHILDREN = ("modifications", "discounts", "taxRates")
+PAYMENT_CHILDREN = ("tender", "cardTransaction")
 NESTED_CUT = 100
+
+
+def _service_charge(prof: MerchantProfile) -> dict[str, Any]:
+    """The merchant's service charge definition (Clover: ``percentageDecimal`` = percent x 10,000)."""
+    rng = random.Random(derive_seed(prof.seed, "service-charge"))
+    return {"id": id13(rng), "name": "Service charge", "enabled": True, "percentageDecimal": 180_000}
 
 
 class CloverFactory(OrderFactory):
     """Clover v3 orders (money in cents, times epoch ms, nested lists ``{"elements": [...]}``)."""
 
     provider = "clover"
+    profile: CloverProfile = DEFAULT_PROFILE  # set by the sandbox, with set_profile
+
+    def set_profile(self, profile: CloverProfile) -> None:
+        """Serve another reading of Clover: bodies compiled under the old one are dropped."""
+        self.profile = profile
+        self._templates.clear()
 
     def symbolic(self, tidx: int, closed: bool, touched: bool) -> tuple[dict[str, Any], TemplateMeta]:
         prof = self.prof
@@ -488,7 +504,17 @@ class CloverFactory(OrderFactory):
                 order_discounts.append({"id": ids(), "name": name, "amount": disc_total})
         base = sum(n for n, t in zip(nets, taxed, strict=True) if t)
         tax = rhu(base * (subtotal + disc_total) * prof.tax_rate, subtotal * 10_000_000)
-        total = subtotal + disc_total + tax
+        # A service charge on ~6% of orders (drawn apart, so the other draws stay as they were):
+        # a percentage of the nets (after order discounts, or not: the profile's basis), untaxed.
+        service_charge = 0
+        sc_def = _service_charge(prof)
+        if random.Random(derive_seed(prof.seed, "sc", tidx)).random() < 0.06 and state != "hidden":
+            basis = subtotal + (disc_total if self.profile.service_charge_basis == "discounted" else 0)
+            service_charge = rhu(max(basis, 0) * sc_def["percentageDecimal"], 1_000_000)
+            order_sc: dict[str, Any] | None = sc_def
+        else:
+            order_sc = None
+        total = subtotal + disc_total + service_charge + tax
 
         # the payment plan is drawn for every order, so closing an open one keeps the draws stable
         t = r()
@@ -536,6 +562,8 @@ class CloverFactory(OrderFactory):
         )
         if order_discounts:
             order["discounts"] = {"elements": order_discounts}
+        if order_sc is not None:
+            order["serviceCharge"] = order_sc
         if state in ("hidden", "open"):
             if state == "open":
                 order["paymentState"] = "OPEN"
@@ -545,6 +573,9 @@ class CloverFactory(OrderFactory):
         amounts = [total] if not split else [total // 2, total - total // 2]
         taxes = [tax] if not split else [tax // 2, tax - tax // 2]
         tips = [tip] if not split else [tip // 2, tip - tip // 2]
+        charges = (
+            [service_charge] if not split else [service_charge // 2, service_charge - service_charge // 2]
+        )
         payments = []
         for i, amount in enumerate(amounts):
             p: dict[str, Any] = {
@@ -562,6 +593,8 @@ class CloverFactory(OrderFactory):
                 "modifiedTime": paid_at,
                 "employee": employee,
             }
+            if order_sc is not None and self.profile.payment_service_charge:
+                p["serviceCharge"] = {"id": sc_def["id"], "name": sc_def["name"], "amount": charges[i]}
             if tender != "cash":
                 p["cardTransaction"] = {
                     "cardType": card[0],
@@ -607,23 +640,68 @@ class CloverFactory(OrderFactory):
         return order, meta
 
     def view(self, full: dict[str, Any], key: object) -> Any:
-        """What the API shows: expanded lists cut at 100 items, the others ``{"href"}`` only.
+        """What the API shows for ``expand`` paths ``key`` (a frozenset), under the profile.
 
-        An expanded list the order does not have is left out (as Clover does); ``credits`` and
-        ``serviceCharge`` are accepted but never generated. FULL: every list whole.
+        Expansion is explicit: a collection not named is absent (profile ``unexpanded``:
+        ``{"href"}``); a dotted path (``lineItems.taxRates``) expands its parent and that
+        child; expanded lists stop at 100 items; a list the order does not have is left out.
+        A payment's ``tender`` is ``{id}`` and its ``cardTransaction`` absent unless expanded
+        (or inlined by the profile). FULL: every list whole, every child expanded.
         """
         if key == FULL:
             return full
         assert isinstance(key, frozenset)
         out = dict(full)
         href = full["href"]
-        for name, path in CLOVER_NESTED.items():
-            if name in key:
+        for name, path in (*CLOVER_NESTED.items(), ("credits", "credits")):
+            subs = frozenset(k.split(".", 1)[1] for k in key if k.startswith(name + "."))
+            if name in key or subs:
                 v = full.get(name)
-                if v is not None and len(v["elements"]) > NESTED_CUT:
-                    out[name] = {"elements": v["elements"][:NESTED_CUT]}
-            else:
+                if v is None:
+                    continue
+                items = v["elements"][:NESTED_CUT]
+                if name == "lineItems":
+                    items = [self.line_view(li, subs) for li in items]
+                elif name == "payments":
+                    items = [self.payment_view(p, subs) for p in items]
+                out[name] = {"elements": items}
+            elif self.profile.unexpanded == "href":
                 out[name] = {"href": f"{href}/{path}"}
+            else:
+                out.pop(name, None)
+        sc = full.get("serviceCharge")
+        if sc is not None and "serviceCharge" not in key:
+            if self.profile.unexpanded == "href":
+                out["serviceCharge"] = {"id": sc["id"]}
+            else:
+                del out["serviceCharge"]
+        return out
+
+    def line_view(self, li: dict[str, Any], subs: frozenset[str]) -> dict[str, Any]:
+        """A line item with only the children named in ``subs`` (modifications, discounts, taxRates)."""
+        out = dict(li)
+        for child in LINE_CHILDREN:
+            if child in out and child not in subs:
+                if self.profile.unexpanded == "href":
+                    out[child] = {
+                        "href": f"{_s('base')}/v3/merchants/{self.prof.merchant_id}/line_items/{child}"
+                    }
+                else:
+                    del out[child]
+        return out
+
+    def payment_view(self, p: dict[str, Any], subs: frozenset[str]) -> dict[str, Any]:
+        """A payment whose ``tender`` is ``{id}`` unless ``tender`` is in ``subs`` (or the profile
+        inlines it), and whose ``cardTransaction`` is absent unless expanded (or inlined)."""
+        out = dict(p)
+        if "tender" not in subs and self.profile.tender == "ref":
+            out["tender"] = {"id": p["tender"]["id"]}
+        if (
+            "cardTransaction" in out
+            and "cardTransaction" not in subs
+            and self.profile.card_transaction == "absent"
+        ):
+            del out["cardTransaction"]
         return out
 
     def values(self, tm: Template, st: OrderState) -> dict[str, str]:

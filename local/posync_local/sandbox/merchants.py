@@ -306,6 +306,10 @@ class OrderSandbox(SandboxServer):
     def new_order_id(self, rng: random.Random) -> str:
         raise NotImplementedError
 
+    def new_factory(self, prof: MerchantProfile) -> OrderFactory:
+        """A merchant's order factory (a hook: the Clover sandbox hands it its profile)."""
+        return self.factory_cls(prof)
+
     # lifecycle ----------------------------------------------------------------------------------
 
     def _on_start(self) -> None:
@@ -346,7 +350,7 @@ class OrderSandbox(SandboxServer):
                 if merchant_id in self._merchants:
                     raise ValueError(f"merchant {merchant_id} already exists")
             prof = make_profile(self.provider, merchant_id, currency, self.seed, n)
-            factory = self.factory_cls(prof)
+            factory = self.new_factory(prof)
             factory.base = self.url if self.running else ""
             book = OrderBook(self.cache)
             anchor = (

@@ -25,6 +25,8 @@ second (20/s against 16 is refused at its 17th call). Concurrency limits count c
 - ``X-RateLimit-Limit`` (the limit that was hit), ``X-RateLimit-Remaining: 0``,
   ``X-RateLimit-Reset`` (Unix seconds, rounded up, when a call would be admitted again) and
   ``X-RateLimit-Type``: ``token-rps``, ``token-concurrency``, ``app-rps`` or ``app-concurrency``.
+  These are the generic headers (the Poynt sandbox's: Poynt documents no 429); the Clover
+  sandbox sends Clover's instead (``refusal_headers``, see its module).
 
 A rate-limit refusal opens a penalty box for that token (or app) until the Retry-After has passed;
 with ``retry_early_penalty`` a call made during it is refused too and restarts the wait from that
@@ -571,6 +573,10 @@ class SandboxServer:
     def error_body(self, status: int, message: str) -> Any:
         return {"message": message}
 
+    def refusal_headers(self, refusal: Refusal) -> dict[str, str]:
+        """A 429's headers (the generic ones; the Clover sandbox sends Clover's own)."""
+        return refusal.headers()
+
     def fail_next(self, n: int = 1, status: int = 500, path_prefix: str | None = None) -> None:
         """Shorthand for ``knobs.fail_next``."""
         self.knobs.fail_next(n, status, path_prefix)
@@ -616,7 +622,7 @@ class SandboxServer:
         adm = self.limiter.admit(who.token_key, who.app_key)
         if isinstance(adm, Refusal):
             body = self.error_body(429, "Too Many Requests")
-            return json_response(429, body, adm.headers())
+            return json_response(429, body, self.refusal_headers(adm))
         try:
             if self.knobs.latency_ms > 0:
                 time.sleep(self.knobs.latency_ms / 1000.0)

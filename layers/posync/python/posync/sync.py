@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -327,12 +328,22 @@ class RunResult:
     orders: int = 0  # new orders read (after keyset de-duplication)
     exported: int = 0
     quarantined: int = 0
+    discrepancies: int = 0  # orders stored flagged (canonical ``discrepancies`` not empty)
     requests: int = 0
     manifest_key: str | None = None
 
 
 DONE_MESSAGES = 10  # message ids remembered: a whole SQS batch (10) from one connection's group
-COUNT_KEYS = ("pages", "fetched", "stored", "exported", "quarantined", "requests", "rate_limited")
+COUNT_KEYS = (
+    "pages",
+    "fetched",
+    "stored",
+    "exported",
+    "quarantined",
+    "requests",
+    "rate_limited",
+    "discrepancies",  # orders stored with a derived figure that disagrees with its computation
+)
 
 
 @dataclass(frozen=True)
@@ -458,6 +469,8 @@ class _Run:
         self.source: OrderSource | None = None
         self.pages_since_checkpoint = 0
         self.last_checkpoint = self.clock.monotonic()
+        self.flagged: set[str] = set()  # ids of prepared orders with discrepancies, until written
+        self.flag_lock = threading.Lock()
 
     # ---- planning
 
@@ -540,9 +553,13 @@ class _Run:
     def _prepare(self, raw: dict[str, Any]) -> Serialized | Quarantined:
         """A raw order -> its canonical form, serialized (run in the source's fetch threads)."""
         try:
-            return Serialized.of(self.svc.normalize(self.conn.provider, self.conn.merchant_id, raw))
+            order = self.svc.normalize(self.conn.provider, self.conn.merchant_id, raw)
         except MalformedOrder as exc:
             return Quarantined(raw, exc.reason)
+        if order.get("discrepancies"):  # counted when written (a page may be read again)
+            with self.flag_lock:
+                self.flagged.add(str(order["order_id"]))
+        return Serialized.of(order)
 
     def _loop(self, source: OrderSource, sink: Any, plan: Plan) -> RunResult:
         pages = source.pages(plan, self.stop, self._prepare)
@@ -594,6 +611,14 @@ class _Run:
             else:
                 canonical.append(order)
         exported = sink.write(canonical) if canonical else 0
+        if self.flagged:
+            with self.flag_lock:
+                flagged = sum(1 for o in canonical if o["order_id"] in self.flagged)
+                self.flagged.difference_update(str(o["order_id"]) for o in canonical)
+            if flagged:
+                self.counts["discrepancies"] = self.counts.get("discrepancies", 0) + flagged
+                self.result.discrepancies += flagged
+                logger.warning("orders stored with discrepancies", extra={"orders": flagged})
         self.counts["pages"] += 1
         self.counts["fetched"] += len(page.orders)
         self.counts["stored"] += len(canonical)
@@ -724,6 +749,7 @@ class _Run:
         m.add_metric(name="RateLimited", unit=MetricUnit.Count, value=stats.rate_limited)
         m.add_metric(name="ProviderRetries", unit=MetricUnit.Count, value=stats.retries)
         m.add_metric(name="OrdersQuarantined", unit=MetricUnit.Count, value=self.result.quarantined)
+        m.add_metric(name="OrdersWithDiscrepancies", unit=MetricUnit.Count, value=self.result.discrepancies)
         m.add_metric(
             name="RunDurationMs",
             unit=MetricUnit.Milliseconds,

@@ -11,8 +11,9 @@ One :class:`Transport` serves one connection (one access token) during a sync ru
   Only the OAuth token calls (a refresh, now and then) load requests.
 - **Rate limits:** every request holds a slot of the connection's :class:`RequestLimiter`.
   A 429 waits for ``Retry-After`` (seconds or an HTTP date; never less, plus a little
-  jitter) and tells the limiter, which pauses the whole token (and, if the provider names
-  an app-wide limit, every worker of the app) rather than just this call.
+  jitter; without one, a second, doubling with each further 429 of the call) and tells the
+  limiter, which pauses the whole token (and, if the provider names an app-wide limit,
+  every worker of the app) rather than just this call.
 - **Transient failures** (5xx, timeouts, connection errors): capped exponential backoff with
   full jitter, a bounded number of attempts, then :class:`~posync.errors.ProviderError`.
 - **401:** ``tokens.after_unauthorized`` once (single-flight across the run's threads), then
@@ -100,10 +101,42 @@ class ProviderProfile:
     def headers(self) -> dict[str, str]:
         return {"Accept": "application/json"}
 
+    def limit_named(self, reply_headers: Mapping[str, str]) -> tuple[str, float | None] | None:
+        """The limit a 429 names, as (``token-rps`` | ``token-concurrency`` | ``app-rps`` |
+        ``app-concurrency``, its value or None), or None if it names none.
+
+        Clover names it in the header's name (CLV-429-1): ``X-RateLimit-tokenLimit``,
+        ``-crossTokenLimit``, ``-tokenConcurrentLimit``, ``-crossTokenConcurrentLimit``, the
+        value being the limit. Otherwise ``X-RateLimit-Type`` and ``X-RateLimit-Limit``.
+        """
+        lowered = {k.lower(): v for k, v in reply_headers.items()}
+        for name, kind in CLOVER_LIMIT_HEADERS:
+            if name in lowered:
+                return kind, _limit_value(lowered[name])
+        kind = lowered.get("x-ratelimit-type", "") or lowered.get("x-ratelimit-scope", "")
+        if not kind:
+            return None
+        return kind.lower(), _limit_value(lowered.get("x-ratelimit-limit", ""))
+
     def app_wide(self, reply_headers: Mapping[str, str]) -> bool:
         """Did the 429 name the app's limit (rather than the token's)?"""
-        kind = reply_headers.get("X-RateLimit-Type", "") or reply_headers.get("X-RateLimit-Scope", "")
-        return kind.lower().startswith("app")
+        named = self.limit_named(reply_headers)
+        return named is not None and named[0].startswith("app")
+
+
+CLOVER_LIMIT_HEADERS = (
+    ("x-ratelimit-tokenlimit", "token-rps"),
+    ("x-ratelimit-crosstokenlimit", "app-rps"),
+    ("x-ratelimit-tokenconcurrentlimit", "token-concurrency"),
+    ("x-ratelimit-crosstokenconcurrentlimit", "app-concurrency"),
+)
+
+
+def _limit_value(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class PoyntProfile(ProviderProfile):
@@ -297,10 +330,11 @@ class Transport:
 
     def _adopt(self, headers: Mapping[str, str]) -> None:
         """Learn the token's real limit from a 429 that names it (kept under from then on)."""
-        kind = headers.get("X-RateLimit-Type", "")
-        try:
-            limit = float(headers.get("X-RateLimit-Limit", ""))
-        except ValueError:
+        named = self.profile.limit_named(headers)
+        if named is None:
+            return
+        kind, limit = named
+        if limit is None:
             return
         if kind.startswith("token") and self.limiter.token.adopt_limit(kind, limit):
             logger.info("adopted the provider's limit", extra={"limit": kind, "value": limit})
@@ -361,9 +395,13 @@ class Transport:
                     self.stats.bump("rate_limited")
                     limited += 1
                     given = parse_retry_after(resp.headers.get("Retry-After"), self.clock.time())
-                    wait = (given if given is not None else self.policy.default_retry_after_s) + (
-                        self.rng.uniform(0, self.policy.jitter_429_s)
-                    )
+                    if given is None:  # Clover's rate 429s: pause a second, then back off exponentially
+                        given_or_backoff = min(
+                            self.policy.cap_s, self.policy.default_retry_after_s * 2 ** (limited - 1)
+                        )
+                    else:
+                        given_or_backoff = given
+                    wait = given_or_backoff + self.rng.uniform(0, self.policy.jitter_429_s)
                     app_wide = self.profile.app_wide(resp.headers)
                     if not app_wide:
                         self._adopt(resp.headers)
@@ -372,7 +410,7 @@ class Transport:
                         extra={
                             "path": log_path,
                             "retry_after_s": given,
-                            "limit": resp.headers.get("X-RateLimit-Type"),
+                            "limit": (self.profile.limit_named(resp.headers) or ("unnamed",))[0],
                             "app_wide": app_wide,
                         },
                     )

@@ -12,17 +12,30 @@ when ``schema()`` or ``validate()`` is first called.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from posync.canonical.clover import normalize_clover
-from posync.canonical.poynt import normalize_poynt
 from posync.errors import MalformedOrder, UnknownProvider
 
-__all__ = ["SCHEMA_VERSION", "normalize", "schema", "validate"]
+__all__ = ["SCHEMA_MINOR", "SCHEMA_VERSION", "normalize", "schema", "validate"]
 
 SCHEMA_VERSION = 1
+SCHEMA_MINOR = 1  # v1.1: ``schema_minor`` and ``discrepancies`` (docs/canonical-order-v1.md)
 
-_NORMALIZERS = {"clover": normalize_clover, "poynt": normalize_poynt}
+
+def _normalizers() -> dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]]:
+    """The providers' normalizers, imported on first use: the provider packages import
+    ``posync.canonical.fields``, so this package must not import them while it loads."""
+    global _NORMALIZERS  # noqa: PLW0603 (filled once per process)
+    if not _NORMALIZERS:
+        from posync.canonical.poynt import normalize_poynt
+        from posync.providers.clover.normalizer import normalize_clover
+
+        _NORMALIZERS = {"clover": normalize_clover, "poynt": normalize_poynt}
+    return _NORMALIZERS
+
+
+_NORMALIZERS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {}
 
 
 def normalize(provider: str, merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -31,7 +44,7 @@ def normalize(provider: str, merchant_id: str, raw: dict[str, Any]) -> dict[str,
     Raises ``MalformedOrder(reason)`` (the reason names the field, never its value) when
     the order cannot be normalized, and ``UnknownProvider`` for a provider posync lacks.
     """
-    normalizer = _NORMALIZERS.get(provider)
+    normalizer = _normalizers().get(provider)
     if normalizer is None:
         raise UnknownProvider(f"unknown provider: {str(provider)[:32]!r}")
     if type(raw) is not dict:

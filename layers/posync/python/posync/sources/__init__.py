@@ -566,7 +566,7 @@ def iso_to_ms(value: str) -> int:
 def build_source(provider: str, merchant_id: str, transport: Transport, config: SourceConfig) -> KeysetSource:
     """The keyset source for one connection's provider."""
     if provider == "clover":
-        from posync.sources.clover import CloverSource
+        from posync.providers.clover.source import CloverSource
 
         return CloverSource(transport, merchant_id, config)
     if provider == "poynt":

@@ -1,5 +1,8 @@
 """Clover OAuth v2 (expiring tokens): consent URL, callback, code exchange, refresh.
 
+Register rows relied on (``docs/provider-contracts.md``): CLV-HOST-1, CLV-OAUTH-1,
+CLV-OAUTH-2, CLV-OAUTH-3.
+
 - Consent: ``{authorize_base}/oauth/v2/authorize?client_id&redirect_uri&state[&merchant_id]``;
   the merchant id preselects the merchant for App Market entries.
 - Callback: ``merchant_id``, ``client_id``, ``code``, ``state``; a denial carries

@@ -1,11 +1,11 @@
-"""Clover v3 orders (``expand=lineItems,payments,refunds``) -> canonical order v1.
+"""Clover v3 orders (every collection expanded, see ``source``) -> canonical order v1.1.
 
-Clover facts relied on: money in cents (JPY: yen), times in epoch milliseconds,
-nested lists as ``{"elements": [...]}`` (``{"href": ...}`` only when not expanded),
-``unitQty`` in thousandths (absent = 1), tax rates in 1/100000 of a percent
-(8.875 % = 887500), discounts with a negative ``amount`` or a whole ``percentage``,
-modifications priced per unit, ``state`` absent/null on hidden orders, no order tax
-total (Clover computes it on the device).
+Register rows relied on (``docs/provider-contracts.md``): CLV-MONEY-1 (cents, epoch ms,
+``unitQty`` in thousandths), CLV-TAX-1 (rates in 1/100000 of a percent, no order tax
+field), CLV-EXPAND-1 (a collection not expanded is absent, or ``{"href"}`` only: never read
+as empty), CLV-TENDER-1 (``tender.labelKey``), CLV-EXPAND-4 (``cardTransaction.cardType``),
+CLV-SC-1, CLV-SC-2, CLV-SC-3 (the order's ``serviceCharge`` is a definition, its basis;
+payments carry amounts), CLV-MISSING-1.
 
 The arithmetic (docs/canonical-order-v1.md, "Clover"): per line
 ``gross = round((price + Σ modifications) * unitQty / 1000)``, line discounts
@@ -13,10 +13,19 @@ The arithmetic (docs/canonical-order-v1.md, "Clover"): per line
 (percentages of ``S = Σ net``) scale every taxable amount by ``(S + D) / S``; exclusive
 tax per rate is ``round(Σ net of the taxed lines * (S + D) / S * rate)``, rounded once
 per rate; VAT (``isVat``) is the share ``rate / (100 % + Σ rates)`` of each line's
-scaled net, rounded per line and rate. Rounding is half
-away from zero, in integers. The order's ``total`` is authoritative: for a
-tax-exclusive order with line items, ``tax`` is what remains of it after subtotal,
-discounts and service charges, so the totals always add up.
+scaled net, rounded per line and rate. Rounding is half away from zero, in integers.
+
+The service charge is what the payments say they collected (``payments[].serviceCharge
+.amount``); without those, the definition's ``percentageDecimal`` (percent x 10,000) of
+``S + D`` (untaxed; or of ``S`` when only that basis makes the total add up: the record
+names both). The order's ``total`` is authoritative: for a tax-exclusive order with line
+items, ``tax`` is what remains of it after subtotal, discounts and service charge, so the
+totals always add up; the tax computed from the rates is kept beside it, and a difference
+of more than a cent is flagged in ``discrepancies`` (never absorbed).
+
+A collection the order's own fields say must exist (``missing``) but that is absent, or a
+collection or tender that came unexpanded (``{"href"}``, ``{id}`` only), makes the order
+malformed: it is quarantined with the reason, never exported with an empty list.
 """
 
 from __future__ import annotations
@@ -26,7 +35,6 @@ from typing import Any
 from posync.canonical.fields import (
     card_brand,
     currency,
-    elements,
     epoch_ms,
     item,
     malformed,
@@ -43,10 +51,46 @@ from posync.canonical.fields import (
     refund_state,
     req_id,
 )
+from posync.canonical.fields import elements as _elements
 from posync.errors import MalformedOrder
 
-# A Clover rate r (1/100000 %) is the fraction r / 10^7.
+# A Clover rate r (1/100000 %) is the fraction r / 10^7; a percentageDecimal p, p / 10^6.
 TAX_SCALE = 10_000_000
+SERVICE_CHARGE_SCALE = 1_000_000
+TOLERANCE = 1  # minor units a derived figure may differ from its computation before it is flagged
+SCHEMA_MINOR = 1
+PAID_STATES = frozenset(("PAID", "PARTIALLY_PAID", "REFUNDED", "PARTIALLY_REFUNDED"))
+REFUNDED_STATES = frozenset(("REFUNDED", "PARTIALLY_REFUNDED", "CREDITED"))
+
+
+def elements(value: Any, path: str) -> list[Any] | None:
+    """A Clover collection: ``{"elements": [...]}`` (or a list); None when absent (the order
+    has none). ``{"href": ...}`` without elements means it was not expanded: malformed."""
+    if value is None:
+        return None
+    if type(value) is dict and "elements" not in value and "href" in value:
+        raise malformed(path, "not expanded (href only)")
+    return _elements(value, path)
+
+
+def missing(raw: dict[str, Any]) -> list[str]:
+    """The collections absent from ``raw`` although its own fields say they exist, on an order
+    with a total: payments on a paid or refunded order, refunds (or credits) on a refunded
+    one, line items (unless a manual transaction)."""
+    total = raw.get("total")
+    if type(total) is not int or total == 0:
+        return []  # nothing to pay, refund or itemize: an absent collection is an empty one
+    gaps: list[str] = []
+    state = raw.get("paymentState")
+    state = state.upper() if isinstance(state, str) else None
+    if raw.get("payments") is None and state in PAID_STATES:
+        gaps.append("payments")
+    if raw.get("refunds") is None and raw.get("credits") is None and state in REFUNDED_STATES:
+        gaps.append("refunds")
+    if raw.get("lineItems") is None and raw.get("manualTransaction") is not True:
+        gaps.append("lineItems")
+    return gaps
+
 
 PAYMENT_STATUS: dict[str, str] = {
     "SUCCESS": "succeeded",
@@ -193,8 +237,8 @@ def _taxes(
     ]
 
 
-def _payment(p: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """One payment and its service charge amount."""
+def _payment(p: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """One payment and its service charge amount (None: the payment carries none)."""
     result = p.get("result")
     if result is None:
         status = "succeeded"
@@ -203,11 +247,15 @@ def _payment(p: dict[str, Any]) -> tuple[dict[str, Any], int]:
     else:
         raise malformed("result", "not a string")
     tender_obj = obj(p.get("tender"), "tender")
+    if tender_obj and set(tender_obj) <= {"id", "href"}:
+        raise malformed("tender", "not expanded (a reference only)")
     label_key = opt_str(tender_obj.get("labelKey"), "tender.labelKey")
     card = p.get("cardTransaction")
     if card is not None and type(card) is not dict:
         raise malformed("cardTransaction", "not an object")
     tender = TENDERS.get(label_key) if label_key else None
+    if tender == "card" and card is None and status == "succeeded":
+        raise malformed("cardTransaction", "missing on a card payment (not expanded)")
     if tender is None:
         tender = "card" if card else "other"
     created = p.get("createdTime")
@@ -224,7 +272,10 @@ def _payment(p: dict[str, Any]) -> tuple[dict[str, Any], int]:
         "created_at": None if created is None else epoch_ms(created, "createdTime"),
     }
     service_charge = obj(p.get("serviceCharge"), "serviceCharge")
-    return payment, opt_money(service_charge, "amount", "serviceCharge.amount")
+    charge = (
+        None if "amount" not in service_charge else money(service_charge["amount"], "serviceCharge.amount")
+    )
+    return payment, charge
 
 
 def _refund(r: dict[str, Any], with_payment: bool) -> dict[str, Any]:
@@ -264,6 +315,9 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
     raw_state = opt_str(raw.get("state"), "state")
     payment_state = opt_str(raw.get("paymentState"), "paymentState")
     vat = raw.get("isVat") is True
+    gaps = missing(raw)
+    if gaps:
+        raise malformed(gaps[0], "asked for but missing (the order's own fields say it exists)")
 
     discounts: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
@@ -306,7 +360,8 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         computed_tax += t["amount"]
 
     payments: list[dict[str, Any]] = []
-    paid = tip = service_charge = 0
+    paid = tip = 0
+    charged: int | None = None  # Σ the counted payments' service charge amounts (None: none carried one)
     raw_payments = elements(raw.get("payments"), "payments")
     if raw_payments:
         for j, p in enumerate(raw_payments):
@@ -318,7 +373,8 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
             if payment["status"] == "succeeded":
                 paid += payment["amount"]
                 tip += payment["tip"]
-                service_charge += charge
+                if charge is not None:
+                    charged = (charged or 0) + charge
 
     refunds: list[dict[str, Any]] = []
     for key, with_payment in (("refunds", True), ("credits", False)):
@@ -338,20 +394,36 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         refunded += refund["amount"]
 
     raw_total = raw.get("total")
-    if raw_total is None:
+    given_total = None if raw_total is None else money(raw_total, "total")
+    service_charge = _service_charge(
+        raw.get("serviceCharge"),
+        charged,
+        base,
+        order_discount,
+        discount,
+        subtotal,
+        computed_tax,
+        given_total,
+        vat,
+    )
+    if given_total is None:
         total = subtotal + discount + service_charge + (0 if vat else computed_tax)
     else:
-        total = money(raw_total, "total")
+        total = given_total
+    discrepancies: list[dict[str, Any]] = []
     if vat or not lines:
         tax = computed_tax
         subtotal = total - discount - service_charge - tax
     else:
         tax = total - subtotal - discount - service_charge
+        if raw.get("taxRemoved") is not True and abs(tax - computed_tax) > TOLERANCE:
+            discrepancies.append({"field": "totals.tax", "value": tax, "computed": computed_tax})
 
     employee_id = ref_id(raw.get("employee"), "employee")
     device_id = ref_id(raw.get("device"), "device")
     return {
         "schema_version": 1,
+        "schema_minor": SCHEMA_MINOR,
         "provider": "clover",
         "merchant_id": merchant_id,
         "order_id": order_id,
@@ -376,4 +448,42 @@ def normalize_clover(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         "discounts": discounts,
         "taxes": taxes,
         "source": {"store_id": None, "device_id": device_id, "employee_id": employee_id},
+        "discrepancies": discrepancies,
     }
+
+
+def _service_charge(  # noqa: PLR0917 (one order's figures, named at the one call)
+    definition: Any,
+    charged: int | None,
+    base: int,
+    order_discount: int,
+    discount: int,
+    subtotal: int,
+    computed_tax: int,
+    total: int | None,
+    vat: bool,
+) -> int:
+    """The order's service charge: what its payments collected, else the definition's
+    percentage of the line nets after order discounts (``base + order_discount``, untaxed),
+    or after line discounts only (``base``) when only that basis makes the total add up."""
+    if charged is not None:
+        return charged
+    sc = obj(definition, "serviceCharge")
+    if not sc:
+        return 0
+    pct = opt_int(sc.get("percentageDecimal"), "serviceCharge.percentageDecimal")
+    if pct is None:
+        if set(sc) <= {"id", "href"}:
+            raise malformed("serviceCharge", "not expanded (a reference only)")
+        return 0
+    if not 0 <= pct <= 100 * 10_000:
+        raise malformed("serviceCharge.percentageDecimal", "outside 0..100 %")
+    after_discounts = rdiv(max(base + order_discount, 0) * pct, SERVICE_CHARGE_SCALE)
+    line_basis = rdiv(max(base, 0) * pct, SERVICE_CHARGE_SCALE)
+    if total is None or after_discounts == line_basis or vat:
+        return after_discounts
+
+    def off(charge: int) -> int:
+        return abs(total - (subtotal + discount + charge + computed_tax))
+
+    return line_basis if off(line_basis) <= TOLERANCE < off(after_discounts) else after_discounts
