@@ -124,7 +124,9 @@ def test_a_never_synced_connection_is_due_at_once_unless_queued() -> None:
 
 def test_cost_is_the_last_scheduled_runs_requests() -> None:
     assert assess(synced(polled_ago=900, newest_ago=60, requests=7), NOW, CFG).cost == 7
-    assert assess(synced(polled_ago=900, newest_ago=60, requests=0), NOW, CFG).cost == 1
+    assert assess(synced(polled_ago=3600, newest_ago=9 * 86400, requests=0), NOW, CFG).cost == 1
+    # an active connection is likely to have changes: at least Clover's two reads
+    assert assess(synced(polled_ago=900, newest_ago=60, requests=1), NOW, CFG).cost == 2
     # a backfill's count says nothing about a poll: the provider's default
     assert assess(synced(polled_ago=900, newest_ago=60, kind="backfill", requests=900), NOW, CFG).cost == 2
 

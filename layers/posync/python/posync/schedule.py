@@ -125,7 +125,7 @@ def _iso_s(value: Any) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(value).timestamp()  # Python >= 3.11 reads the "Z"
     except ValueError:
         return None
 
@@ -193,7 +193,8 @@ def assess(conn: Connection, now_s: float, cfg: PollConfig) -> Assessment:
         return Assessment(state, NEW, 0, None, math.inf, DEFAULT_COST.get(conn.provider, 2))
     act = activity_s(conn)
     interval, cls = interval_for(cfg, None if act is None else max(0.0, now_s - act))
-    cost = _cost(conn)
+    # An active connection is likely to have new orders: at least a poll with changes.
+    cost = _cost(conn) if cls != ACTIVE else max(_cost(conn), DEFAULT_COST.get(conn.provider, 2))
     urgency = math.inf if staleness is None else staleness / cfg.staleness_bound_s
     if "run" in (conn.cursor or {}):
         touched = _iso_s(last.get("checkpoint_at")) or _iso_s(last.get("started_at")) or 0.0
