@@ -184,7 +184,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         segments: Sequence[tuple[str, str]] = SEGMENTS,
         readers: int = 4,
-        senders: int = 8,
+        senders: int = 16,
     ) -> None:
         self.connections = connections
         self.sqs = sqs
