@@ -90,14 +90,25 @@ class MemoryConnections:
         return conn
 
     def list_by_status(
-        self, status: ConnectionStatus | str, page_size: int = 100, start_key: dict[str, Any] | None = None
+        self,
+        status: ConnectionStatus | str,
+        page_size: int = 100,
+        start_key: dict[str, Any] | None = None,
+        id_range: tuple[str, str] | None = None,
     ) -> tuple[list[Connection], dict[str, Any] | None]:
+        lo, hi = id_range or ("", "\uffff")
         with self._lock:
-            ids = sorted(k for k, c in self._by_id.items() if c.status == ConnectionStatus(status))
+            ids = sorted(
+                k for k, c in self._by_id.items() if c.status == ConnectionStatus(status) and lo <= k <= hi
+            )
         start = int(start_key["i"]) if start_key else 0
         page = [self._by_id[k] for k in ids[start : start + page_size]]
         more = start + page_size < len(ids)
         return page, ({"i": start + page_size} if more else None)
+
+    def mark_queued(self, conn_id: str, at: str) -> None:
+        with self._lock:
+            self._by_id[conn_id].queued_at = at
 
     def commit_cursor(self, conn: Connection, cursor: dict[str, Any], last_run: dict[str, Any]) -> None:
         with self._lock:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import aws_calls, coldstart, memory, pipeline, tick
+from bench import scale as scale_scenario
 from bench.common import load, quiet_logs, say, verdict
 from bench.sandboxproc import SandboxProcess
 from posync.gcpolicy import tune_for_sync
 
-SCENARIOS = ("coldstart", "pipeline", "tick", "aws_calls", "memory")
+SCENARIOS = ("coldstart", "pipeline", "tick", "aws_calls", "memory", "scale")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Scale:
     coldstart_runs: int
     coldstart_no_bytecode_runs: int
     coldstart_handlers: tuple[str, ...]
+    scale_connections: int = 100_000
 
 
 FULL = Scale(
@@ -78,6 +80,7 @@ SMOKE = Scale(
     coldstart_runs=1,
     coldstart_no_bytecode_runs=0,
     coldstart_handlers=("health", "worker"),
+    scale_connections=3_000,
 )
 
 
@@ -209,12 +212,37 @@ def _print_memory(r: dict[str, Any]) -> None:
     say(f"  peak RSS so far (MiB) by orders written in the largest run: {trail}")
 
 
+def _print_scale(r: dict[str, Any]) -> None:
+    say(f"  {r['connections']} connections, {r['ticks']} ticks of 15 min; {r['adapters']}")
+    say(
+        f"  dispatch_s {r['dispatch_s']} (timeout {r['dispatcher_timeout_s']} s); requests per tick at most "
+        f"{r['max_requests_per_tick']} of the app's {r['app_budget_requests_per_tick']} "
+        f"(planned within {r['planned_budget_requests_per_tick']})"
+    )
+    stale = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(r["max_staleness_s"].items()))
+    say(f"  greatest staleness: {stale} (bound {r['staleness_bound_s']:.0f} s)")
+    say(f"  backlog per tick {r['backlog']} (growth {r['backlog_growth']})")
+    say(f"  AWS calls per idle connection per tick: {r['aws_calls_per_idle_connection_per_tick']}")
+    for t in r["per_tick"]:
+        say(
+            f"    tick {t['tick']}: due {t['due']}, sent {t['sent']}, deferred {t['deferred']}, coalesced "
+            f"{t['coalesced']}; requests {t['requests']} (webhooks {t['webhook_requests']}); "
+            f"dispatch {t['dispatch_s']} s"
+        )
+    c = r["cost"]
+    lines = ", ".join(f"{k} ${v:.5f}" for k, v in c["per_merchant_month_usd"].items())
+    say(f"  cost per merchant-month: ${c['total_usd']:.4f} ({lines})")
+    say(f"  + the connection's secret in Secrets Manager: ${c['secret_usd']:.2f}")
+    say(f"  checks {r['checks']}  {verdict(r['pass'])}")
+
+
 PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "coldstart": _print_coldstart,
     "pipeline": _print_pipeline,
     "tick": _print_tick,
     "aws_calls": _print_aws,
     "memory": _print_memory,
+    "scale": _print_scale,
 }
 
 
@@ -343,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             )
 
                         _run("memory", results, errors, run_memory)
+
+    if "scale" in only:  # no sandbox, no AWS: in-memory adapters counting calls
+        n = scale.scale_connections
+        _run("scale", results, errors, lambda: scale_scenario.scenario(connections=n, seed=args.seed))
 
     bad = sorted(name for name, r in results.items() if name != "coldstart" and not r.get("check_ok", False))
     summary = {

@@ -156,13 +156,14 @@ class InProcessFifo:
 class LocalAppSlots:
     """The app's concurrency leases in memory, with ``DynamoAppSlots``' policy.
 
-    A run leases ``min(want, free)`` slots (at least one) until its deadline and polls
-    every ``DynamoAppSlots.POLL_S`` while none is free; ``lease()`` returns a handle per
-    run, as ``build_sync_service`` makes one ``DynamoAppSlots`` per run.
+    A run leases ``min(want, free)`` slots (at least one) until it ends and polls every
+    ``DynamoAppSlots.WAIT_MIN_S`` while none is free (without DynamoAppSlots' backoff and
+    fair-share renewals); ``lease()`` returns a handle per run, as ``build_sync_service``
+    makes one ``DynamoAppSlots`` per run.
     """
 
     def __init__(
-        self, capacity: int, clock: Clock = SYSTEM_CLOCK, poll_s: float = DynamoAppSlots.POLL_S
+        self, capacity: int, clock: Clock = SYSTEM_CLOCK, poll_s: float = DynamoAppSlots.WAIT_MIN_S
     ) -> None:
         self.capacity = capacity
         self.clock = clock
@@ -205,6 +206,9 @@ class _Lease:
                 return grant
             deadline.check_wait(self.pool.poll_s, "app concurrency")
             self.pool.clock.sleep(self.pool.poll_s)
+
+    def keep(self, in_flight: int) -> int | None:
+        return None
 
     def release(self) -> None:
         if self.lease_id is not None:

@@ -1,24 +1,26 @@
-"""EventBridge schedule -> one sync message per active connection (see posync.dispatcher)."""
+"""EventBridge schedule -> the due connections' syncs, within the app's budget (see posync.dispatcher)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from posync.config import Settings
 from posync.dispatcher import build_dispatcher, event_time
 from posync.observability import logger, metrics
+from posync.ratelimit import Deadline
 
 SETTINGS = Settings.from_env()
 DISPATCHER = build_dispatcher(SETTINGS)
+STOP_MARGIN_S = 10.0  # stop sending this long before the Lambda timeout (the report must get out)
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    report = DISPATCHER.dispatch(event_time(event))
-    metrics.add_metric(name="SyncsDispatched", unit=MetricUnit.Count, value=report.sent)
-    metrics.add_metric(name="SyncsNotDispatched", unit=MetricUnit.Count, value=report.failed)
+    deadline = Deadline.after(context.get_remaining_time_in_millis() / 1000 - STOP_MARGIN_S)
+    report = DISPATCHER.dispatch(event_time(event), deadline)
+    for name, unit, value in report.metrics():
+        metrics.add_metric(name=name, unit=unit, value=value)
     return report.as_dict()

@@ -135,9 +135,10 @@ ACCESS: dict[str, Access] = {
         put_events=True,
     ),
     # Scheduled: pages the active connections from the by-status index (reading an item itself only
-    # if the index ever returns keys alone) and queues one sync each.
+    # if the index ever returns keys alone), queues the due ones' syncs and marks each queued
+    # connection (``queued_at``, a conditional UpdateItem: posync.schedule coalesces on it).
     "dispatcher": Access(
-        tables={"connections": ("dynamodb:GetItem",)},
+        tables={"connections": ("dynamodb:GetItem", "dynamodb:UpdateItem")},
         indexes={("connections", "by-status"): ("dynamodb:Query",)},
         send_to_sync_queue=True,
     ),

@@ -76,6 +76,15 @@ class SyncPipeline(Construct):
                 )
             ],
         )
+        # A dispatcher pass that fails or times out is retried (Lambda's async retries) while its
+        # slot lasts: the retry resumes it (posync.dispatcher); a later one would be the next tick's.
+        lambda_.EventInvokeConfig(
+            self,
+            "DispatcherRetries",
+            function=dispatcher,
+            retry_attempts=2,
+            max_event_age=Duration.minutes(max(1, schedule_minutes)),
+        )
         # maxConcurrency bounds how many workers (hence how many requests per app) run at once.
         # The event source grants the worker's role what polling needs on this queue (and kms:Decrypt).
         worker.add_event_source(

@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -45,6 +46,7 @@ import requests
 from posync.canonical import normalize
 from posync.domain import connection_id
 from posync.exports import iter_manifests, latest, read_manifested
+from posync.schedule import PollConfig
 from posync.store import OrderRepository
 from posync_local.local_tick import TickReport
 from posync_local.runtime import LocalRuntime
@@ -477,7 +479,10 @@ def _run(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult)
         sb = _sandbox(rt, report.provider)
         report.created_after_backfill = sb.create_orders(report.merchant_id, options.new_orders)
         report.changed_after_backfill = sb.modify_orders(report.merchant_id, options.changed_orders)
-    rep = rt.tick(max_seconds=DRAIN_MAX_SECONDS)
+    # A slot one polling bound later: connections synced moments ago are not due before it
+    # (posync.schedule polls quiet ones less often); by then every one of them is.
+    bound = PollConfig.from_env(os.environ, rt.settings.schedule_minutes).max_interval_s
+    rep = rt.tick(at=datetime.now(UTC) + timedelta(seconds=bound), max_seconds=DRAIN_MAX_SECONDS)
     result.tick = rep
     echo(
         f"[5/6] sandboxes created {options.new_orders} and changed {options.changed_orders} orders "

@@ -209,6 +209,8 @@ def test_dispatcher_queries_the_status_index_and_sends_to_the_queue(synth: Synth
     queue = logical_id(synth, "AWS::SQS::Queue", QueueName="posync-dev-sync.fifo")
     assert grants(st, "dynamodb:Query") == {f"<{table}.Arn>/index/by-status"}
     assert grants(st, "sqs:SendMessage") == {f"<{queue}.Arn>"}
+    # the queued marks (coalescing): on the connections table only
+    assert grants(st, "dynamodb:UpdateItem") == {f"<{table}.Arn>"}
     assert not {
         a for a in actions_of(st) if a.startswith(("secretsmanager:", "s3:", "dynamodb:Put", "dynamodb:Scan"))
     }

@@ -88,6 +88,21 @@ def test_schedule_fires_the_dispatcher_at_the_configured_rate(synth: Synth) -> N
     assert fn["Properties"]["FunctionName"] == "posync-dev-dispatcher"
 
 
+def test_the_dispatcher_has_time_for_100000_connections_and_its_retries_stay_in_the_slot(
+    synth: Synth,
+) -> None:
+    from posync.resources import DISPATCHER_TIMEOUT_S
+
+    fns = synth.resources("AWS::Lambda::Function")
+    (lid,) = [k for k, r in fns.items() if r["Properties"]["FunctionName"] == "posync-dev-dispatcher"]
+    # the scale scenario's pass over 100,000 connections fits this timeout (bench/README.md)
+    assert fns[lid]["Properties"]["Timeout"] == DISPATCHER_TIMEOUT_S >= 300
+    (config,) = synth.props("AWS::Lambda::EventInvokeConfig")
+    assert config["FunctionName"] == {"Ref": lid}
+    assert config["MaximumRetryAttempts"] == 2
+    assert config["MaximumEventAgeInSeconds"] == 15 * 60
+
+
 def test_worker_drains_the_sync_queue_with_partial_batch_failures(synth: Synth) -> None:
     (esm,) = synth.props("AWS::Lambda::EventSourceMapping")
     queues = synth.resources("AWS::SQS::Queue")

@@ -44,7 +44,7 @@ def summary() -> dict[str, Any]:
 def test_every_scenario_ran_and_matched_the_ground_truth(summary: dict[str, Any]) -> None:
     assert summary["errors"] == {}
     assert summary["ground_truth_ok"] is True
-    assert set(summary["scenarios"]) == {"coldstart", "pipeline", "tick", "aws_calls", "memory"}
+    assert set(summary["scenarios"]) == {"coldstart", "pipeline", "tick", "aws_calls", "memory", "scale"}
     assert set(summary["targets"]) == set(summary["scenarios"])
     assert all(isinstance(v, bool) for v in summary["targets"].values())
     # the human-readable part names every scenario before the JSON line

@@ -180,6 +180,36 @@ def test_list_by_status_pages_through_one_status(repo: ConnectionRepository) -> 
     assert [c.merchant_id for c in needs] == [M2]
 
 
+def test_the_dispatchers_segments_read_the_index_in_parts_and_marks_are_kept(
+    repo: ConnectionRepository,
+) -> None:
+    from posync.dispatcher import SEGMENTS
+
+    # Given active connections of both providers
+    ids = ["clover#" + m for m in (M1, "ZZZZZZZZZZZZ1", "0000000000001")]
+    ids.append("poynt#f0b9f1c2-1111-4222-8333-444455556666")
+    for cid in ids:
+        provider, mid = cid.split("#")
+        repo.save_connected(Connection(provider, mid))
+    # When each segment of the index is read on its own
+    seen: list[str] = []
+    for id_range in SEGMENTS:
+        key = None
+        while True:
+            page, key = repo.list_by_status("active", page_size=1, start_key=key, id_range=id_range)
+            assert all(id_range[0] <= c.connection_id <= id_range[1] for c in page)
+            seen += [c.connection_id for c in page]
+            if key is None:
+                break
+    # Then together they saw every connection once
+    assert sorted(seen) == sorted(ids)
+    # And a dispatcher's queued mark is read back with the connection
+    repo.mark_queued(ids[0], "2026-11-23T18:15:00.000Z")
+    assert repo.get_by_id(ids[0]).queued_at == "2026-11-23T18:15:00.000Z"
+    with pytest.raises(ConnectionNotFound):
+        repo.mark_queued("clover#NOSUCHMERCH01", "2026-11-23T18:15:00.000Z")
+
+
 def test_status_reason_error_and_expiry_are_recorded(repo: ConnectionRepository, settings: Settings) -> None:
     conn = repo.save_connected(connected())
     repo.set_status(conn.connection_id, ConnectionStatus.REVOKED, "app uninstalled")

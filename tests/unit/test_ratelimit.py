@@ -16,7 +16,6 @@ from posync.ratelimit import (
     BudgetExhausted,
     Deadline,
     DynamoAppRate,
-    DynamoAppSlots,
     Limits,
     LocalAppRate,
     RequestLimiter,
@@ -242,6 +241,9 @@ class RecordingApp:
     def pause(self, seconds: float) -> None:
         self.paused.append(seconds)
 
+    def settle(self) -> None:
+        return None
+
 
 def test_request_limiter_takes_the_app_rate_and_pauses_app_wide_only_when_told() -> None:
     clock = FakeClock()
@@ -350,12 +352,13 @@ def test_shared_bucket_batches_tokens_so_dynamodb_is_not_the_bottleneck() -> Non
     for _ in range(200):
         app.acquire(Deadline.after(1000, clock))
         times.append(clock.now)
-    # Then about one write per 5 requests (plus the first read), never more than 50 starts a second
+    # Then about one write per 5 requests (the slow start's 1, 2, 4 first; plus the first read),
+    # never more than 50 starts a second, at about the bucket's provable rate (5 + 45 / 1.25 = 41/s)
     writes = ddb.calls.count("update_item")
-    assert writes <= 200 / 5 + 2
+    assert writes <= 200 / 5 + 4
     assert ddb.calls.count("get_item") == 1
     assert max_in_any_window(times) <= 50
-    assert 200 / (times[-1] - times[0]) > 40
+    assert 200 / (times[-1] - times[0]) > 38
 
 
 def test_shared_bucket_is_shared_between_workers() -> None:
@@ -430,38 +433,11 @@ def test_shared_bucket_writes_are_conditional_and_expire() -> None:
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             },
         )
-        for _ in range(5):
-            app.acquire(Deadline.after(10, clock))
+        app.acquire(Deadline.after(10, clock))  # the slow start: a first take of one token
         stub.assert_no_pending_responses()
 
 
 # --------------------------------------------------------------------------- shared app slots
-
-
-def test_slot_leases_never_exceed_the_app_concurrency() -> None:
-    # Given an app with 10 concurrent requests and three workers each wanting 5
-    clock = FakeClock()
-    ddb = FakeDynamo()
-    workers = [DynamoAppSlots(ddb, "control", "clover", 10, clock=clock) for _ in range(3)]
-    # When two lease
-    assert workers[0].lease(5, Deadline.after(300, clock)) == 5
-    assert workers[1].lease(5, Deadline.after(300, clock)) == 5
-    # Then the third waits and, with only 1 s left, gives up with BudgetExhausted
-    with pytest.raises(BudgetExhausted):
-        workers[2].lease(5, Deadline.after(1, clock))
-    # and once one releases, it gets slots
-    workers[0].release()
-    assert workers[2].lease(5, Deadline.after(300, clock)) == 5
-
-
-def test_slot_leases_of_a_crashed_worker_expire() -> None:
-    clock = FakeClock()
-    ddb = FakeDynamo()
-    crashed = DynamoAppSlots(ddb, "control", "clover", 4, clock=clock)
-    crashed.lease(4, Deadline.after(60, clock))  # never released
-    other = DynamoAppSlots(ddb, "control", "clover", 4, clock=clock)
-    clock.sleep(60 + DynamoAppSlots.GRACE_S + 1)
-    assert other.lease(3, Deadline.after(60, clock)) == 3
 
 
 def test_a_named_limit_from_a_429_is_adopted_and_only_ever_lowers() -> None:

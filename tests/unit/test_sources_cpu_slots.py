@@ -178,3 +178,17 @@ def test_a_page_is_parsed_one_order_at_a_time_each_prepared_before_the_next_is_p
     assert sum(len(p.orders) for p in pages) == 100 == len(held)
     assert page_of_objects > 4 * page_bytes  # the check below can tell the two apart
     assert max(held) - before < page_of_objects * 3 / 4
+
+
+def test_no_fetch_thread_outlives_the_pages_when_the_caller_stops_early() -> None:
+    # Given a read with five fetches in flight at 30 ms of latency
+    api = FakeClover()
+    api.add_spread(3000, days=20)
+    api.latency_s = 0.03
+    src = clover_source(api, page_limit=100, parallelism=5)
+    pages = src.pages(src.plan(api.now_ms - 21 * DAY_MS, api.now_ms), far())
+    # When the caller takes one page and stops (its invocation ends)
+    next(pages)
+    pages.close()
+    # Then every fetch thread has been joined: none is left to run in a frozen container
+    assert [t.name for t in threading.enumerate() if t.name.startswith("fetch-")] == []

@@ -1,4 +1,4 @@
-"""The dispatcher: one FIFO message per active connection, ten per call, deduplicated per slot."""
+"""The dispatcher: FIFO messages for the due connections, ten per call, deduplicated per slot."""
 
 from __future__ import annotations
 
@@ -22,32 +22,43 @@ def merchant(i: int) -> str:
 
 
 class Connections:
-    """Pages of active connections, like the by-status index (with a stray inactive one)."""
+    """Pages of active connections, like the by-status index: sorted by id, one segment at a time."""
 
-    def __init__(self, n: int, page: int = 7) -> None:
-        self.conns = [Connection(provider="clover", merchant_id=merchant(i)) for i in range(n)]
+    def __init__(self, n: int, page: int = 7, conns: list[Connection] | None = None) -> None:
+        self.conns = (
+            conns
+            if conns is not None
+            else [Connection(provider="clover", merchant_id=merchant(i)) for i in range(n)]
+        )
         self.page = page
         self.queries = 0
-
-    def get(self, provider: str, merchant_id: str) -> Connection:
-        raise NotImplementedError
+        self.marked: list[tuple[str, str]] = []
 
     def list_by_status(
-        self, status: ConnectionStatus | str, page_size: int = 100, start_key: dict[str, Any] | None = None
+        self,
+        status: ConnectionStatus | str,
+        page_size: int = 100,
+        start_key: dict[str, Any] | None = None,
+        id_range: tuple[str, str] | None = None,
     ) -> tuple[list[Connection], dict[str, Any] | None]:
         assert ConnectionStatus(status) is ConnectionStatus.ACTIVE
         self.queries += 1
+        lo, hi = id_range or ("", "\uffff")
+        rows = sorted(
+            (c for c in self.conns if c.status is ConnectionStatus.ACTIVE and lo <= c.connection_id <= hi),
+            key=lambda c: c.connection_id,
+        )
         start = int(start_key["i"]) if start_key else 0
         size = min(self.page, page_size)
-        chunk = self.conns[start : start + size]
-        nxt = {"i": start + size} if start + size < len(self.conns) else None
+        chunk = rows[start : start + size]
+        nxt = {"i": start + size} if start + size < len(rows) else None
         return chunk, nxt
 
-    def commit_cursor(self, conn: Connection, cursor: dict[str, Any], last_run: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def record_error(self, conn: Connection, message: str) -> None:
-        raise NotImplementedError
+    def mark_queued(self, conn_id: str, at: str) -> None:
+        self.marked.append((conn_id, at))
+        for c in self.conns:
+            if c.connection_id == conn_id:
+                c.queued_at = at
 
 
 class FakeSQS:
@@ -90,12 +101,12 @@ def test_one_message_per_active_connection_ten_per_call() -> None:
     # Given 23 active connections, listed 7 at a time
     conns = Connections(23)
     sqs = FakeSQS()
-    d = Dispatcher(conns, sqs, QUEUE, 15)
+    d = Dispatcher(conns, sqs, QUEUE, 15, senders=1)
     # When the schedule fires at 18:29
     report = d.dispatch(datetime(2026, 11, 23, 18, 29, tzinfo=UTC))
     # Then three calls (10 + 10 + 3) carried one scheduled sync per connection
     assert [len(c) for c in sqs.calls] == [10, 10, 3]
-    assert (report.connections, report.sent, report.failed, report.calls) == (23, 23, 0, 3)
+    assert (report.connections, report.sent, report.failed, report.calls, report.marks) == (23, 23, 0, 3, 23)
     entries = [e for call in sqs.calls for e in call]
     groups = [e["MessageGroupId"] for e in entries]
     assert groups == [f"clover#{merchant(i)}" for i in range(23)]
@@ -107,10 +118,10 @@ def test_one_message_per_active_connection_ten_per_call() -> None:
 
 
 def test_the_same_slot_gives_the_same_deduplication_ids() -> None:
-    conns = Connections(3)
+    # (two stores: the second pass runs as if the first one's marks were lost)
     a, b = FakeSQS(), FakeSQS()
-    Dispatcher(conns, a, QUEUE, 15).dispatch(datetime(2026, 11, 23, 18, 16, tzinfo=UTC))
-    Dispatcher(conns, b, QUEUE, 15).dispatch(datetime(2026, 11, 23, 18, 29, tzinfo=UTC))
+    Dispatcher(Connections(3), a, QUEUE, 15).dispatch(datetime(2026, 11, 23, 18, 16, tzinfo=UTC))
+    Dispatcher(Connections(3), b, QUEUE, 15).dispatch(datetime(2026, 11, 23, 18, 29, tzinfo=UTC))
     assert [e["MessageDeduplicationId"] for e in a.calls[0]] == [
         e["MessageDeduplicationId"] for e in b.calls[0]
     ]
@@ -172,3 +183,117 @@ def test_slots_are_stable_within_a_period(minutes: int) -> None:
 
     slots = {schedule_slot(base + timedelta(seconds=s), minutes) for s in range(0, minutes * 60, 7)}
     assert len(slots) == 1
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def test_the_segments_split_every_valid_connection_id_exactly_once() -> None:
+    import itertools
+    import uuid
+
+    from posync.dispatcher import SEGMENTS
+
+    ids = [f"clover#{a}{b}00000000000" for a, b in itertools.product("0AZ9MQ", "0Z")]
+    ids += [f"poynt#{uuid.UUID(int=i * (2**124) + 7)}" for i in range(16)]
+    for cid in ids:
+        assert sum(lo <= cid <= hi for lo, hi in SEGMENTS) == 1, cid
+
+
+def synced_conn(i: int, tick: datetime, *, started_ago_s: float) -> Connection:
+    started = tick.timestamp() - started_ago_s
+    iso = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return Connection(
+        provider="clover",
+        merchant_id=merchant(i),
+        cursor={"v": 1, "modified_ms": int(started * 1000), "newest": int(started * 1000) - 60_000},
+        last_run={"status": "completed", "kind": "scheduled", "started_at": iso, "counts": {"requests": 2}},
+    )
+
+
+def test_a_queued_connection_gets_no_new_message_until_its_sync_has_run() -> None:
+    # Given 30 active connections last synced a tick ago
+    t1 = datetime(2026, 11, 23, 18, 15, tzinfo=UTC)
+    conns = Connections(0, page=1000, conns=[synced_conn(i, t1, started_ago_s=900) for i in range(30)])
+    sqs = FakeSQS()
+    d = Dispatcher(conns, sqs, QUEUE, 15)
+    # When the tick queues them, and the next tick comes before any worker ran
+    first = d.dispatch(t1)
+    second = d.dispatch(datetime(2026, 11, 23, 18, 30, tzinfo=UTC))
+    # Then the second tick coalesces: no message, all 30 pending
+    assert first.sent == 30 and len(conns.marked) == 30
+    assert second.sent == 0 and second.states["pending"] == 30
+    # When the workers ran them (their runs started after the mark) and a tick passed
+    for c in conns.conns:
+        c.last_run = {**c.last_run, "started_at": "2026-11-23T18:31:00.000Z"}
+        c.cursor = {
+            **c.cursor,
+            "modified_ms": int(datetime(2026, 11, 23, 18, 31, tzinfo=UTC).timestamp() * 1000),
+        }
+    third = d.dispatch(datetime(2026, 11, 23, 18, 45, tzinfo=UTC))
+    # Then they are due again, with new deduplication ids for the new slot
+    assert third.sent == 30
+    assert {e["MessageDeduplicationId"] for e in sqs.calls[-1]} <= {
+        f"clover#{merchant(i)}@2026-11-23T18:45Z" for i in range(30)
+    }
+
+
+def test_the_planned_requests_never_exceed_the_budget_and_the_most_stale_go_first() -> None:
+    from posync.schedule import PollConfig
+
+    # Given a provider limit of 0.1 request/s: 90 requests a tick at 100 %
+    policy = PollConfig(tick_s=900, max_interval_s=3600, budget_share=1.0, app_rps={"clover": 0.1})
+    tick = datetime(2026, 11, 23, 18, 15, tzinfo=UTC)
+    conns = Connections(
+        0, page=1000, conns=[synced_conn(i, tick, started_ago_s=900 + 10 * i) for i in range(100)]
+    )
+    sqs = FakeSQS()
+    # When 100 connections are due at 2 requests each
+    report = Dispatcher(conns, sqs, QUEUE, 15, policy=policy).dispatch(tick)
+    # Then 45 are queued (90 requests), the 45 that waited longest, and 55 deferred
+    sent = {e["MessageGroupId"] for call in sqs.calls for e in call}
+    assert (report.sent, report.deferred, report.planned, report.demand) == (
+        45,
+        55,
+        {"clover": 90},
+        {"clover": 200},
+    )
+    assert sent == {f"clover#{merchant(i)}" for i in range(55, 100)}
+
+
+def test_a_pass_stopped_at_its_deadline_is_finished_by_the_next_without_duplicates() -> None:
+    from posync.ratelimit import Deadline
+
+    class Clock:
+        t = 0.0
+
+        def monotonic(self) -> float:
+            return self.t
+
+        def time(self) -> float:
+            return self.t
+
+        def sleep(self, seconds: float) -> None:
+            self.t += seconds
+
+    clock = Clock()
+
+    class SlowSQS(FakeSQS):
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+            clock.t += 1.0  # one second per call
+            return super().send_message_batch(QueueUrl, Entries)
+
+    # Given 95 new connections and a pass with 4.5 s left (one sender: one call a second)
+    conns = Connections(95, page=1000)
+    sqs = SlowSQS()
+    d = Dispatcher(conns, sqs, QUEUE, 15, senders=1)
+    tick = datetime(2026, 11, 23, 18, 15, tzinfo=UTC)
+    first = d.dispatch(tick, Deadline(4.5, clock))
+    # Then it stopped after 5 calls, saying so
+    assert (first.sent, first.complete, first.left) == (50, False, 45)
+    # When the retried invocation runs the same event
+    second = d.dispatch(tick)
+    # Then it sends the other 45 only: every connection was queued exactly once
+    groups = [e["MessageGroupId"] for call in sqs.calls for e in call]
+    assert (second.sent, second.complete, second.states["pending"]) == (45, True, 50)
+    assert sorted(groups) == sorted(f"clover#{merchant(i)}" for i in range(95))

@@ -20,7 +20,13 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+# A pool of 32: the dispatcher sends and marks from 16 threads at once (botocore's default is 10).
+_CONFIG = Config(
+    retries={"max_attempts": 5, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=30,
+    max_pool_connections=32,
+)
 _lock = threading.Lock()  # boto3 sessions are not safe to build clients from concurrently
 _session: boto3.session.Session | None = None
 _clients: dict[str, Any] = {}

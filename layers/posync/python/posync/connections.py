@@ -4,7 +4,8 @@ Item layout (pk ``connection_id`` = ``provider#merchant_id``; GSI ``by-status`` 
 ``status``): ``provider``, ``merchant_id``, ``status``, ``status_reason``, ``region``,
 ``ref``, ``connected_at``, ``access_expires_at`` / ``refresh_expires_at`` (Unix
 seconds), ``cursor`` and ``last_run`` (JSON strings: the sync engine owns their
-content), ``last_error`` / ``last_error_at`` and ``updated_at``. Tokens are never
+content), ``last_error`` / ``last_error_at``, ``queued_at`` (when the dispatcher last
+queued a sync: ``posync.schedule``) and ``updated_at``. Tokens are never
 stored here (they live in Secrets Manager).
 
 The ``by-status`` index is expected to project all attributes (the CDK default and
@@ -74,6 +75,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         cursor=_json_attr(data.get("cursor")),
         last_run=_json_attr(data.get("last_run")),
         last_error=data.get("last_error"),
+        queued_at=data.get("queued_at"),
     )
 
 
@@ -147,8 +149,13 @@ class ConnectionRepository:
         status: ConnectionStatus | str,
         page_size: int = 100,
         start_key: dict[str, Any] | None = None,
+        id_range: tuple[str, str] | None = None,
     ) -> tuple[list[Connection], dict[str, Any] | None]:
-        """One page of connections in ``status``; pass the returned key back to go on (None: done)."""
+        """One page of connections in ``status``; pass the returned key back to go on (None: done).
+
+        ``id_range`` (inclusive) keeps to one segment of the index's sort key, so that several
+        segments can be read at once (the dispatcher's fan-out).
+        """
         status = ConnectionStatus(status)
         params: dict[str, Any] = {
             "TableName": self._table,
@@ -158,6 +165,11 @@ class ConnectionRepository:
             "ExpressionAttributeValues": {":s": {"S": status.value}},
             "Limit": max(1, min(page_size, 1000)),
         }
+        if id_range is not None:
+            params["KeyConditionExpression"] = "#s = :s AND #id BETWEEN :lo AND :hi"
+            params["ExpressionAttributeNames"]["#id"] = "connection_id"
+            params["ExpressionAttributeValues"][":lo"] = {"S": id_range[0]}
+            params["ExpressionAttributeValues"][":hi"] = {"S": id_range[1]}
         if start_key:
             params["ExclusiveStartKey"] = start_key
         reply = self._ddb().query(**params)
@@ -257,6 +269,10 @@ class ConnectionRepository:
         conn.last_run = dict(last_run)
         if recovered:
             conn.last_error = None
+
+    def mark_queued(self, conn_id: str, at: str) -> None:
+        """Remember that the dispatcher queued a sync at ``at`` (coalescing: see posync.schedule)."""
+        self._update_existing(conn_id, _Update().set("queued_at", at))
 
     def record_error(self, conn: Connection, message: str) -> None:
         """Remember the last sync error (a short, secret-free reason)."""

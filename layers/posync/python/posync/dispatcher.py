@@ -1,35 +1,86 @@
-"""The scheduled dispatcher: one sync message per active connection per schedule slot.
+"""The scheduled dispatcher: each tick, the due connections' syncs, within the app's budget.
 
-Connections are paged from the ``by-status`` index (``list_by_status("active")``) and sent
-to the FIFO sync queue ten per ``SendMessageBatch`` call:
+One pass, in three steps, bounded by the invocation's deadline:
 
-- ``MessageGroupId`` = the connection id: one connection's syncs never run concurrently,
-  different connections run in parallel (up to the worker's ``maxConcurrency``);
+1. **Read** the active connections from the ``by-status`` index, fanned out over segments
+   of its sort key (``SEGMENTS``: id ranges per provider, read by ``readers`` threads), and
+   assess each with the polling policy (``posync.schedule``): due, not due, pending (a
+   sync queued, not yet run) or running (a run in progress).
+2. **Plan**: the most urgent due connections whose estimated requests fit each provider's
+   tick budget; the rest are deferred to the next tick (counted, never dropped silently).
+3. **Send** them to the FIFO sync queue ten per ``SendMessageBatch`` (``senders`` threads),
+   then mark each queued connection (``queued_at``): the next pass coalesces on it.
+
+- ``MessageGroupId`` = the connection id: one connection's syncs never run concurrently.
 - ``MessageDeduplicationId`` = connection id + the schedule slot (the event time floored to
-  ``settings.schedule_minutes``): a retried or doubled schedule event within SQS's
-  five-minute deduplication window sends nothing twice.
+  the schedule): stable, so a retried or doubled schedule event sends nothing twice.
 
-Entries a batch call reports as failed are retried (with backoff) unless SQS says the
-sender is at fault; what still fails is counted in the report (and logged), never raised:
-the next slot will send it again.
+**Resumable.** The ``queued_at`` marks are the pass's saved position, per connection: an
+invocation that times out or dies mid-pass is retried (Lambda retries a failed async
+invocation twice; then the next tick runs), re-reads the index (cheap: one query per
+thousand connections) and finds what it already queued pending; the rest is sent, most
+urgent first, so no tail of the index is ever starved. A pass near its deadline stops
+sending and reports ``complete: false``. Entries a batch call reports as failed are retried
+(with backoff) unless SQS says the sender is at fault; what still fails is counted.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from posync.config import Settings
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
+
+from posync.config import PROVIDERS, Settings
 from posync.domain import Connection, ConnectionStatus
+from posync.errors import ConnectionNotFound
 from posync.observability import logger
-from posync.ports import ConnectionStore
+from posync.ratelimit import NO_DEADLINE, Deadline
+from posync.schedule import CLASSES, Candidate, PollConfig, State, assess, plan
 from posync.syncqueue import SyncKind, SyncRequest
 
 BATCH = 10
+PAGE_SIZE = 1000
+# Segments of the index's sort key (``provider#merchant_id``, inclusive bounds): merchant ids
+# are [A-Z0-9]{13} (Clover) and lower-case UUIDs (Poynt), every character below "~".
+_CHARS = {"clover": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", "poynt": "0123456789abcdef"}
+_PARTS = {"clover": 6, "poynt": 2}
+
+
+def _segments() -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for p in PROVIDERS:
+        chars, parts = _CHARS[p], _PARTS[p]
+        step = -(-len(chars) // parts)
+        for i in range(0, len(chars), step):
+            group = chars[i : i + step]
+            out.append((f"{p}#{group[0]}", f"{p}#{group[-1]}~"))
+    return tuple(out)
+
+
+SEGMENTS = _segments()
+
+
+class DispatchStore(Protocol):
+    """What the dispatcher needs of the connections table (``ConnectionRepository``)."""
+
+    def list_by_status(
+        self,
+        status: ConnectionStatus | str,
+        page_size: int = 100,
+        start_key: dict[str, Any] | None = None,
+        id_range: tuple[str, str] | None = None,
+    ) -> tuple[list[Connection], dict[str, Any] | None]: ...
+
+    def mark_queued(self, conn_id: str, at: str) -> None: ...
 
 
 @dataclass
@@ -38,7 +89,19 @@ class DispatchReport:
     connections: int = 0
     sent: int = 0
     failed: int = 0
-    calls: int = 0
+    deferred: int = 0
+    left: int = 0  # chosen but not sent before the deadline (the retry or next tick sends them)
+    complete: bool = True
+    calls: int = 0  # SendMessageBatch calls
+    queries: int = 0
+    marks: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+    classes: Counter[str] = field(default_factory=Counter)
+    staleness_max_s: dict[str, float] = field(default_factory=dict)  # per class, settled connections
+    planned: dict[str, int] = field(default_factory=dict)
+    demand: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, int | None] = field(default_factory=dict)
+    elapsed_s: float = 0.0
     failed_connections: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,8 +110,36 @@ class DispatchReport:
             "connections": self.connections,
             "sent": self.sent,
             "failed": self.failed,
+            "deferred": self.deferred,
+            "left": self.left,
+            "complete": self.complete,
             "calls": self.calls,
+            "queries": self.queries,
+            "marks": self.marks,
+            "states": dict(self.states),
+            "classes": dict(self.classes),
+            "staleness_max_s": {k: round(v, 1) for k, v in self.staleness_max_s.items()},
+            "planned_requests": self.planned,
+            "demand_requests": self.demand,
+            "budget_requests": self.budget,
+            "elapsed_s": round(self.elapsed_s, 3),
         }
+
+    def metrics(self) -> list[tuple[str, MetricUnit, float]]:
+        """The dispatcher's CloudWatch metrics (the handler emits each)."""
+        return [
+            ("SyncsDispatched", MetricUnit.Count, self.sent),
+            ("SyncsNotDispatched", MetricUnit.Count, self.failed),
+            ("SyncsDeferred", MetricUnit.Count, self.deferred),
+            ("SyncsCoalesced", MetricUnit.Count, self.states[State.PENDING] + self.states[State.RUNNING]),
+            ("DispatchIncomplete", MetricUnit.Count, 0 if self.complete else 1),
+            ("DispatchSeconds", MetricUnit.Seconds, round(self.elapsed_s, 3)),
+            (
+                "MaxStalenessSeconds",
+                MetricUnit.Seconds,
+                round(max(self.staleness_max_s.values(), default=0), 1),
+            ),
+        ]
 
 
 def schedule_slot(event_time: datetime, minutes: int) -> str:
@@ -73,26 +164,44 @@ def event_time(event: dict[str, Any]) -> datetime:
     return datetime.now(UTC)
 
 
+def _iso(now_s: float) -> str:
+    t = datetime.fromtimestamp(now_s, UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
 class Dispatcher:
     def __init__(
         self,
-        connections: ConnectionStore,
+        connections: DispatchStore,
         sqs: Any,
         queue_url: str | Callable[[], str],
         schedule_minutes: int,
         *,
-        page_size: int = 100,
+        policy: PollConfig | None = None,
+        page_size: int = PAGE_SIZE,
         max_attempts: int = 5,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        segments: Sequence[tuple[str, str]] = SEGMENTS,
+        readers: int = 4,
+        senders: int = 16,
     ) -> None:
         self.connections = connections
         self.sqs = sqs
         self._queue_url = queue_url
         self.schedule_minutes = schedule_minutes
+        self.policy = policy or PollConfig(
+            tick_s=schedule_minutes * 60, max_interval_s=max(3600, schedule_minutes * 60)
+        )
         self.page_size = page_size
         self.max_attempts = max_attempts
         self.sleep = sleep
+        self.clock = clock
+        self.segments = tuple(segments)
+        self.readers = max(1, readers)
+        self.senders = max(1, senders)
         self.rng = random.Random()  # noqa: S311 - backoff jitter
+        self._lock = threading.Lock()
 
     @property
     def queue_url(self) -> str:
@@ -100,78 +209,166 @@ class Dispatcher:
             self._queue_url = self._queue_url()
         return self._queue_url
 
-    def dispatch(self, when: datetime) -> DispatchReport:
+    def dispatch(self, when: datetime, deadline: Deadline = NO_DEADLINE) -> DispatchReport:
+        t0 = time.monotonic()
         report = DispatchReport(slot=schedule_slot(when, self.schedule_minutes))
-        pending: list[Connection] = []
-        start_key: dict[str, Any] | None = None
-        while True:
-            conns, start_key = self.connections.list_by_status(
-                ConnectionStatus.ACTIVE, self.page_size, start_key
-            )
-            for conn in conns:
-                if conn.status != ConnectionStatus.ACTIVE:
-                    continue
-                report.connections += 1
-                pending.append(conn)
-                if len(pending) == BATCH:
-                    self._send(pending, report)
-                    pending = []
-            if not start_key:
-                break
-        if pending:
-            self._send(pending, report)
+        # The tick's time is the event's (a retried invocation assesses as the original would).
+        now_s = when.timestamp()
+        candidates = self._read(now_s, deadline, report)
+        chosen = plan(candidates, self.policy)
+        report.planned, report.demand, report.budget = chosen.planned, chosen.demand, chosen.budget
+        report.deferred = len(chosen.deferred)
+        # Marked with the earlier of the tick's time and now: a worker that started after it
+        # (its run's started_at) has answered the message (tests fire ticks hours ahead).
+        at = _iso(min(self.clock(), now_s))
+        self._send_all(chosen.chosen, report, deadline, at)
+        report.elapsed_s = time.monotonic() - t0
         logger.info("dispatched scheduled syncs", extra=report.as_dict())
         if report.failed:
             logger.warning(
                 "some syncs could not be queued", extra={"connections": report.failed_connections[:50]}
             )
+        if not report.complete:
+            logger.warning("dispatch pass stopped at its deadline; the next pass continues it")
         return report
 
-    def _entry(self, i: int, conn: Connection, slot: str) -> dict[str, Any]:
+    # ---- read and assess
+
+    def _read(self, now_s: float, deadline: Deadline, report: DispatchReport) -> list[Candidate]:
+        out: list[Candidate] = []
+
+        def segment(id_range: tuple[str, str]) -> None:
+            start_key: dict[str, Any] | None = None
+            while True:
+                if deadline.expired():
+                    with self._lock:
+                        report.complete = False
+                    return
+                conns, start_key = self.connections.list_by_status(
+                    ConnectionStatus.ACTIVE, self.page_size, start_key, id_range=id_range
+                )
+                got = self._assess(conns, now_s, report)
+                with self._lock:
+                    report.queries += 1
+                    out.extend(got)
+                if not start_key:
+                    return
+
+        with ThreadPoolExecutor(max_workers=min(self.readers, len(self.segments)) or 1) as pool:
+            for fut in [pool.submit(segment, r) for r in self.segments]:
+                fut.result()
+        return out
+
+    def _assess(self, conns: list[Connection], now_s: float, report: DispatchReport) -> list[Candidate]:
+        got: list[Candidate] = []
+        states: Counter[str] = Counter()
+        classes: Counter[str] = Counter()
+        stale: dict[str, float] = {}
+        for conn in conns:
+            if conn.status != ConnectionStatus.ACTIVE:
+                continue
+            a = assess(conn, now_s, self.policy)
+            states[a.state] += 1
+            classes[a.cls] += 1
+            if a.staleness_s is not None and a.state is not State.RUNNING:
+                stale[a.cls] = max(stale.get(a.cls, 0.0), a.staleness_s)
+            if a.state is State.DUE:
+                got.append(Candidate(a.urgency, a.cost, conn.provider, conn.merchant_id, conn.connection_id))
+        with self._lock:
+            report.connections += sum(states.values())
+            report.states.update(states)
+            report.classes.update(classes)
+            for cls in CLASSES:
+                if cls in stale:
+                    report.staleness_max_s[cls] = max(report.staleness_max_s.get(cls, 0.0), stale[cls])
+        return got
+
+    # ---- send
+
+    def _send_all(self, chosen: list[Candidate], report: DispatchReport, deadline: Deadline, at: str) -> None:
+        batches = [chosen[i : i + BATCH] for i in range(0, len(chosen), BATCH)]
+
+        def one(batch: list[Candidate]) -> None:
+            if deadline.expired():
+                with self._lock:
+                    report.complete = False
+                    report.left += len(batch)
+                return
+            self._send(batch, report, at)
+
+        with ThreadPoolExecutor(max_workers=self.senders) as pool:
+            for fut in [pool.submit(one, b) for b in batches]:
+                fut.result()
+
+    def _entry(self, i: int, c: Candidate, slot: str) -> dict[str, Any]:
         req = SyncRequest(
-            provider=conn.provider,
-            merchant_id=conn.merchant_id,
+            provider=c.provider,
+            merchant_id=c.merchant_id,
             kind=SyncKind.SCHEDULED,
             reason=f"schedule slot {slot}",
         )
         return {
             "Id": str(i),
             "MessageBody": req.to_json(),
-            "MessageGroupId": conn.connection_id,
-            "MessageDeduplicationId": f"{conn.connection_id}@{slot}"[:128],
+            "MessageGroupId": c.connection_id,
+            "MessageDeduplicationId": f"{c.connection_id}@{slot}"[:128],
         }
 
-    def _send(self, conns: list[Connection], report: DispatchReport) -> None:
-        by_id = {str(i): conn for i, conn in enumerate(conns)}
-        entries = [self._entry(i, c, report.slot) for i, c in enumerate(conns)]
+    def _send(self, batch: list[Candidate], report: DispatchReport, at: str) -> None:
+        by_id = {str(i): c for i, c in enumerate(batch)}
+        entries = [self._entry(i, c, report.slot) for i, c in enumerate(batch)]
+        sent: list[Candidate] = []
         for attempt in range(self.max_attempts):
-            report.calls += 1
+            with self._lock:
+                report.calls += 1
             reply = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
-            report.sent += len(reply.get("Successful", []))
+            sent.extend(by_id[ok["Id"]] for ok in reply.get("Successful", []))
             failed = reply.get("Failed", [])
             if not failed:
-                return
-            permanent = [f for f in failed if f.get("SenderFault")]
-            for f in permanent:
-                self._give_up(by_id[f["Id"]], f.get("Code", "?"), report)
+                break
+            for f in failed:
+                if f.get("SenderFault"):
+                    self._give_up(by_id[f["Id"]], f.get("Code", "?"), report)
             retry_ids = {f["Id"] for f in failed if not f.get("SenderFault")}
             entries = [e for e in entries if e["Id"] in retry_ids]
             if not entries:
-                return
+                break
             if attempt + 1 < self.max_attempts:
                 self.sleep(self.rng.uniform(0, min(5.0, 0.2 * 2**attempt)))
-        for e in entries:
-            self._give_up(by_id[e["Id"]], "retries exhausted", report)
+        else:
+            for e in entries:
+                self._give_up(by_id[e["Id"]], "retries exhausted", report)
+        with self._lock:
+            report.sent += len(sent)
+        for c in sent:
+            try:
+                self.connections.mark_queued(c.connection_id, at)
+            except ConnectionNotFound:
+                continue  # deleted meanwhile: its sync will be skipped
+            except ClientError as exc:
+                # The sync is queued; without the mark the next tick may queue one more (harmless).
+                logger.warning(
+                    "queued sync not marked",
+                    extra={
+                        "connection_id": c.connection_id,
+                        "code": exc.response.get("Error", {}).get("Code"),
+                    },
+                )
+                continue
+            with self._lock:
+                report.marks += 1
 
-    @staticmethod
-    def _give_up(conn: Connection, why: str, report: DispatchReport) -> None:
-        report.failed += 1
-        report.failed_connections.append(conn.connection_id)
-        logger.warning("sync not queued", extra={"connection_id": conn.connection_id, "why": why})
+    def _give_up(self, c: Candidate, why: str, report: DispatchReport) -> None:
+        with self._lock:
+            report.failed += 1
+            report.failed_connections.append(c.connection_id)
+        logger.warning("sync not queued", extra={"connection_id": c.connection_id, "why": why})
 
 
 def build_dispatcher(settings: Settings) -> Dispatcher:
-    """The production wiring: connections on DynamoDB, the stage's sync queue."""
+    """The production wiring: connections on DynamoDB, the stage's sync queue, the policy from the env."""
+    import os
+
     from posync.aws import client
     from posync.connections import ConnectionRepository
     from posync.syncqueue import queue_url
@@ -179,4 +376,7 @@ def build_dispatcher(settings: Settings) -> Dispatcher:
     def url() -> str:
         return queue_url(settings.sync_queue_url, settings.resources.queue("sync").name)
 
-    return Dispatcher(ConnectionRepository(settings), client("sqs"), url, settings.schedule_minutes)
+    policy = PollConfig.from_env(os.environ, settings.schedule_minutes)
+    return Dispatcher(
+        ConnectionRepository(settings), client("sqs"), url, settings.schedule_minutes, policy=policy
+    )

@@ -63,6 +63,7 @@ class Connection:
     cursor: dict[str, Any] = field(default_factory=dict)  # provider-specific sync position
     last_run: dict[str, Any] = field(default_factory=dict)
     last_error: str | None = None
+    queued_at: str | None = None  # RFC 3339 UTC: when the dispatcher last queued a sync (posync.schedule)
 
     @property
     def connection_id(self) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import threading
 import time
 import uuid
@@ -304,12 +305,20 @@ class AppRate(Protocol):
         """An app-level 429: every worker of the app waits ``seconds``."""
         ...
 
+    def settle(self) -> None:
+        """A run ends: hand back what it took and did not use (no token is discarded)."""
+        ...
+
 
 class AppSlots(Protocol):
     """The per-app concurrency, shared by every worker of the app."""
 
     def lease(self, want: int, deadline: Deadline) -> int:
-        """Lease up to ``want`` concurrent request slots until the deadline; returns how many (>= 1)."""
+        """Lease up to ``want`` concurrent request slots; returns how many (>= 1). Raises BudgetExhausted."""
+        ...
+
+    def keep(self, in_flight: int) -> int | None:
+        """Before a request: renew the lease when due; the concurrency to keep to now (None: unchanged)."""
         ...
 
     def release(self) -> None: ...
@@ -324,8 +333,14 @@ class UnlimitedApp:
     def pause(self, seconds: float) -> None:
         return None
 
+    def settle(self) -> None:
+        return None
+
     def lease(self, want: int, deadline: Deadline) -> int:
         return want
+
+    def keep(self, in_flight: int) -> int | None:
+        return None
 
     def release(self) -> None:
         return None
@@ -343,6 +358,9 @@ class LocalAppRate:
 
     def pause(self, seconds: float) -> None:
         self._limiter.pause(seconds)
+
+    def settle(self) -> None:
+        return None
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
@@ -362,12 +380,15 @@ class DynamoAppRate:
     """A token bucket shared by all workers, in the control table (``pk = ratelimit#<provider>#app``).
 
     The bucket refills at ``rps - batch`` tokens per second and holds at most ``batch`` tokens,
-    so refill plus burst never exceed ``rps`` in any one-second window. A worker takes up to
-    ``batch`` tokens per conditional UpdateItem (optimistic on the item's ``ts``; a lost race
-    returns the current item with ``ALL_OLD`` and is retried from it, so the normal case is one
-    DynamoDB call per ``batch`` requests and no reads). Tokens not used within a second are
-    dropped rather than spent late. An app-level 429 writes ``paused_until`` into the item so
-    every worker waits.
+    so refill plus burst stay within ``rps`` in a one-second window. A worker takes tokens with
+    a conditional UpdateItem (optimistic on the item's ``ts``; a lost race returns the current
+    item with ``ALL_OLD`` and is retried from it, so the normal case is one DynamoDB call per
+    ``batch`` requests and no reads). A run's first take is one token, the next ones ``batch``:
+    a caught-up poll needs one request, and taking five would spend four of the app's for
+    nothing. What a run holds unused when it ends goes back to the bucket (:meth:`settle`), as
+    do tokens held locally past ``MAX_LOCAL_AGE_S`` (never spent late); nothing is discarded.
+    An app-level 429 writes ``paused_until`` into the item so every worker, including a
+    continuation in another container, waits for it.
     """
 
     MAX_LOCAL_AGE_S = 1.0
@@ -394,7 +415,10 @@ class DynamoAppRate:
         self._local_at = -math.inf
         self._seen: dict[str, float] | None = None  # last known item: tokens, ts, paused_until
         self._paused_until_wall = 0.0
+        self._next_take = 1  # a run's first take is one token, the next ones batch
+        self._rng = random.Random()  # noqa: S311 - jitter
         self.calls = 0  # DynamoDB calls made (for the budget test)
+        self.returned = 0  # tokens handed back unused
 
     def acquire(self, deadline: Deadline) -> None:
         with self._lock:
@@ -403,12 +427,44 @@ class DynamoAppRate:
                 if self._local > 0 and now_m - self._local_at <= self.MAX_LOCAL_AGE_S:
                     self._local -= 1
                     return
-                self._local = 0
+                self._give_back()
                 wait = self._take_batch()
                 if wait <= 0:
                     continue
+                # Jittered: workers that computed the same refill time do not all write at once.
+                wait *= self._rng.uniform(1.0, 1.02)
                 deadline.check_wait(wait, "app rate limit")
                 self.clock.sleep(wait)
+
+    def settle(self) -> None:
+        """The run ends: tokens it took and did not use go back to the bucket; the next run starts slow."""
+        with self._lock:
+            self._give_back()
+            self._next_take = 1
+
+    def _give_back(self) -> None:
+        """Hand unused local tokens back (lock held): as if never taken (the bucket's cap still
+        bounds any burst). One ADD on the count: a race with a taker that overwrites the count
+        loses them, which only ever errs on the side of fewer requests."""
+        n, self._local = self._local, 0
+        if n <= 0:
+            return
+        try:
+            self.calls += 1
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=self.key,
+                UpdateExpression="ADD #t :n",
+                ConditionExpression="attribute_exists(#t)",
+                ExpressionAttributeNames={"#t": "tokens"},
+                ExpressionAttributeValues={":n": {"N": str(n)}},
+            )
+            self.returned += n
+            if self._seen is not None and "tokens" in self._seen:
+                self._seen["tokens"] = min(self.capacity, self._seen["tokens"] + n)
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
 
     def _take_batch(self) -> float:
         """One attempt to move tokens from the shared bucket; returns seconds to wait (0 = got some)."""
@@ -423,11 +479,12 @@ class DynamoAppRate:
         tokens = self.capacity if ts is None else item["tokens"]
         if ts is not None:
             tokens = min(self.capacity, tokens + max(0.0, now - ts) * self.rate)
-        # Wait for a whole batch: taking single tokens as they trickle in would cost one write each.
-        take = min(self.batch, math.floor(tokens + 1e-9))
-        if take < self.batch:
+        # Wait for a whole take: taking single tokens as they trickle in would cost one write each.
+        want = min(self.batch, self._next_take)
+        take = min(want, math.floor(tokens + 1e-9))
+        if take < want:
             self._seen = item
-            return (self.batch - tokens) / self.rate
+            return (want - tokens) / self.rate
         new_tokens = tokens - take
         names = {"#t": "tokens", "#ts": "ts", "#exp": "expires_at", "#p": "paused_until"}
         values: dict[str, Any] = {
@@ -462,6 +519,7 @@ class DynamoAppRate:
         self._seen = {"tokens": new_tokens, "ts": now, "paused_until": paused}
         self._local = take
         self._local_at = self.clock.monotonic()
+        self._next_take = self.batch
         return 0.0
 
     def _read(self) -> dict[str, float]:
@@ -504,14 +562,24 @@ class DynamoAppRate:
 class DynamoAppSlots:
     """Leases of the app's concurrency, in the control table (``pk = ratelimit#<provider>#slots``).
 
-    The item holds a map ``leases: {lease_id: {n, exp}}`` and a ``version`` (optimistic
-    locking). A worker leases up to ``want`` slots (at least one; it waits, bounded by its
-    deadline, while none is free) until its deadline plus a grace period; expired leases are
-    dropped by whoever writes next, so a crashed worker frees its slots on its own.
+    The item holds ``leases: {lease_id: {n, exp}}``, ``waiting: {lease_id: {n: 0, exp}}`` and a
+    ``version``; every write (lease, renewal, wait, release) is conditioned on the version it
+    read and bumps it, so a lost race re-reads and no write can bring back a released lease.
+
+    - A lease is at least one slot, up to ``want`` and what is free (a fair share while others
+      wait), for ``LEASE_S``; the holder renews it before its requests (:meth:`keep`, every
+      ``RENEW_S``), so a crashed worker's slots come free within ``LEASE_S``.
+    - A worker that finds no slot free registers in ``waiting`` and sleeps with a jittered
+      backoff (``WAIT_MIN_S`` doubling to ``WAIT_MAX_S``): no fixed-interval polling of the item.
+    - A holder that sees others waiting shrinks to a fair share (``capacity // (holders +
+      waiters)``, at least one) at its next renewal, never below its requests in flight: two
+      backfills cannot hold all the slots for minutes while a third run waits.
     """
 
-    GRACE_S = 30.0
-    POLL_S = 0.25
+    LEASE_S = 30.0
+    RENEW_S = 10.0
+    WAIT_MIN_S = 0.25
+    WAIT_MAX_S = 2.0
 
     def __init__(
         self, dynamodb: Any, table: str, provider: str, capacity: int, clock: Clock = SYSTEM_CLOCK
@@ -522,64 +590,132 @@ class DynamoAppSlots:
         self.capacity = capacity
         self.clock = clock
         self.lease_id: str | None = None
+        self.granted = 0  # slots the lease holds now
+        self._next_renew = math.inf
+        self._lock = threading.Lock()
+        self._rng = random.Random()  # noqa: S311 - jitter
+        self.calls = 0
+        self.waits = 0
 
-    def _read(self) -> tuple[int, dict[str, tuple[int, float]]]:
+    def _read(self) -> tuple[int, dict[str, tuple[int, float]], dict[str, float]]:
+        self.calls += 1
         item = self.ddb.get_item(TableName=self.table, Key=self.key, ConsistentRead=True).get("Item") or {}
         version = int(_num(item, "version"))
+        now = self.clock.time()
         leases: dict[str, tuple[int, float]] = {}
         for lid, raw in (item.get("leases", {}).get("M") or {}).items():
             m = raw.get("M", {})
-            leases[lid] = (int(_num(m, "n")), _num(m, "exp"))
-        return version, leases
+            if _num(m, "exp") > now:
+                leases[lid] = (int(_num(m, "n")), _num(m, "exp"))
+        waiting: dict[str, float] = {}
+        for lid, raw in (item.get("waiting", {}).get("M") or {}).items():
+            exp = _num(raw.get("M", {}), "exp")
+            if exp > now:
+                waiting[lid] = exp
+        return version, leases, waiting
 
-    def lease(self, want: int, deadline: Deadline) -> int:
-        lease_id = uuid.uuid4().hex
-        while True:
-            now = self.clock.time()
-            version, leases = self._read()
-            live = {k: v for k, v in leases.items() if v[1] > now}
-            free = self.capacity - sum(n for n, _ in live.values())
-            grant = min(want, free)
-            if grant >= 1:
-                exp = now + max(0.0, deadline.remaining()) + self.GRACE_S
-                if math.isinf(exp):
-                    exp = now + 900.0
-                new_map = {k: _lease_attr(n, e) for k, (n, e) in live.items()}
-                new_map[lease_id] = _lease_attr(grant, exp)
-                try:
-                    self.ddb.update_item(
-                        TableName=self.table,
-                        Key=self.key,
-                        UpdateExpression="SET #l = :l, #v = :nv, #exp = :exp",
-                        ConditionExpression="attribute_not_exists(#v) OR #v = :v",
-                        ExpressionAttributeNames={"#l": "leases", "#v": "version", "#exp": "expires_at"},
-                        ExpressionAttributeValues={
-                            ":l": {"M": new_map},
-                            ":v": {"N": str(version)},
-                            ":nv": {"N": str(version + 1)},
-                            ":exp": {"N": str(int(exp) + 86400)},
-                        },
-                    )
-                except ClientError as exc:
-                    if not _is_conditional_failure(exc):
-                        raise
-                    continue  # lost a race: read again
-                self.lease_id = lease_id
-                return grant
-            deadline.check_wait(self.POLL_S, "app concurrency")
-            self.clock.sleep(self.POLL_S)
-
-    def release(self) -> None:
-        if self.lease_id is None:
-            return
-        with contextlib.suppress(ClientError):  # if this fails, the lease expires on its own
+    def _write(
+        self, version: int, leases: Mapping[str, tuple[int, float]], waiting: Mapping[str, float]
+    ) -> bool:
+        """Replace the item if it is still at ``version``; False if another worker wrote first."""
+        horizon = max([e for _, e in leases.values()] + list(waiting.values()) + [self.clock.time()])
+        try:
+            self.calls += 1
             self.ddb.update_item(
                 TableName=self.table,
                 Key=self.key,
-                UpdateExpression="REMOVE #l.#id",
-                ExpressionAttributeNames={"#l": "leases", "#id": self.lease_id},
+                UpdateExpression="SET #l = :l, #w = :w, #v = :nv, #exp = :exp",
+                ConditionExpression="attribute_not_exists(#v) OR #v = :v",
+                ExpressionAttributeNames={
+                    "#l": "leases",
+                    "#w": "waiting",
+                    "#v": "version",
+                    "#exp": "expires_at",
+                },
+                ExpressionAttributeValues={
+                    ":l": {"M": {k: _lease_attr(n, e) for k, (n, e) in leases.items()}},
+                    ":w": {"M": {k: _lease_attr(0, e) for k, e in waiting.items()}},
+                    ":v": {"N": str(version)},
+                    ":nv": {"N": str(version + 1)},
+                    ":exp": {"N": str(int(horizon) + 86400)},
+                },
             )
-        self.lease_id = None
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return False
+        return True
+
+    def _fair(self, holders: int, waiters: int) -> int:
+        return max(1, self.capacity // max(1, holders + waiters))
+
+    def lease(self, want: int, deadline: Deadline) -> int:
+        lease_id = uuid.uuid4().hex
+        backoff = self.WAIT_MIN_S
+        registered_until = 0.0
+        while True:
+            now = self.clock.time()
+            version, leases, waiting = self._read()
+            waiting.pop(lease_id, None)
+            free = self.capacity - sum(n for n, _ in leases.values())
+            if free >= 1:
+                grant = min(want, free)
+                if waiting:
+                    grant = min(grant, self._fair(len(leases) + 1, len(waiting)))
+                if not self._write(version, {**leases, lease_id: (grant, now + self.LEASE_S)}, waiting):
+                    continue  # lost a race: read again
+                with self._lock:
+                    self.lease_id, self.granted = lease_id, grant
+                    self._next_renew = self.clock.monotonic() + self.RENEW_S
+                return grant
+            if now >= registered_until - self.RENEW_S:
+                # Say we wait, so that holders shrink to a fair share at their next renewal.
+                if not self._write(version, leases, {**waiting, lease_id: now + self.LEASE_S}):
+                    continue
+                registered_until = now + self.LEASE_S
+            self.waits += 1
+            soonest = min(e for _, e in leases.values()) - now if leases else backoff
+            wait = max(0.01, min(backoff, soonest)) * self._rng.uniform(0.5, 1.0)
+            deadline.check_wait(wait, "app concurrency")
+            self.clock.sleep(wait)
+            backoff = min(self.WAIT_MAX_S, 2 * backoff)
+
+    def keep(self, in_flight: int) -> int | None:
+        with self._lock:
+            if self.lease_id is None or self.clock.monotonic() < self._next_renew:
+                return None
+            self._next_renew = self.clock.monotonic() + self.RENEW_S
+            lease_id, held = self.lease_id, self.granted
+            version, leases, waiting = self._read()
+            others = {k: v for k, v in leases.items() if k != lease_id}
+            free = self.capacity - sum(n for n, _ in others.values())
+            target = min(held, max(1, free))
+            if waiting:
+                target = min(target, self._fair(len(others) + 1, len(waiting)))
+            # Slots in flight are in use: the lease shrinks to the target once they finish.
+            n = max(target, min(in_flight, held))
+            if not self._write(version, {**others, lease_id: (n, self.clock.time() + self.LEASE_S)}, waiting):
+                self._next_renew = self.clock.monotonic()  # retry at the next request
+                return None
+            self.granted = n
+            if n > target:
+                self._next_renew = self.clock.monotonic() + min(self.RENEW_S, 0.5)
+            return target
+
+    def release(self) -> None:
+        with self._lock:
+            lease_id, self.lease_id, self.granted = self.lease_id, None, 0
+            self._next_renew = math.inf
+        if lease_id is None:
+            return
+        with contextlib.suppress(ClientError):  # if this fails, the lease expires on its own
+            for _ in range(5):
+                version, leases, waiting = self._read()
+                if lease_id not in leases:
+                    return
+                leases.pop(lease_id)
+                if self._write(version, leases, waiting):
+                    return
 
 
 def _lease_attr(n: int, exp: float) -> dict[str, Any]:
@@ -594,14 +730,23 @@ def _fmt(value: float) -> str:
 
 
 class RequestLimiter:
-    """What the transport holds for one connection: its token's limiter and the app's rate."""
+    """What the transport holds for one connection: its token's limiter, the app's rate and its
+    share of the app's concurrency (renewed, and resized to a fair share, before requests)."""
 
-    def __init__(self, token: TokenLimiter, app: AppRate | None = None) -> None:
+    def __init__(
+        self, token: TokenLimiter, app: AppRate | None = None, slots: AppSlots | None = None
+    ) -> None:
         self.token = token
         self.app: AppRate = app if app is not None else UnlimitedApp()
+        self.slots = slots
+        self._cap = token.concurrency
 
     @contextmanager
     def slot(self, deadline: Deadline) -> Iterator[None]:
+        if self.slots is not None:
+            n = self.slots.keep(self.token.in_flight)
+            if n is not None:
+                self.token.set_concurrency(n if self._cap is None else min(n, self._cap))
         with self.token.permit(deadline):
             self.app.acquire(deadline)
             yield

@@ -74,6 +74,9 @@ class Resources:
 
 
 WORKER_TIMEOUT_S = 300
+# One pass over 100,000 connections takes some 40-60 s (`make bench`, scenario scale); five
+# minutes leave room, and a pass cut short resumes (posync.dispatcher).
+DISPATCHER_TIMEOUT_S = 300
 # SQS wants the visibility timeout to be at least six times the function timeout.
 SYNC_VISIBILITY_S = 6 * WORKER_TIMEOUT_S
 
@@ -161,7 +164,12 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("connect", 10, 256, "GET /connect/{provider}: redirect to the provider's consent page"),
     FunctionSpec("callback", 30, 512, "GET /oauth/{provider}/callback: exchange the code, store tokens"),
     FunctionSpec("webhooks", 10, 256, "POST /webhooks/{provider}: verify and enqueue targeted syncs"),
-    FunctionSpec("dispatcher", 60, 256, "Scheduled: one sync message per active connection"),
+    FunctionSpec(
+        "dispatcher",
+        DISPATCHER_TIMEOUT_S,
+        1024,
+        "Scheduled: the due connections' syncs, within the app's budget",
+    ),
     FunctionSpec(
         "worker", WORKER_TIMEOUT_S, WORKER_MEMORY_MB, "SQS: sync one connection's orders", WORKER_PROCESS_ENV
     ),

@@ -81,6 +81,7 @@ from posync.ratelimit import (
     Deadline,
     Limits,
     RequestLimiter,
+    TokenLimiter,
     TokenLimiters,
 )
 from posync.serialized import Serialized
@@ -222,8 +223,10 @@ class SourceFactory:
     """Builds one connection's order source for one invocation (limiters, transport, app lease).
 
     Per-token limiters live as long as the factory (a container): a 429's pause reaches the
-    next invocation. The app's concurrency is leased for the invocation when ``app_slots``
-    is given, and released by ``source.close()``.
+    next invocation here, and through the run's state (``paused_until``) one in another
+    container. The app's concurrency is leased when ``app_slots`` is given, renewed (and
+    resized to a fair share) before requests, and released by ``source.close()``, which also
+    hands the app's rate tokens taken and not used back.
     """
 
     def __init__(
@@ -256,17 +259,19 @@ class SourceFactory:
             # app's shared concurrency. A run that turns out bigger continues with full parallelism.
             want = 1
         release: Callable[[], None] | None = None
+        slots: AppSlots | None = None
         if self.app_slots is not None:
             slots = self.app_slots(p)
             want = slots.lease(want, deadline)
             release = slots.release
         token = self.limiters[p].get(conn.connection_id)
         token.set_concurrency(min(want, limits.token_concurrency) if limits.token_concurrency else want)
+        app_rate = self.app_rates.get(p)
         transport = Transport(
             conn,
             self.settings.hosts(p).api_base,
             self.tokens,
-            RequestLimiter(token, self.app_rates.get(p)),
+            RequestLimiter(token, app_rate, slots),
             http=session(p, max(16, 2 * want)),
             clock=self.clock,
             read_timeout_s=self.config.read_timeout_s,
@@ -284,10 +289,19 @@ class SourceFactory:
         )
         if release is not None:
             source.on_close(release)
+        if app_rate is not None:
+            source.on_close(app_rate.settle)  # tokens taken and not used go back to the app's bucket
         return source
 
 
 CAUGHT_UP_S = 2 * 3600
+
+
+def _token_limiter(source: Any) -> TokenLimiter | None:
+    """The per-token limiter behind a source's transport (None for sources without one)."""
+    limiter = getattr(getattr(source, "transport", None), "limiter", None)
+    token = getattr(limiter, "token", None)
+    return token if isinstance(token, TokenLimiter) else None
 
 
 def _caught_up(conn: Connection, now_s: float) -> bool:
@@ -523,6 +537,12 @@ class _Run:
             self._requeue()
             self.result.reason = "no provider capacity"
             return self.result
+        paused_until = self.state.get("paused_until")
+        token = _token_limiter(source)
+        if isinstance(paused_until, int | float) and token is not None:
+            left = float(paused_until) - self.clock.time()
+            if left > 0:  # a 429 seen by the invocation before (perhaps in another container)
+                token.pause(left)
         sink = None
         try:
             plan = self._plan(source)
@@ -648,6 +668,13 @@ class _Run:
     def _state_for_cursor(self) -> dict[str, Any]:
         state = dict(self.state)
         state["counts"] = self._counts_now()
+        token = _token_limiter(self.source)
+        paused = token.paused_for() if token is not None else 0.0
+        if paused > 0:
+            # A 429's pause goes with the run: its continuation may run in another container.
+            state["paused_until"] = round(self.clock.time() + paused, 3)
+        else:
+            state.pop("paused_until", None)
         if self.newest is not None:
             state["newest"] = self.newest
         return state

@@ -8,7 +8,7 @@ The consumer is the worker.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -44,7 +44,17 @@ class SyncRequest:
         return connection_id(self.provider, self.merchant_id)
 
     def to_json(self) -> str:
-        body = {k: v for k, v in asdict(self).items() if v is not None and k != "message_id"}
+        # Field by field, not dataclasses.asdict (which deep-copies: some 60 us a message, and the
+        # dispatcher writes tens of thousands a tick).
+        body: dict[str, Any] = {
+            "provider": self.provider,
+            "merchant_id": self.merchant_id,
+            "kind": self.kind.value,
+        }
+        for name in ("since", "run_id", "reason"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod

@@ -413,7 +413,10 @@ class KeysetSource:
         finally:
             for fut in inflight:
                 fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Joined before the caller goes on: no fetch thread outlives the run (nor the Lambda
+            # invocation, whose frozen container would otherwise resume it in the next one). A
+            # fetch still running finishes its request: each wait is bounded by the deadline.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _apply(self, s: Slice, fetched: Fetched) -> tuple[list[Any], int | None, Slice | None]:
         """Take a page's new orders and move the slice's keyset (``end <= start`` marks it finished).
