@@ -108,7 +108,9 @@ def test_the_schema_is_valid_draft_2020_12_and_matches_the_contract() -> None:
     s = schema()
     Draft202012Validator.check_schema(s)
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert s["required"] == TOP_LEVEL == list(s["properties"])
+    # v1.1 adds one optional field, on tombstones only (state "deleted"): every 1.0 field is required.
+    assert s["required"] == TOP_LEVEL == list(s["properties"])[:-1]
+    assert list(s["properties"])[-1] == "deleted_at"
     assert s["properties"]["schema_version"]["const"] == SCHEMA_VERSION == 1
     assert s["properties"]["totals"]["required"] == [
         "subtotal",
@@ -157,6 +159,7 @@ def test_the_schema_is_valid_draft_2020_12_and_matches_the_contract() -> None:
         "refunded",
         "partially_refunded",
         "hidden",
+        "deleted",
     ]
 
 

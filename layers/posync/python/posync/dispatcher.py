@@ -60,6 +60,12 @@ def schedule_slot(event_time: datetime, minutes: int) -> str:
     return slot.strftime("%Y-%m-%dT%H:%MZ")
 
 
+def event_kind(event: dict[str, Any]) -> SyncKind:
+    """``{"kind": "reconcile"}`` (the reconcile schedule's constant input), else a scheduled sync."""
+    raw = event.get("kind") if isinstance(event, dict) else None
+    return SyncKind.RECONCILE if raw == SyncKind.RECONCILE.value else SyncKind.SCHEDULED
+
+
 def event_time(event: dict[str, Any]) -> datetime:
     """The scheduled event's ``time`` (EventBridge), or now if it has none or it is malformed."""
     raw = event.get("time") if isinstance(event, dict) else None
@@ -81,6 +87,7 @@ class Dispatcher:
         queue_url: str | Callable[[], str],
         schedule_minutes: int,
         *,
+        reconcile_days: int = 7,
         page_size: int = 100,
         max_attempts: int = 5,
         sleep: Callable[[float], None] = time.sleep,
@@ -89,6 +96,9 @@ class Dispatcher:
         self.sqs = sqs
         self._queue_url = queue_url
         self.schedule_minutes = schedule_minutes
+        self.reconcile_days = reconcile_days
+        self._kind: SyncKind = SyncKind.SCHEDULED
+        self._since: str | None = None
         self.page_size = page_size
         self.max_attempts = max_attempts
         self.sleep = sleep
@@ -100,8 +110,17 @@ class Dispatcher:
             self._queue_url = self._queue_url()
         return self._queue_url
 
-    def dispatch(self, when: datetime) -> DispatchReport:
-        report = DispatchReport(slot=schedule_slot(when, self.schedule_minutes))
+    def dispatch(self, when: datetime, kind: SyncKind = SyncKind.SCHEDULED) -> DispatchReport:
+        """One message per active connection: a sync, or (``RECONCILE``, its own schedule) a
+        reconcile of the last ``reconcile_days`` (``posync.reconcile``), one per connection and day."""
+        if kind is SyncKind.RECONCILE:
+            slot = when.astimezone(UTC).strftime("%Y-%m-%d")
+            start = (when - timedelta(days=self.reconcile_days)).astimezone(UTC)
+            since: str | None = start.strftime("%Y-%m-%dT%H:%M:%S.") + f"{start.microsecond // 1000:03d}Z"
+        else:
+            slot, since = schedule_slot(when, self.schedule_minutes), None
+        report = DispatchReport(slot=slot)
+        self._kind, self._since = kind, since
         pending: list[Connection] = []
         start_key: dict[str, Any] | None = None
         while True:
@@ -128,17 +147,19 @@ class Dispatcher:
         return report
 
     def _entry(self, i: int, conn: Connection, slot: str) -> dict[str, Any]:
+        reconcile = self._kind is SyncKind.RECONCILE
         req = SyncRequest(
             provider=conn.provider,
             merchant_id=conn.merchant_id,
-            kind=SyncKind.SCHEDULED,
-            reason=f"schedule slot {slot}",
+            kind=self._kind,
+            since=self._since,
+            reason=f"{'reconcile' if reconcile else 'schedule'} slot {slot}",
         )
         return {
             "Id": str(i),
             "MessageBody": req.to_json(),
             "MessageGroupId": conn.connection_id,
-            "MessageDeduplicationId": f"{conn.connection_id}@{slot}"[:128],
+            "MessageDeduplicationId": f"{conn.connection_id}@{'reconcile@' if reconcile else ''}{slot}"[:128],
         }
 
     def _send(self, conns: list[Connection], report: DispatchReport) -> None:
@@ -179,4 +200,10 @@ def build_dispatcher(settings: Settings) -> Dispatcher:
     def url() -> str:
         return queue_url(settings.sync_queue_url, settings.resources.queue("sync").name)
 
-    return Dispatcher(ConnectionRepository(settings), client("sqs"), url, settings.schedule_minutes)
+    return Dispatcher(
+        ConnectionRepository(settings),
+        client("sqs"),
+        url,
+        settings.schedule_minutes,
+        reconcile_days=settings.reconcile_days,
+    )
