@@ -102,6 +102,18 @@ class ReconcileSink:
     def wants_checkpoint(self) -> bool:
         return self.inner.wants_checkpoint
 
+    def quarantine(self, raw: Mapping[str, Any], reason: str) -> None:
+        self.inner.quarantine(raw, reason)
+
+    def checkpoint(self) -> None:
+        self.inner.checkpoint()
+
+    def finish(self, cursor_from: Any, cursor_to: Any, counts: Mapping[str, int]) -> str | None:
+        return self.inner.finish(cursor_from, cursor_to, counts)
+
+    def close(self) -> None:
+        self.inner.close()
+
     def take_tally(self) -> dict[str, int]:
         out, self.tally = self.tally, dict.fromkeys(self.tally, 0)
         return out
