@@ -96,7 +96,7 @@ def _serve(seed: int, anchor_ms: int | None, knobs: dict[str, Any]) -> None:
 
     def refund_some(merchant_id: str, n: int, amount: int) -> list[str]:
         """Refund ``n`` paid orders later (``refund_later``: modifiedTime moves per the knob)."""
-        picked = []
+        picked: list[str] = []
         for oid in sorted(sb.order_ids(merchant_id)):
             if len(picked) >= n:
                 break
