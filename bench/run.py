@@ -194,6 +194,18 @@ def _print_aws(r: dict[str, Any]) -> None:
             f"{x['check_exported']['duplicated']} (check {verdict(x['check_ok'])})"
         )
     say(f"  overall DynamoDB writes per 1000 orders: {r['dynamodb_writes_per_1000_orders_overall']}")
+    c = r.get("reconcile")
+    if c:
+        say(
+            f"  reconcile  : {c['orders_reread']} orders re-read in {c['elapsed_s']} s; provider "
+            f"requests {c['provider_requests']} = {c['provider_requests_per_1000_orders']}/1000 orders; "
+            f"DynamoDB reads {c['dynamodb_reads']} = {c['dynamodb_reads_per_1000_orders']}/1000, "
+            f"writes {c['dynamodb_writes']}"
+        )
+        say(
+            f"      corrections {c['corrections']} for {c['silent_refunds']} silent refunds and "
+            f"{c['deleted']} deletions; unchanged {c['unchanged']} (check {verdict(c['check_ok'])})"
+        )
 
 
 def _print_memory(r: dict[str, Any]) -> None:
@@ -386,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_end": load(),
         "targets": {name: r.get("pass") for name, r in results.items()},
         "ground_truth_ok": not bad,
+        "reconcile_requests_per_1000_orders": (results.get("aws_calls", {}).get("reconcile") or {}).get(
+            "provider_requests_per_1000_orders"
+        ),
         "errors": errors,
         "scenarios": results,
     }

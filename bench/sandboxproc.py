@@ -94,6 +94,23 @@ def _serve(seed: int, anchor_ms: int | None, knobs: dict[str, Any]) -> None:
         t = os.times()
         return t.user + t.system
 
+    def refund_some(merchant_id: str, n: int, amount: int) -> list[str]:
+        """Refund ``n`` paid orders later (``refund_later``: modifiedTime moves per the knob)."""
+        picked: list[str] = []
+        for oid in sorted(sb.order_ids(merchant_id)):
+            if len(picked) >= n:
+                break
+            full = sb.order(merchant_id, oid)
+            if full.get("paymentState") == "PAID" and not (full.get("refunds") or {}).get("elements"):
+                sb.refund_later(merchant_id, oid, amount)
+                picked.append(oid)
+        return picked
+
+    def delete_some(merchant_id: str, n: int) -> list[str]:
+        ids = sorted(sb.order_ids(merchant_id), reverse=True)[:n]
+        sb.delete_orders(merchant_id, ids)
+        return ids
+
     commands: dict[str, Callable[..., Any]] = {
         "add_merchants": add_merchants,
         "create_orders": sb.create_orders,
@@ -104,6 +121,8 @@ def _serve(seed: int, anchor_ms: int | None, knobs: dict[str, Any]) -> None:
         "stats": sb.stats.snapshot,
         "reset_stats": sb.stats.reset,
         "cpu_s": cpu,
+        "refund_some": refund_some,
+        "delete_some": delete_some,
     }
 
     def reply(status: str, value: Any) -> None:
@@ -246,6 +265,14 @@ class SandboxProcess:
         """Orders with a nested list that reaches Clover's cut (one more request each)."""
         ids: list[str] = self.call("nested_needed", merchant_id, None if only is None else sorted(only))
         return set(ids)
+
+    def refund_some(self, merchant_id: str, n: int, amount: int) -> list[str]:
+        ids: list[str] = self.call("refund_some", merchant_id, n, amount)
+        return ids
+
+    def delete_some(self, merchant_id: str, n: int) -> list[str]:
+        ids: list[str] = self.call("delete_some", merchant_id, n)
+        return ids
 
     def set_knobs(self, **values: Any) -> None:
         """Change knobs (``latency_ms``, ``per_token_rps``...); the rate windows start afresh."""

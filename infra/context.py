@@ -57,6 +57,8 @@ class InfraContext:
     provider_region: str = "sandbox"
     public_base_url: str | None = None  # a custom domain in front of the HTTP API; else its endpoint
     schedule_minutes: int = 15
+    reconcile_hours: int = 24  # the reconciliation sweep's schedule (posync.reconcile)
+    reconcile_days: int = 7  # the sweep's window: orders modified (so also created) in the last N days
     worker_max_concurrency: int = 10  # bounds the per-app request rate across workers
     exports_ia_days: int = 30
     log_retention_days: int = 30
@@ -94,6 +96,8 @@ class InfraContext:
             provider_region=region,
             public_base_url=public,
             schedule_minutes=num("scheduleMinutes", 15, 1, 1440),
+            reconcile_hours=num("reconcileHours", 24, 1, 168),
+            reconcile_days=num("reconcileDays", 7, 1, 90),
             # SQS event sources accept 2..1000.
             worker_max_concurrency=num("workerMaxConcurrency", 10, 2, 1000),
             # S3 refuses a transition to STANDARD_IA earlier than 30 days.

@@ -144,6 +144,8 @@ ORDER_COLUMNS: tuple[tuple[str, ColumnType], ...] = (
     ("taxes", Array(Struct((("name", STRING), ("rate", DOUBLE), ("amount", BIGINT))))),
     ("source", Struct((("store_id", STRING), ("device_id", STRING), ("employee_id", STRING)))),
     ("discrepancies", Array(Struct((("field", STRING), ("value", BIGINT), ("computed", BIGINT))))),  # v1.1
+    # v1.1: tombstones only (state "deleted"); null on every other version.
+    ("deleted_at", STRING),
 )
 
 
@@ -154,6 +156,9 @@ def canonical_top_level_names() -> list[str]:
 
 def latest_view_sql(database: str, table: str) -> str:
     """``orders_latest``: the newest ``modified_at`` per (provider, merchant_id, order_id).
+
+    A deleted order's newest version is its tombstone (``state = 'deleted'``, ``deleted_at``
+    set): the view shows it as deleted; a report of live orders filters ``state <> 'deleted'``.
 
     ``modified_at`` is RFC 3339 UTC with milliseconds and a ``Z``, so string order is time order.
     """

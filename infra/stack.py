@@ -70,6 +70,7 @@ class PosyncStack(Stack):
             "POSYNC_PUBLIC_BASE_URL": public_base_url,
             "POSYNC_PROVIDER_REGION": ctx.provider_region,
             "POSYNC_SCHEDULE_MINUTES": str(ctx.schedule_minutes),
+            "POSYNC_RECONCILE_DAYS": str(ctx.reconcile_days),
             "POWERTOOLS_SERVICE_NAME": SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
         }
@@ -89,6 +90,7 @@ class PosyncStack(Stack):
             dispatcher=fns["dispatcher"],
             worker=fns["worker"],
             schedule_minutes=ctx.schedule_minutes,
+            reconcile_hours=ctx.reconcile_hours,
             worker_max_concurrency=ctx.worker_max_concurrency,
         )
         self.access = FunctionAccess(

@@ -1,4 +1,4 @@
-"""EventBridge schedule -> the due connections' syncs, within the app's budget (see posync.dispatcher)."""
+"""EventBridge schedules -> the due syncs within the app's budget, or a reconcile pass (posync.dispatcher)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from posync.config import Settings
-from posync.dispatcher import build_dispatcher, event_time
+from posync.dispatcher import build_dispatcher, event_kind, event_time
 from posync.observability import logger, metrics
 from posync.ratelimit import Deadline
 
@@ -20,7 +20,7 @@ STOP_MARGIN_S = 10.0  # stop sending this long before the Lambda timeout (the re
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     deadline = Deadline.after(context.get_remaining_time_in_millis() / 1000 - STOP_MARGIN_S)
-    report = DISPATCHER.dispatch(event_time(event), deadline)
+    report = DISPATCHER.dispatch(event_time(event), deadline, event_kind(event))
     for name, unit, value in report.metrics():
         metrics.add_metric(name=name, unit=unit, value=value)
     return report.as_dict()

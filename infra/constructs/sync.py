@@ -33,6 +33,7 @@ class SyncPipeline(Construct):
             raise ValueError("posync.resources: the sync queue must have a dead-letter queue")
         self.dead_letter_queue = self.queues[dlq_key]
         self.schedule: events.Rule | None = None
+        self.reconcile_schedule: events.Rule | None = None
 
     def _queue(self, spec: QueueSpec, key: kms.IKey) -> sqs.Queue:
         dead_letter = None
@@ -63,8 +64,10 @@ class SyncPipeline(Construct):
         worker: lambda_.Function,
         schedule_minutes: int,
         worker_max_concurrency: int,
+        reconcile_hours: int = 24,
     ) -> None:
-        """The schedule fires the dispatcher; the worker drains the sync queue."""
+        """The schedules fire the dispatcher (syncs; reconcile sweeps, ``{"kind": "reconcile"}``);
+        the worker drains the sync queue."""
         self.schedule = events.Rule(
             self,
             "Schedule",
@@ -84,6 +87,20 @@ class SyncPipeline(Construct):
             function=dispatcher,
             retry_attempts=2,
             max_event_age=Duration.minutes(max(1, schedule_minutes)),
+        )
+        self.reconcile_schedule = events.Rule(
+            self,
+            "ReconcileSchedule",
+            description=f"posync reconciliation sweep every {reconcile_hours} hours",
+            schedule=events.Schedule.rate(Duration.hours(reconcile_hours)),
+            targets=[
+                targets.LambdaFunction(
+                    dispatcher,
+                    event=events.RuleTargetInput.from_object({"kind": "reconcile"}),
+                    retry_attempts=2,
+                    max_event_age=Duration.hours(1),
+                )
+            ],
         )
         # maxConcurrency bounds how many workers (hence how many requests per app) run at once.
         # The event source grants the worker's role what polling needs on this queue (and kms:Decrypt).

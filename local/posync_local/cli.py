@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from posync_local.cli_credentials import credentials_group
+from posync_local.cli_lifecycle import reconcile_command
 from posync_local.cli_ops import connections_group, exports_group
 from posync_local.cli_probe import probe_command
 from posync_local.cli_run import backfill_command, sync_command
@@ -24,6 +25,7 @@ cli.add_command(demo_command)
 cli.add_command(connections_group)
 cli.add_command(sync_command)
 cli.add_command(backfill_command)
+cli.add_command(reconcile_command)  # (its module also adds `connections add`)
 cli.add_command(exports_group)
 cli.add_command(probe_command)
 

@@ -77,6 +77,8 @@ def test_cdk_json_runs_the_app_from_the_repo_root() -> None:
         ({"publicBaseUrl": "https://x.example.com/?q=1"}, "publicBaseUrl"),
         ({"scheduleMinutes": "0"}, "scheduleMinutes"),
         ({"scheduleMinutes": "soon"}, "scheduleMinutes"),
+        ({"reconcileHours": "0"}, "reconcileHours"),
+        ({"reconcileDays": "91"}, "reconcileDays"),
         ({"workerMaxConcurrency": 1}, "workerMaxConcurrency"),
         ({"exportsIaDays": 7}, "exportsIaDays"),
         ({"logRetentionDays": 31}, "logRetentionDays"),
@@ -103,6 +105,8 @@ KNOBS = {
     "providerRegion": "eu",
     "publicBaseUrl": "https://pos.example.com",
     "scheduleMinutes": "5",
+    "reconcileHours": "6",
+    "reconcileDays": "3",
     "workerMaxConcurrency": "4",
     "exportsIaDays": "60",
     "alarmEmail": "ops@example.com",
@@ -133,8 +137,8 @@ def test_knobs_reach_the_template(qa: dict[str, Any]) -> None:
         "posync/qa/app/state-key",
     ]
     # Schedule, worker concurrency, lifecycle
-    (rule,) = of_type(qa, "AWS::Events::Rule")
-    assert rule["ScheduleExpression"] == "rate(5 minutes)"
+    rules = sorted(of_type(qa, "AWS::Events::Rule"), key=lambda r: str(r["ScheduleExpression"]))
+    assert [r["ScheduleExpression"] for r in rules] == ["rate(5 minutes)", "rate(6 hours)"]
     (esm,) = of_type(qa, "AWS::Lambda::EventSourceMapping")
     assert esm["ScalingConfig"] == {"MaximumConcurrency": 4}
     (bucket,) = [b for b in of_type(qa, "AWS::S3::Bucket") if "BucketName" in b]
@@ -148,6 +152,7 @@ def test_knobs_reach_the_template(qa: dict[str, Any]) -> None:
         assert env["POSYNC_PUBLIC_BASE_URL"] == "https://pos.example.com"
         assert env["POSYNC_PROVIDER_REGION"] == "eu"
         assert env["POSYNC_SCHEDULE_MINUTES"] == "5"
+        assert env["POSYNC_RECONCILE_DAYS"] == "3"
         assert env["POSYNC_STAGE"] == "qa"
         assert env["POSYNC_TRACE_CALLS"] == "true"  # X-Ray SDK subsegments, opted in
         assert fn["FunctionName"].startswith("posync-qa-")

@@ -79,8 +79,17 @@ def test_sync_queue_redrives_to_its_fifo_dlq(synth: Synth) -> None:
     assert sync["MessageRetentionPeriod"] == spec.retention_s
 
 
+def test_the_reconcile_schedule_fires_the_dispatcher_daily_with_its_kind(synth: Synth) -> None:
+    (rule,) = [r for r in synth.props("AWS::Events::Rule") if r["ScheduleExpression"] == "rate(1 day)"]
+    (target,) = rule["Targets"]
+    assert json.loads(target["Input"]) == {"kind": "reconcile"}
+    fn = synth.resources("AWS::Lambda::Function")[target["Arn"]["Fn::GetAtt"][0]]
+    assert fn["Properties"]["FunctionName"] == "posync-dev-dispatcher"
+    assert fn["Properties"]["Environment"]["Variables"]["POSYNC_RECONCILE_DAYS"] == "7"
+
+
 def test_schedule_fires_the_dispatcher_at_the_configured_rate(synth: Synth) -> None:
-    (rule,) = synth.props("AWS::Events::Rule")
+    (rule,) = [r for r in synth.props("AWS::Events::Rule") if "minutes" in r["ScheduleExpression"]]
     assert rule["ScheduleExpression"] == "rate(15 minutes)"
     assert rule["State"] == "ENABLED"
     (target,) = rule["Targets"]

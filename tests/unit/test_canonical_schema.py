@@ -108,9 +108,16 @@ def test_the_schema_is_valid_draft_2020_12_and_matches_the_contract() -> None:
     s = schema()
     Draft202012Validator.check_schema(s)
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    # v1.1 adds two optional fields (orders written before it lack them and stay valid)
+    # v1.1 adds optional fields only (orders written before it lack them and stay valid):
+    # schema_minor and discrepancies, and deleted_at (tombstones only, state "deleted")
     assert s["required"] == TOP_LEVEL
-    assert list(s["properties"]) == [TOP_LEVEL[0], "schema_minor", *TOP_LEVEL[1:], "discrepancies"]
+    assert list(s["properties"]) == [
+        TOP_LEVEL[0],
+        "schema_minor",
+        *TOP_LEVEL[1:],
+        "discrepancies",
+        "deleted_at",
+    ]
     assert s["properties"]["schema_version"]["const"] == SCHEMA_VERSION == 1
     assert s["properties"]["totals"]["required"] == [
         "subtotal",
@@ -159,6 +166,7 @@ def test_the_schema_is_valid_draft_2020_12_and_matches_the_contract() -> None:
         "refunded",
         "partially_refunded",
         "hidden",
+        "deleted",
     ]
 
 

@@ -60,6 +60,7 @@ def put(o: dict[str, Any], *, old_ref: str | None = None, ref: str = REF) -> dic
         "order_id": {"S": o["order_id"]},
         "modified_at": {"S": o["modified_at"]},
         "modified_ms": {"N": str(ms(o["modified_at"]))},
+        "state": {"S": "deleted" if o.get("state") == "deleted" else "live"},
         "run_id": {"S": RUN},
         "export_ref": {"S": ref},
         "updated_at": {"S": NOW_ISO},

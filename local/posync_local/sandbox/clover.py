@@ -95,9 +95,9 @@ from posync_local.sandbox.server import (
 
 _MID = r"(?P<mid>[A-Za-z0-9]+)"
 _OID = r"(?P<oid>[A-Za-z0-9]+)"
-_FILTER = re.compile(r"\s*(modifiedTime|createdTime)\s*(>=|<=|!=|=|>|<)\s*(-?\d+)\s*")
+_FILTER = re.compile(r"\s*(modifiedTime|createdTime|deletedTime)\s*(>=|<=|!=|=|>|<)\s*(-?\d+)\s*")
 _ORDER_BY = re.compile(r"\s*(modifiedTime|createdTime)(?:\s+(ASC|DESC))?\s*", re.IGNORECASE)
-_FIELDS = {"modifiedtime": "modified", "createdtime": "created"}
+_FIELDS = {"modifiedtime": "modified", "createdtime": "created", "deletedtime": "deleted"}
 _CLOVER_ID = re.compile(r"[A-Z0-9]{13}")
 _CONSENT_PARAMS = (
     "client_id",
@@ -112,6 +112,18 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 WINDOW_DAYS = 90
 EARLY_REFRESH_S = 60
+# Deletions and later refunds where Clover's record is silent (CLV-DEL-2/3, CLV-REFUND-1): each
+# profile is one reading, set on the knobs of the same names (tests run under every one).
+LIFECYCLE_PROFILES: dict[str, dict[str, Any]] = {
+    "gone": {"deleted_in_lists": "never", "deleted_by_id": "404", "delete_moves_modified": False},
+    "listed-stale": {"deleted_in_lists": "always", "deleted_by_id": "order", "delete_moves_modified": False},
+    "listed-moved": {"deleted_in_lists": "always", "deleted_by_id": "order", "delete_moves_modified": True},
+    "filtered": {"deleted_in_lists": "filtered", "deleted_by_id": "order", "delete_moves_modified": True},
+}
+REFUND_PROFILES: dict[str, dict[str, Any]] = {
+    "silent": {"refund_moves_modified": False},
+    "moves": {"refund_moves_modified": True},
+}
 
 
 @dataclass
@@ -408,7 +420,9 @@ class CloverSandbox(OrderSandbox):
         for raw in req.query.get("filter", []):
             m = _FILTER.fullmatch(raw)
             if m is None:
-                raise BadRequest("Unsupported filter: the sandbox filters on modifiedTime and createdTime")
+                raise BadRequest(
+                    "Unsupported filter: the sandbox filters on modifiedTime, createdTime and deletedTime"
+                )
             name, op, value = _FIELDS[m.group(1).lower()], m.group(2), int(m.group(3))
             lo, hi = bounds.get(name, (-INF, INF))
             if op == ">=":
@@ -456,7 +470,11 @@ class CloverSandbox(OrderSandbox):
         except BadRequest as exc:
             return json_response(400, {"message": str(exc)})
         m = self.merchant(match.group("mid"))
-        recs, states, _ = m.book.page(q)
+        if "deleted" in q.bounds and self.knobs.deleted_in_lists == "never":
+            recs: list[Any] = []  # this reading: no list ever returns a deleted order
+            states: list[Any] = []
+        else:
+            recs, states, _ = m.book.page(q)
         body = page_body(self.fragments(m, recs, states, expand), {"href": self._href(req)})
         self.after_page(m, q, len(recs))
         return Response(200, body)
@@ -468,15 +486,18 @@ class CloverSandbox(OrderSandbox):
             return json_response(400, {"message": str(exc)})
         m = self.merchant(match.group("mid"))
         rec = m.book.get(match.group("oid"))
-        if rec is None:
+        if rec is None or self._hidden_deleted(rec.state):
             return json_response(404, {"message": "404 Not Found"})
         st = rec.state
         return Response(200, self.fragments(m, [rec], [st], expand)[0])
 
+    def _hidden_deleted(self, st: Any) -> bool:
+        return st.deleted_ms is not None and self.knobs.deleted_by_id == "404"
+
     def _nested(self, req: Request, match: Any, who: Principal, name: str) -> Response:
         m = self.merchant(match.group("mid"))
         rec = m.book.get(match.group("oid"))
-        if rec is None:
+        if rec is None or self._hidden_deleted(rec.state):
             return json_response(404, {"message": "404 Not Found"})
         try:
             limit = min(self._int_arg(req, "limit", NESTED_CUT) or NESTED_CUT, MAX_LIMIT)
@@ -495,6 +516,69 @@ class CloverSandbox(OrderSandbox):
         elif name == "payments":
             elements = [factory.payment_view(p, subs) for p in elements]
         return json_response(200, {"elements": elements, "href": self._href(req)})
+
+    # deletions, later refunds, merchant API tokens ------------------------------------------------
+
+    def delete_orders(self, merchant_id: str, order_ids: Sequence[str]) -> list[int]:
+        """Delete orders now, as the register would (read by the ``deleted_*`` knobs); their
+        deletion times. Send the webhook with ``send_webhook(..., event_type="DELETE")``."""
+        m = self.merchant(merchant_id)
+        out = []
+        with m.book.lock:
+            for oid in order_ids:
+                if m.book.get(oid) is None:
+                    raise KeyError(f"unknown order {oid!r}")
+                st = m.book.delete(
+                    oid,
+                    self.now_ms(),
+                    move_modified=self.knobs.delete_moves_modified,
+                    keep_listed=self.knobs.deleted_in_lists == "always",
+                )
+                out.append(int(st.deleted_ms or 0))
+        return out
+
+    def refund_later(self, merchant_id: str, order_id: str, amount: int) -> dict[str, Any]:
+        """A refund of ``amount`` on the order's first payment, now; it moves the order's
+        ``modifiedTime`` only under the ``refund_moves_modified`` knob. Returns the refund."""
+        m = self.merchant(merchant_id)
+        with m.book.lock:
+            rec = m.book.get(order_id)
+            if rec is None:
+                raise KeyError(f"unknown order {order_id!r}")
+            full = m.factory.full(rec.state)
+            payments = (full.get("payments") or {}).get("elements") or []
+            if not payments:
+                raise ValueError(f"order {order_id} has no payment to refund")
+            now = self.now_ms()
+            later = m.factory.later_refunds.setdefault(order_id, [])
+            refund = {
+                "id": f"R{order_id[1:10]}{len(later):03d}",
+                "orderRef": {"id": order_id},
+                "amount": amount,
+                "taxAmount": 0,
+                "tipAmount": 0,
+                "createdTime": now,
+                "clientCreatedTime": now,
+                "payment": {"id": payments[0]["id"]},
+            }
+            later.append(refund)
+            paid = sum(int(p.get("amount") or 0) for p in payments if p.get("result", "SUCCESS") == "SUCCESS")
+            refunds = (full.get("refunds") or {}).get("elements") or []
+            refunded = sum(int(r.get("amount") or 0) for r in refunds) + amount
+            m.factory.later_payment_state[order_id] = "REFUNDED" if refunded >= paid else "PARTIALLY_REFUNDED"
+            if self.knobs.refund_moves_modified:
+                m.book.touch(order_id, now)
+            self.cache.drop(rec)
+        return refund
+
+    def issue_merchant_api_token(self, merchant_id: str) -> str:
+        """A merchant API token, as the sandbox Merchant Dashboard makes one: no expiry, no
+        refresh token; it answers 401 once ``revoke(merchant_id)`` ran."""
+        self.merchant(merchant_id)
+        grant = self.tokens.new_grant(self.client_id, merchant_id)
+        token = str(uuid.uuid4())
+        self.tokens.add_access(grant, token, expires_at=1 << 40)
+        return token
 
     # webhooks -----------------------------------------------------------------------------------
 

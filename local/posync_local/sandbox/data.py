@@ -331,6 +331,10 @@ class OrderFactory:
         self._templates: dict[int, Template] = {}
         self._key40 = prof.seed & _M40
         self._key128 = derive_seed(prof.seed, "ids128") << 64 | derive_seed(prof.seed, "ids128b")
+        # Refunds added after the order was generated (``refund_later``), per order id: shown on
+        # top of the generated order by :meth:`render`, with its deletion (``deleted_ms``).
+        self.later_refunds: dict[str, list[dict[str, Any]]] = {}
+        self.later_payment_state: dict[str, str] = {}
 
     def symbolic(self, tidx: int, closed: bool, touched: bool) -> tuple[dict[str, Any], TemplateMeta]:
         raise NotImplementedError
@@ -359,7 +363,14 @@ class OrderFactory:
         if fmt is None:
             sym, _ = self.symbolic(t.tidx, closed, touched)
             fmt = t.compiled.setdefault(ck, compile_template(self.view(sym, key)))
-        return fmt % self.values(t, st)
+        text = fmt % self.values(t, st)
+        if st.deleted_ms is not None or st.id in self.later_refunds:
+            return self.overlay(text, st, key)
+        return text
+
+    def overlay(self, text: str, st: OrderState, key: object) -> str:
+        """The rare orders changed after generation: deleted, or refunded later."""
+        return text
 
     def full(self, st: OrderState) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(self.render(st, FULL))
@@ -703,6 +714,21 @@ class CloverFactory(OrderFactory):
         ):
             del out["cardTransaction"]
         return out
+
+    def overlay(self, text: str, st: OrderState, key: object) -> str:
+        """``deletedTimestamp`` on a deleted order; refunds added later in ``refunds`` (when
+        expanded) with the ``paymentState`` they leave."""
+        order = json.loads(text)
+        if st.deleted_ms is not None:
+            order["deletedTimestamp"] = st.deleted_ms
+        later = self.later_refunds.get(st.id)
+        if later:
+            refunds = order.get("refunds")
+            if key == FULL or (isinstance(key, frozenset) and "refunds" in key):
+                old = refunds.get("elements", []) if isinstance(refunds, dict) else []
+                order["refunds"] = {"elements": [*old, *later]}
+            order["paymentState"] = self.later_payment_state.get(st.id, "PARTIALLY_REFUNDED")
+        return json.dumps(order, separators=(",", ":"))
 
     def values(self, tm: Template, st: OrderState) -> dict[str, str]:
         m = tm.meta

@@ -111,6 +111,14 @@ class TokenAuthority:
             self._refresh[refresh] = r
         return Issued(access, a.expires_at, refresh, r.expires_at, access_ttl)
 
+    def add_access(self, grant: Grant, token: str, expires_at: int) -> AccessToken:
+        """An access token without a refresh token (a Clover merchant API token)."""
+        a = AccessToken(token, grant, expires_at)
+        with self.lock:
+            grant.access.append(a)
+            self._access[token] = a
+        return a
+
     def access(self, token: str | None) -> AccessToken | None:
         """The access token if it is known and still valid."""
         if not token:

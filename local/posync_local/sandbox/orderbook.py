@@ -32,6 +32,7 @@ class OrderState(NamedTuple):
     base_modified_ms: int = 0  # modified time as generated: when the order was closed (paid)
     version: int = 0  # 0 = as generated; +1 per modification
     first_touch_ms: int | None = None  # first modification: an open order is closed (paid) then
+    deleted_ms: int | None = None  # deleted at the register (Clover ``deletedTimestamp``); see delete()
 
 
 class OrderRec:
@@ -113,7 +114,7 @@ class OrderBook:
         self.lock = threading.RLock()
         self.cache = cache
         self.by_id: dict[str, OrderRec] = {}
-        self._index: dict[str, list[tuple[int, str]]] = {"modified": [], "created": []}
+        self._index: dict[str, list[tuple[int, str]]] = {"modified": [], "created": [], "deleted": []}
         self.next_seq = 0
 
     def __len__(self) -> int:
@@ -144,10 +145,14 @@ class OrderBook:
             self.next_seq = max(self.next_seq, st.seq + 1)
 
     def touch(self, order_id: str, now_ms: int) -> OrderState:
-        """Modify an order now: a new version whose modified time is now (strictly later)."""
+        """Modify an order now: a new version whose modified time is now (strictly later).
+
+        A deleted order is not modified any more (returned as it is)."""
         with self.lock:
             rec = self.by_id[order_id]
             st = rec.state
+            if st.deleted_ms is not None:
+                return st
             new_ms = max(now_ms, st.modified_ms + 1)
             keys = self._index["modified"]
             i = bisect_left(keys, (st.modified_ms, order_id))
@@ -159,9 +164,33 @@ class OrderBook:
             return rec.state
 
     def states(self) -> list[OrderState]:
-        """Every order's current state, by modified time then id."""
+        """Every order's current state (deleted ones included), by modified time then id."""
         with self.lock:
-            return [self.by_id[oid].state for _, oid in self._index["modified"]]
+            return sorted((r.state for r in self.by_id.values()), key=lambda st: (st.modified_ms, st.id))
+
+    def delete(self, order_id: str, now_ms: int, *, move_modified: bool, keep_listed: bool) -> OrderState:
+        """Delete an order now (``deleted_ms``), once. ``move_modified``: its modified time
+        moves to the deletion (else it keeps its last one); ``keep_listed``: the lists still
+        return it by modified and created time, else only a ``deletedTime`` filter finds it."""
+        with self.lock:
+            rec = self.by_id[order_id]
+            st = rec.state
+            if st.deleted_ms is not None:
+                return st
+            new_ms = max(now_ms, st.modified_ms + 1) if move_modified else st.modified_ms
+            keys = self._index["modified"]
+            del keys[bisect_left(keys, (st.modified_ms, order_id))]
+            created = self._index["created"]
+            if keep_listed:
+                insort(keys, (new_ms, order_id))
+            else:
+                del created[bisect_left(created, (st.created_ms, order_id))]
+            deleted_ms = max(now_ms, st.modified_ms)
+            insort(self._index["deleted"], (deleted_ms, order_id))
+            version = st.version + 1 if move_modified else st.version
+            rec.state = st._replace(modified_ms=new_ms, deleted_ms=deleted_ms, version=version)
+            self.cache.drop(rec)
+            return rec.state
 
     def get(self, order_id: str) -> OrderRec | None:
         return self.by_id.get(order_id)
@@ -175,8 +204,8 @@ class OrderBook:
 
         def ok(st: OrderState) -> bool:
             for f, lo, hi in others:
-                t = st.modified_ms if f == "modified" else st.created_ms
-                if not lo <= t <= hi:
+                t = st.modified_ms if f == "modified" else st.created_ms if f == "created" else st.deleted_ms
+                if t is None or not lo <= t <= hi:
                     return False
             return True
 
@@ -207,6 +236,9 @@ class OrderBook:
         (None when the query filters on a second field, where counting would cost a scan).
         O(log n + limit) when only the ordering field is filtered."""
         with self.lock:
+            if "deleted" in q.bounds:
+                recs = self._deleted_page(q)
+                return recs, [r.state for r in recs], None
             if self._matcher(q) is None:
                 keys = self._index[q.order_field]
                 lo, hi = q.bounds.get(q.order_field, (-INF, INF))
@@ -224,6 +256,18 @@ class OrderBook:
                 ids, total = self._positions(q, q.offset + q.limit)
                 recs = [self.by_id[oid] for oid in ids[q.offset :]]
             return recs, [r.state for r in recs], total
+
+    def _deleted_page(self, q: Query) -> list[OrderRec]:
+        """A ``deletedTime``-filtered list: the deleted orders in range, in the query's ordering."""
+        lo, hi = q.bounds["deleted"]
+        keys = self._index["deleted"]
+        match = self._matcher(Query("deleted", q.desc, q.bounds, 0, 0))
+        span = keys[bisect_left(keys, (lo,)) : bisect_left(keys, (hi + 1,))]
+        states = [self.by_id[oid].state for _, oid in span]
+        picked = [st for st in states if match is None or match(st)]
+        field = "modified_ms" if q.order_field == "modified" else "created_ms"
+        picked.sort(key=lambda st: (getattr(st, field), st.id), reverse=q.desc)
+        return [self.by_id[st.id] for st in picked[q.offset : q.offset + q.limit]]
 
     def served_prefix(self, q: Query, end: int) -> list[str]:
         with self.lock:

@@ -98,6 +98,12 @@ class SandboxKnobs:
     auto_deny: bool = False  # the consent GET redirects at once with a denial
     refuse_early_refresh: bool = False  # Clover: 400 "access_token not expired" while > 60 s remain
     modify_during_paging: int = 0  # orders modified after each list page (see the orders module)
+    # Clover deletions and later refunds, where Clover's record is silent: one knob per reading
+    # (the profiles of posync_local.sandbox.clover.LIFECYCLE_PROFILES). Set before deleting.
+    deleted_in_lists: str = "never"  # never | always | filtered (only a deletedTime filter lists them)
+    deleted_by_id: str = "404"  # 404 | order (the order, with deletedTimestamp)
+    delete_moves_modified: bool = False  # a deletion moves the order's modifiedTime to it
+    refund_moves_modified: bool = False  # a refund added later moves the order's modifiedTime
     _failures: list[_Failure] = field(default_factory=list, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

@@ -137,6 +137,7 @@ class Settings:
     schedule_minutes: int
     refresh_leeway_s: int
     provider_region: str = "sandbox"  # POSYNC_PROVIDER_REGION: recorded on each connection
+    reconcile_days: int = 7  # POSYNC_RECONCILE_DAYS: the reconcile sweep's window (posync.reconcile)
 
     @property
     def connections_table(self) -> str:
@@ -207,4 +208,5 @@ class Settings:
             schedule_minutes=_int(e, "POSYNC_SCHEDULE_MINUTES", 15, 1, 1440),
             refresh_leeway_s=_int(e, "POSYNC_REFRESH_LEEWAY_SECONDS", 300, 0, 86400),
             provider_region=e.get("POSYNC_PROVIDER_REGION", "sandbox"),
+            reconcile_days=_int(e, "POSYNC_RECONCILE_DAYS", 7, 1, 90),
         )

@@ -20,8 +20,15 @@ invocation that times out or dies mid-pass is retried (Lambda retries a failed a
 invocation twice; then the next tick runs), re-reads the index (cheap: one query per
 thousand connections) and finds what it already queued pending; the rest is sent, most
 urgent first, so no tail of the index is ever starved. A pass near its deadline stops
-sending and reports ``complete: false``. Entries a batch call reports as failed are retried
-(with backoff) unless SQS says the sender is at fault; what still fails is counted.
+sending and reports ``complete: false``.
+
+**Reconcile passes** (``{"kind": "reconcile"}``, their own daily schedule) queue one
+``RECONCILE`` message per active connection, re-reading the last ``reconcile_days``
+(``posync.reconcile``), outside the polling plan and without a ``queued_at`` mark; their
+deduplication id is the connection, ``reconcile`` and the day.
+
+Entries a batch call reports as failed are retried (with backoff) unless SQS says the sender
+is at fault; what still fails is counted.
 """
 
 from __future__ import annotations
@@ -86,6 +93,8 @@ class DispatchStore(Protocol):
 @dataclass
 class DispatchReport:
     slot: str
+    kind: SyncKind = SyncKind.SCHEDULED
+    since: str | None = None  # RECONCILE: the window's start
     connections: int = 0
     sent: int = 0
     failed: int = 0
@@ -107,6 +116,7 @@ class DispatchReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
+            "kind": self.kind.value,
             "connections": self.connections,
             "sent": self.sent,
             "failed": self.failed,
@@ -151,6 +161,12 @@ def schedule_slot(event_time: datetime, minutes: int) -> str:
     return slot.strftime("%Y-%m-%dT%H:%MZ")
 
 
+def event_kind(event: dict[str, Any]) -> SyncKind:
+    """``{"kind": "reconcile"}`` (the reconcile schedule's constant input), else a scheduled sync."""
+    raw = event.get("kind") if isinstance(event, dict) else None
+    return SyncKind.RECONCILE if raw == SyncKind.RECONCILE.value else SyncKind.SCHEDULED
+
+
 def event_time(event: dict[str, Any]) -> datetime:
     """The scheduled event's ``time`` (EventBridge), or now if it has none or it is malformed."""
     raw = event.get("time") if isinstance(event, dict) else None
@@ -178,6 +194,7 @@ class Dispatcher:
         schedule_minutes: int,
         *,
         policy: PollConfig | None = None,
+        reconcile_days: int = 7,
         page_size: int = PAGE_SIZE,
         max_attempts: int = 5,
         sleep: Callable[[float], None] = time.sleep,
@@ -193,6 +210,7 @@ class Dispatcher:
         self.policy = policy or PollConfig(
             tick_s=schedule_minutes * 60, max_interval_s=max(3600, schedule_minutes * 60)
         )
+        self.reconcile_days = reconcile_days
         self.page_size = page_size
         self.max_attempts = max_attempts
         self.sleep = sleep
@@ -209,21 +227,32 @@ class Dispatcher:
             self._queue_url = self._queue_url()
         return self._queue_url
 
-    def dispatch(self, when: datetime, deadline: Deadline = NO_DEADLINE) -> DispatchReport:
+    def dispatch(
+        self, when: datetime, deadline: Deadline = NO_DEADLINE, kind: SyncKind = SyncKind.SCHEDULED
+    ) -> DispatchReport:
         t0 = time.monotonic()
-        report = DispatchReport(slot=schedule_slot(when, self.schedule_minutes))
+        if kind is SyncKind.RECONCILE:
+            start = (when - timedelta(days=self.reconcile_days)).astimezone(UTC)
+            report = DispatchReport(
+                slot=when.astimezone(UTC).strftime("%Y-%m-%d"), kind=kind, since=_iso(start.timestamp())
+            )
+        else:
+            report = DispatchReport(slot=schedule_slot(when, self.schedule_minutes))
         # The tick's time is the event's (a retried invocation assesses as the original would).
         now_s = when.timestamp()
         candidates = self._read(now_s, deadline, report)
-        chosen = plan(candidates, self.policy)
-        report.planned, report.demand, report.budget = chosen.planned, chosen.demand, chosen.budget
-        report.deferred = len(chosen.deferred)
-        # Marked with the earlier of the tick's time and now: a worker that started after it
-        # (its run's started_at) has answered the message (tests fire ticks hours ahead).
-        at = _iso(min(self.clock(), now_s))
-        self._send_all(chosen.chosen, report, deadline, at)
+        if kind is SyncKind.RECONCILE:
+            self._send_all(candidates, report, deadline, None)
+        else:
+            chosen = plan(candidates, self.policy)
+            report.planned, report.demand, report.budget = chosen.planned, chosen.demand, chosen.budget
+            report.deferred = len(chosen.deferred)
+            # Marked with the earlier of the tick's time and now: a worker that started after it
+            # (its run's started_at) has answered the message (tests fire ticks hours ahead).
+            at = _iso(min(self.clock(), now_s))
+            self._send_all(chosen.chosen, report, deadline, at)
         report.elapsed_s = time.monotonic() - t0
-        logger.info("dispatched scheduled syncs", extra=report.as_dict())
+        logger.info(f"dispatched {kind.value} syncs", extra=report.as_dict())
         if report.failed:
             logger.warning(
                 "some syncs could not be queued", extra={"connections": report.failed_connections[:50]}
@@ -264,8 +293,13 @@ class Dispatcher:
         states: Counter[str] = Counter()
         classes: Counter[str] = Counter()
         stale: dict[str, float] = {}
+        everyone = report.kind is SyncKind.RECONCILE
         for conn in conns:
             if conn.status != ConnectionStatus.ACTIVE:
+                continue
+            if everyone:
+                states["reconcile"] += 1
+                got.append(Candidate(0.0, 0, conn.provider, conn.merchant_id, conn.connection_id))
                 continue
             a = assess(conn, now_s, self.policy)
             states[a.state] += 1
@@ -285,7 +319,9 @@ class Dispatcher:
 
     # ---- send
 
-    def _send_all(self, chosen: list[Candidate], report: DispatchReport, deadline: Deadline, at: str) -> None:
+    def _send_all(
+        self, chosen: list[Candidate], report: DispatchReport, deadline: Deadline, at: str | None
+    ) -> None:
         batches = [chosen[i : i + BATCH] for i in range(0, len(chosen), BATCH)]
 
         def one(batch: list[Candidate]) -> None:
@@ -300,23 +336,27 @@ class Dispatcher:
             for fut in [pool.submit(one, b) for b in batches]:
                 fut.result()
 
-    def _entry(self, i: int, c: Candidate, slot: str) -> dict[str, Any]:
+    def _entry(self, i: int, c: Candidate, report: DispatchReport) -> dict[str, Any]:
+        reconcile = report.kind is SyncKind.RECONCILE
         req = SyncRequest(
             provider=c.provider,
             merchant_id=c.merchant_id,
-            kind=SyncKind.SCHEDULED,
-            reason=f"schedule slot {slot}",
+            kind=report.kind,
+            since=report.since,
+            reason=f"{'reconcile' if reconcile else 'schedule'} slot {report.slot}",
         )
+        dedup = f"{c.connection_id}@{'reconcile@' if reconcile else ''}{report.slot}"
         return {
             "Id": str(i),
             "MessageBody": req.to_json(),
             "MessageGroupId": c.connection_id,
-            "MessageDeduplicationId": f"{c.connection_id}@{slot}"[:128],
+            "MessageDeduplicationId": dedup[:128],
         }
 
-    def _send(self, batch: list[Candidate], report: DispatchReport, at: str) -> None:
+    def _send(self, batch: list[Candidate], report: DispatchReport, at: str | None) -> None:
+        """Send ``batch``; mark each sent connection queued at ``at`` (None: no mark)."""
         by_id = {str(i): c for i, c in enumerate(batch)}
-        entries = [self._entry(i, c, report.slot) for i, c in enumerate(batch)]
+        entries = [self._entry(i, c, report) for i, c in enumerate(batch)]
         sent: list[Candidate] = []
         for attempt in range(self.max_attempts):
             with self._lock:
@@ -340,6 +380,8 @@ class Dispatcher:
                 self._give_up(by_id[e["Id"]], "retries exhausted", report)
         with self._lock:
             report.sent += len(sent)
+        if at is None:
+            return
         for c in sent:
             try:
                 self.connections.mark_queued(c.connection_id, at)
@@ -378,5 +420,10 @@ def build_dispatcher(settings: Settings) -> Dispatcher:
 
     policy = PollConfig.from_env(os.environ, settings.schedule_minutes)
     return Dispatcher(
-        ConnectionRepository(settings), client("sqs"), url, settings.schedule_minutes, policy=policy
+        ConnectionRepository(settings),
+        client("sqs"),
+        url,
+        settings.schedule_minutes,
+        policy=policy,
+        reconcile_days=settings.reconcile_days,
     )

@@ -4,6 +4,7 @@ Item (``settings.orders_table``, pk ``connection_id``, sk ``order_id``)::
 
     modified_at  S   the canonical order's modified_at (RFC 3339 UTC)
     modified_ms  N   the same in epoch milliseconds: the newest-wins condition compares it
+    state        S   "deleted" for a tombstone (see posync.tombstones), else "live"
     run_id       S   the sync run that wrote this version
     export_ref   S   the export epoch the version was handed to (ExportWriter.write_ref)
     payload      S   the canonical order as compact JSON, or, for an order over ~350 KB,
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,7 +39,8 @@ from posync.aws import client
 from posync.config import Settings
 from posync.errors import PosyncError
 from posync.exports import ExportError, RunLedger, modified_ms
-from posync.serialized import to_json
+from posync.serialized import Serialized, to_json
+from posync.tombstones import Stored
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -63,6 +65,12 @@ RETRYABLE_REASON = frozenset(
 )
 _NEW = "attribute_not_exists(#oid) OR #m < :m"
 _TAKEOVER = "#m = :m AND #ref = :oldref"
+
+
+def _state(order: Mapping[str, Any]) -> str:
+    if isinstance(order, Serialized):  # the text is at hand; parsing it for one field is not
+        return "deleted" if '"state":"deleted"' in order.text else "live"
+    return "deleted" if order.get("state") == "deleted" else "live"
 
 
 class StoreError(PosyncError):
@@ -228,6 +236,7 @@ class OrderRepository:
             "order_id": {"S": e.order_id},
             "modified_at": {"S": str(e.order["modified_at"])},
             "modified_ms": {"N": str(e.ms)},
+            "state": {"S": _state(e.order)},
             "run_id": {"S": run_id},
             "export_ref": {"S": ref},
             "updated_at": {"S": now},
@@ -384,6 +393,59 @@ class OrderRepository:
             "run_id": item["run_id"]["S"],
             "export_ref": item["export_ref"]["S"],
         }
+
+    def stored(self, conn_id: str, order_ids: Iterable[str], *, with_content: bool) -> dict[str, Stored]:
+        """The stored versions of ``order_ids`` (absent ids: not stored), by ``BatchGetItem``
+        (100 keys a call, strongly consistent; unprocessed keys asked again with backoff)."""
+        out: dict[str, Stored] = {}
+        ids = list(dict.fromkeys(order_ids))
+        projection = None if with_content else "order_id, modified_ms, #st"
+        for i in range(0, len(ids), 100):
+            keys: list[dict[str, Any]] = [
+                {"connection_id": {"S": conn_id}, "order_id": {"S": oid}} for oid in ids[i : i + 100]
+            ]
+            attempt = 0
+            while keys:
+                request: dict[str, Any] = {"Keys": keys, "ConsistentRead": True}
+                if projection is not None:
+                    request["ProjectionExpression"] = projection
+                    request["ExpressionAttributeNames"] = {"#st": "state"}
+                reply = self._ddb.batch_get_item(RequestItems={self._settings.orders_table: request})  # type: ignore[dict-item]
+                for item in reply.get("Responses", {}).get(self._settings.orders_table, []):
+                    oid = item["order_id"]["S"]
+                    order = self._decode(item) if with_content else None
+                    state = item.get("state", {}).get("S") or (order or {}).get("state")
+                    out[oid] = Stored(int(item["modified_ms"]["N"]), state == "deleted", order)
+                left: Mapping[str, Any] = reply.get("UnprocessedKeys", {})
+                unprocessed: Mapping[str, Any] = left.get(self._settings.orders_table, {})
+                keys = list(unprocessed.get("Keys", []))
+                if keys:
+                    attempt += 1
+                    if attempt >= self._max_attempts:
+                        raise StoreError("orders read throttled: retries exhausted")
+                    self._backoff(attempt)
+        return out
+
+    def live_in_window(self, conn_id: str, from_ms: int, to_ms: int) -> Iterator[tuple[str, int]]:
+        """(order_id, modified_ms) of the stored orders not deleted whose version is in
+        ``[from_ms, to_ms)``: a Query of the connection's partition, filtered (the reconcile
+        sweep's list of what should still exist; its read cost is the partition's size)."""
+        pages = self._ddb.get_paginator("query").paginate(
+            TableName=self._settings.orders_table,
+            KeyConditionExpression="connection_id = :c",
+            FilterExpression="#m >= :a AND #m < :b AND (attribute_not_exists(#st) OR #st <> :d)",
+            ProjectionExpression="order_id, #m",
+            ExpressionAttributeNames={"#m": "modified_ms", "#st": "state"},
+            ExpressionAttributeValues={
+                ":c": {"S": conn_id},
+                ":a": {"N": str(from_ms)},
+                ":b": {"N": str(to_ms)},
+                ":d": {"S": "deleted"},
+            },
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                yield item["order_id"]["S"], int(item["modified_ms"]["N"])
 
     def iter_orders(self, conn_id: str) -> Iterator[dict[str, Any]]:
         """Every stored order of a connection (newest versions), in order_id order."""

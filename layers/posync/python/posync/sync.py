@@ -87,6 +87,7 @@ from posync.ratelimit import (
 from posync.serialized import Serialized
 from posync.sources import DAY_MS, KeysetSource, Page, Plan, SourceConfig, build_source, iso_to_ms, ms_to_iso
 from posync.syncqueue import SyncKind, SyncRequest
+from posync.tombstones import StoredVersions, with_tombstones_settled
 from posync.transport import Transport, session
 
 # --------------------------------------------------------------------------- configuration
@@ -146,10 +147,17 @@ class SyncConfig:
 class StoreSink:
     """Pages into newest-wins storage and the run's export parts (exactly once, see posync.store)."""
 
-    def __init__(self, repository: OrderSink, exports: ExportSink, conn_id: str) -> None:
+    def __init__(
+        self,
+        repository: OrderSink,
+        exports: ExportSink,
+        conn_id: str,
+        versions: StoredVersions | None = None,
+    ) -> None:
         self.repository = repository
         self.exports = exports
         self.conn_id = conn_id
+        self.versions = versions  # set: a page's tombstones are settled against storage first
 
     @property
     def run_id(self) -> str:
@@ -160,6 +168,7 @@ class StoreSink:
         return self.exports.should_checkpoint
 
     def write(self, orders: Sequence[Mapping[str, Any]]) -> int:
+        orders = with_tombstones_settled(self.versions, self.conn_id, list(orders))
         changed = self.repository.write(self.conn_id, self.exports.run_id, orders, ledger=self.exports)
         for order in changed:
             self.exports.add(order)
@@ -345,6 +354,7 @@ class RunResult:
     discrepancies: int = 0  # orders stored flagged (canonical ``discrepancies`` not empty)
     requests: int = 0
     manifest_key: str | None = None
+    corrected: int = 0  # reconcile and deleted runs: versions exported because storage was out of date
 
 
 DONE_MESSAGES = 10  # message ids remembered: a whole SQS batch (10) from one connection's group
@@ -393,6 +403,7 @@ class SyncService:
         normalize: Callable[[str, str, dict[str, Any]], dict[str, Any]] | None = None,
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        versions: Any = None,
     ) -> None:
         if normalize is None:
             from posync.canonical import normalize as canonical_normalize
@@ -410,6 +421,9 @@ class SyncService:
         self.normalize = normalize
         self.metrics = metrics
         self.clock = clock
+        # posync.store.OrderRepository (stored() and live_in_window()): reconcile and deleted runs
+        # compare with storage through it; None: they re-read and store newest-wins only.
+        self.versions = versions
 
     # ---- entry point
 
@@ -436,12 +450,53 @@ class SyncService:
                 extra={"connection_id": conn.connection_id, "message_id": request.message_id},
             )
             return RunResult("skipped", reason="message already processed")
+        if request.kind is SyncKind.DELETED:
+            return self._deleted(conn, request, deadline)
         run = _Run(self, conn, request, deadline)
         logger.append_keys(connection_id=conn.connection_id, run_id=run.run_id)
         try:
             return run.execute()
         finally:
             logger.remove_keys(["connection_id", "run_id"])
+
+    def _deleted(self, conn: Connection, request: SyncRequest, deadline: Deadline) -> RunResult:
+        """Announced deletions, confirmed by id and tombstoned (``posync.reconcile``); its own run."""
+        from posync.reconcile import confirm_deleted
+
+        run_id = new_run_id(conn.provider, conn.merchant_id, self.clock.time())
+        result = RunResult("completed", run_id=run_id)
+        if self.versions is None or not request.order_ids:
+            return RunResult("skipped", reason="nothing to confirm")
+        stop = Deadline(deadline.at - self.config.stop_margin_s, deadline.clock)
+        try:
+            source = self.sources(conn, stop)
+        except BudgetExhausted:
+            self.enqueue(request, f"{conn.connection_id}-deleted-{secrets.token_hex(6)}")
+            return RunResult("continued", reason="no provider capacity")
+        sink = self.sinks(conn, run_id)
+        try:
+            done = confirm_deleted(
+                source=source,
+                sink=sink,
+                versions=self.versions,
+                normalize=self.normalize,
+                provider=conn.provider,
+                merchant_id=conn.merchant_id,
+                order_ids=request.order_ids,
+                announced_ms=request.at_ms or int(self.clock.time() * 1000),
+                deadline=stop,
+            )
+        except BudgetExhausted:
+            self.enqueue(request, f"{conn.connection_id}-deleted-{secrets.token_hex(6)}")
+            return RunResult("continued", run_id=run_id, reason="time budget reached")
+        finally:
+            result.requests = source.stats.requests
+            source.close()
+            sink.close()
+        result.exported = result.corrected = done.exported
+        result.manifest_key = done.manifest_key
+        self.metrics.add_metric(name="OrdersCorrected", unit=MetricUnit.Count, value=done.exported)
+        return result
 
 
 class _Run:
@@ -476,8 +531,15 @@ class _Run:
             }
             if request.message_id and request.kind is not SyncKind.CONTINUATION:
                 self.state["message_id"] = request.message_id
+            if request.kind is SyncKind.RECONCILE and request.since:
+                self.state["window_from"] = request.since
         self.state["invocations"] = int(self.state.get("invocations", 0)) + 1
         self.counts: dict[str, int] = {k: int(self.state.get("counts", {}).get(k, 0)) for k in COUNT_KEYS}
+        # A reconcile run (posync.reconcile): its window from the request, its own counts, no cursor move.
+        self.reconcile = self.state.get("kind") == SyncKind.RECONCILE.value and "window_from" in self.state
+        if self.reconcile:
+            for k, v in (self.state.get("counts") or {}).items():
+                self.counts.setdefault(str(k), int(v))
         self.newest: int | None = self.state.get("newest")
         self.result = RunResult("continued", run_id=self.run_id)
         self.source: OrderSource | None = None
@@ -489,6 +551,13 @@ class _Run:
     # ---- planning
 
     def _plan(self, source: OrderSource) -> Plan:
+        if self.reconcile and "sweep" in self.state:  # the list is read: the absence sweep goes on
+            return Plan(end=int(self.state.get("end_ms", self.now_ms)), slices=())
+        if self.reconcile and not (self.resumed and self.state.get("progress")):
+            start = iso_to_ms(str(self.state["window_from"]))
+            end = int(self.state.get("end_ms", self.now_ms)) if self.resumed else self.now_ms
+            self.state["end_ms"] = end
+            return source.plan(min(start, end), end)
         if self.resumed and self.state.get("progress"):
             try:
                 return source.resume(self.state["progress"])
@@ -553,6 +622,11 @@ class _Run:
                 # whose manifest lists that checkpoint's parts (a new run never would).
                 self._commit_progress()
             sink = svc.sinks(conn, self.run_id)
+            if self.reconcile and svc.versions is not None and isinstance(sink, StoreSink):
+                from posync.reconcile import ReconcileSink
+
+                sink = ReconcileSink(sink, svc.versions, clock=self.clock.time)
+                sink.sweep_after = (self.state.get("sweep") or {}).get("after")
             logger.info(
                 "sync run",
                 extra={
@@ -639,6 +713,7 @@ class _Run:
                 self.counts["discrepancies"] = self.counts.get("discrepancies", 0) + flagged
                 self.result.discrepancies += flagged
                 logger.warning("orders stored with discrepancies", extra={"orders": flagged})
+        self._tally(sink)
         self.counts["pages"] += 1
         self.counts["fetched"] += len(page.orders)
         self.counts["stored"] += len(canonical)
@@ -649,6 +724,42 @@ class _Run:
         self.pages_since_checkpoint += 1
         if page.newest_ms is not None:
             self.newest = page.newest_ms if self.newest is None else max(self.newest, page.newest_ms)
+
+    def _tally(self, sink: Any) -> None:
+        take = getattr(sink, "take_tally", None)
+        if take is None:
+            return
+        for k, v in take().items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        self.result.corrected = self.counts.get("corrections", 0)
+
+    def _sweep(self, source: OrderSource, sink: Any) -> bool:
+        """A reconcile's absence sweep (Clover); False: time ran out, the run continues."""
+        from posync.reconcile import PRESENCE
+
+        presence = PRESENCE.get(self.conn.provider)
+        if presence is None or not hasattr(sink, "sweep"):
+            return True
+        window = (iso_to_ms(str(self.state["window_from"])), int(self.state.get("end_ms", self.now_ms)))
+        try:
+            sink.sweep(
+                index=self.svc.versions,
+                presence=presence,
+                transport=source.transport,  # type: ignore[attr-defined]
+                merchant_id=self.conn.merchant_id,
+                window=window,
+                deadline=self.stop,
+            )
+        except BudgetExhausted as exc:
+            logger.info("time budget reached in the absence sweep; continuing", extra={"why": str(exc)})
+            self._tally(sink)
+            self.state["sweep"] = {"after": sink.sweep_after}
+            self.state["progress"] = None
+            self._checkpoint(sink)
+            self._continue()
+            return False
+        self._tally(sink)
+        return True
 
     def _checkpoint_due(self, sink: Any) -> bool:
         cfg = self.svc.config
@@ -729,7 +840,12 @@ class _Run:
         self.result.status = "continued"
 
     def _complete(self, source: OrderSource, sink: Any, plan: Plan) -> RunResult:
-        cursor_to = source.settled_cursor(plan.end, self.newest)
+        if self.reconcile:
+            if not self._sweep(source, sink):
+                return self.result
+            cursor_to = dict(self.settled_part)  # a reconcile does not move the sync cursor
+        else:
+            cursor_to = source.settled_cursor(plan.end, self.newest)
         done = done_messages(self.settled_part)
         message_id = self.state.get("message_id")
         if isinstance(message_id, str) and message_id not in done:
@@ -777,6 +893,8 @@ class _Run:
         m.add_metric(name="ProviderRetries", unit=MetricUnit.Count, value=stats.retries)
         m.add_metric(name="OrdersQuarantined", unit=MetricUnit.Count, value=self.result.quarantined)
         m.add_metric(name="OrdersWithDiscrepancies", unit=MetricUnit.Count, value=self.result.discrepancies)
+        if self.reconcile:
+            m.add_metric(name="OrdersCorrected", unit=MetricUnit.Count, value=self.result.corrected)
         m.add_metric(
             name="RunDurationMs",
             unit=MetricUnit.Milliseconds,
@@ -837,7 +955,7 @@ def build_sync_service(settings: Settings, config: SyncConfig, *, clock: Clock =
 
     def sinks(conn: Connection, run_id: str) -> StoreSink:
         writer = ExportWriter(settings, run_id, conn.provider, conn.merchant_id)
-        return StoreSink(repository, writer, conn.connection_id)
+        return StoreSink(repository, writer, conn.connection_id, versions=repository)
 
     urls: list[str] = []
 
@@ -853,4 +971,5 @@ def build_sync_service(settings: Settings, config: SyncConfig, *, clock: Clock =
         enqueue=enqueue,
         config=config,
         clock=clock,
+        versions=repository,
     )

@@ -61,6 +61,11 @@ SECRET_VERSION = 1
 SECRET_RECOVERY_DAYS = 7
 LEASE_TTL_S = 30
 NEEDS_REAUTH_EVENT = "ConnectionNeedsReauth"
+MERCHANT_API_TOKEN = "merchant_api_token"  # noqa: S105 (a kind of token, not a secret)
+REVOKED_MERCHANT_TOKEN_REASON = (
+    "Clover refused the merchant API token (401): it was revoked or deleted in the sandbox "  # noqa: S105
+    "dashboard; connect again with a new token (posync connections add clover MERCHANT_ID --token-stdin)"
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -81,9 +86,19 @@ class TokenSet:
     refresh_expires_at: int | None = None
     obtained_at: int = 0
     token_type: str = "Bearer"  # noqa: S105 (a token type, not a secret)
+    # "oauth", or MERCHANT_API_TOKEN: a Clover sandbox merchant API token (no expiry, no refresh
+    # token; CLV-TOKEN-1): never refreshed, and a 401 means it was revoked.
+    kind: str = "oauth"
+
+    @property
+    def merchant_api_token(self) -> bool:
+        return self.kind == MERCHANT_API_TOKEN
 
     def expires_within(self, seconds: float, now: float) -> bool:
-        """True when the access token is expired or expires within ``seconds``."""
+        """True when the access token is expired or expires within ``seconds`` (a merchant API
+        token never expires)."""
+        if self.merchant_api_token:
+            return False
         return self.access_expires_at - now <= seconds
 
     def is_expired(self, now: float, leeway: float = 0) -> bool:
@@ -110,8 +125,10 @@ class TokenSet:
         )
 
     def to_secret(self, provider: str, merchant_id: str) -> str:
+        extra = {"kind": self.kind} if self.kind != "oauth" else {}
         return json.dumps(
             {
+                **extra,
                 "version": SECRET_VERSION,
                 "provider": provider,
                 "merchant_id": merchant_id,
@@ -137,6 +154,7 @@ class TokenSet:
                 refresh_expires_at=None if refresh_exp is None else int(refresh_exp),
                 obtained_at=int(data.get("obtained_at") or 0),
                 token_type=str(data.get("token_type") or "Bearer"),
+                kind=str(data.get("kind") or "oauth"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise TokensMissing("the stored token secret is not readable") from exc
@@ -436,6 +454,9 @@ class TokenService:
             fresh = self._read(conn)
             if fresh.access_token != rejected and not fresh.is_expired(now):
                 return fresh.access_token  # another Lambda already replaced it
+            if fresh.merchant_api_token:  # nothing to refresh: the operator must give a new token
+                self._mark_needs_reauth(conn, REVOKED_MERCHANT_TOKEN_REASON)
+                raise AuthorizationRevoked(f"{conn.connection_id}: the merchant API token was refused")
             return self._refresh(conn, fresh, forced=True).access_token
 
     # -- extras ----------------------------------------------------------------------------

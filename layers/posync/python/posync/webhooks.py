@@ -15,7 +15,9 @@ deduplicated per connection and minute (many events in a burst -> one sync).
 - Every other message must carry ``X-Clover-Auth`` equal to the app's auth code
   (``webhook_auth_code`` in the Clover app secret), compared in constant time.
 - Body: ``{"appId", "merchants": {"<mId>": [{"objectId": "O:<orderId>", "type", "ts"}]}}``.
-  ``O:`` objects are orders; ``A:<appId>`` with type ``DELETE`` is the app's uninstall.
+  ``O:`` objects are orders; ``A:<appId>`` with type ``DELETE`` is the app's uninstall. An
+  ``O:`` ``DELETE`` also queues a ``SyncKind.DELETED`` run for those orders (deduplicated by
+  the ids): it confirms each by id and writes its tombstone (``posync.reconcile``).
 
 **Poynt** (``POST /webhooks/poynt``)
 - ``Poynt-Webhook-Signature`` must be the base64 HMAC-SHA1 of the raw body keyed with the
@@ -51,7 +53,7 @@ from posync.config import Settings
 from posync.domain import MERCHANT_ID_PATTERNS, Connection, ConnectionStatus, check_provider
 from posync.errors import ConnectionNotFound, InvalidInput, PosyncError
 from posync.observability import logger, metrics
-from posync.syncqueue import SyncKind, SyncRequest
+from posync.syncqueue import MAX_ORDER_IDS, ORDER_ID, SyncKind, SyncRequest
 from posync.tokens import TokenStore
 
 MAX_BODY_BYTES = 256 * 1024
@@ -231,7 +233,37 @@ class WebhookService:
             uninstall = any(obj.startswith("A:") and kind == "DELETE" for obj, kind in objects)
             orders = sum(1 for obj, _ in objects if obj.startswith("O:"))
             self._apply("clover", str(merchant_id), uninstall=uninstall, order_events=orders, result=result)
+            if not uninstall:
+                self._clover_deletions(str(merchant_id), items, result)
         return result
+
+    def _clover_deletions(self, merchant_id: str, items: list[Any], result: WebhookResult) -> None:
+        """``type: DELETE`` of ``O:`` objects (CLV-DEL-4): a DELETED run confirms them by id."""
+        deleted = deleted_orders(items)
+        if not deleted or not MERCHANT_ID_PATTERNS["clover"].fullmatch(merchant_id):
+            return
+        try:
+            conn = self._connections.get("clover", merchant_id)
+        except ConnectionNotFound:
+            return
+        if conn.status is not ConnectionStatus.ACTIVE:
+            return
+        ids = sorted(deleted)
+        at_ms = max(deleted.values())
+        for i in range(0, len(ids), MAX_ORDER_IDS):
+            chunk = tuple(ids[i : i + MAX_ORDER_IDS])
+            request = SyncRequest(
+                provider="clover",
+                merchant_id=merchant_id,
+                kind=SyncKind.DELETED,
+                order_ids=chunk,
+                at_ms=at_ms,
+                reason=f"webhook: {len(chunk)} order(s) deleted",
+            )
+            digest = hashlib.sha256(",".join(chunk).encode()).hexdigest()[:16]
+            self._enqueue(request, f"{conn.connection_id}#deleted#{digest}")
+            result.syncs_queued += 1
+        metrics.add_metric(name="WebhookDeletionsQueued", unit=MetricUnit.Count, value=len(ids))
 
     # -- Poynt -------------------------------------------------------------------------------
 
@@ -321,6 +353,22 @@ class WebhookService:
             )
         except (ClientError, BotoCoreError, PosyncError) as exc:
             logger.error("could not emit ConnectionRevoked", extra={"connection_id": cid, "error": str(exc)})
+
+
+def deleted_orders(items: Iterable[Any]) -> dict[str, int]:
+    """Order id -> the event's ``ts`` (ms; 0 if absent) of each well-formed ``O:`` ``DELETE``."""
+    out: dict[str, int] = {}
+    for e in items:
+        if not isinstance(e, dict) or str(e.get("type", "")).upper() != "DELETE":
+            continue
+        obj = str(e.get("objectId", ""))
+        oid = obj[2:]
+        if not obj.startswith("O:") or not ORDER_ID.fullmatch(oid):
+            continue
+        ts = e.get("ts")
+        at = ts if isinstance(ts, int) and not isinstance(ts, bool) and ts > 0 else 0
+        out[oid] = max(out.get(oid, 0), at)
+    return out
 
 
 def build_webhook_service(settings: Settings) -> WebhookService:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from posync.errors import MalformedOrder, UnknownProvider
+from posync.tombstones import clover_deleted_ms, tombstone
 
 __all__ = ["SCHEMA_MINOR", "SCHEMA_VERSION", "normalize", "schema", "validate"]
 
@@ -41,6 +42,8 @@ _NORMALIZERS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {}
 def normalize(provider: str, merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
     """One provider order (as the API returns it, nested lists merged) -> a canonical order v1.
 
+    A Clover order with ``deletedTimestamp`` becomes its tombstone (``posync.tombstones``).
+
     Raises ``MalformedOrder(reason)`` (the reason names the field, never its value) when
     the order cannot be normalized, and ``UnknownProvider`` for a provider posync lacks.
     """
@@ -52,12 +55,16 @@ def normalize(provider: str, merchant_id: str, raw: dict[str, Any]) -> dict[str,
     if type(merchant_id) is not str or not merchant_id:
         raise MalformedOrder("merchant_id: not a string")
     try:
-        return normalizer(merchant_id, raw)
+        order = normalizer(merchant_id, raw)
     except MalformedOrder:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
         # A shape no field check anticipated: still a quarantined order, never a crashed run.
         raise MalformedOrder(f"order: unexpected shape ({type(exc).__name__})") from None
+    deleted_ms = clover_deleted_ms(raw) if provider == "clover" else None
+    if deleted_ms is not None:  # Clover shows a deleted order (CLV-DEL-1): its tombstone (v1.1)
+        return tombstone(order, deleted_ms)
+    return order
 
 
 def schema() -> dict[str, Any]:
