@@ -297,3 +297,23 @@ def test_a_pass_stopped_at_its_deadline_is_finished_by_the_next_without_duplicat
     groups = [e["MessageGroupId"] for call in sqs.calls for e in call]
     assert (second.sent, second.complete, second.states["pending"]) == (45, True, 50)
     assert sorted(groups) == sorted(f"clover#{merchant(i)}" for i in range(95))
+
+
+def test_a_reconcile_pass_queues_every_active_connection_outside_the_plan() -> None:
+    # Given 12 active connections, one of them with a sync already queued (the plan would coalesce it)
+    conns = Connections(12)
+    conns.conns[0].queued_at = "2026-11-23T02:59:00.000Z"
+    sqs = FakeSQS()
+    d = Dispatcher(conns, sqs, QUEUE, 15, reconcile_days=7, senders=1)
+    # When the reconcile schedule fires
+    report = d.dispatch(datetime(2026, 11, 23, 3, 0, tzinfo=UTC), kind=SyncKind.RECONCILE)
+    # Then every connection gets one RECONCILE of the last 7 days, deduplicated per connection and day
+    entries = [e for call in sqs.calls for e in call]
+    assert (report.sent, report.failed, len(entries)) == (12, 0, 12)
+    reqs = [SyncRequest.from_json(e["MessageBody"]) for e in entries]
+    assert {r.kind for r in reqs} == {SyncKind.RECONCILE}
+    assert {r.since for r in reqs} == {"2026-11-16T03:00:00.000Z"}
+    assert all(e["MessageDeduplicationId"].endswith("@reconcile@2026-11-23") for e in entries)
+    assert report.as_dict()["kind"] == "reconcile"
+    # And no connection is marked queued (the scheduled passes plan as before)
+    assert conns.marked == []
