@@ -2,8 +2,8 @@
 
 Item layout (pk ``connection_id`` = ``provider#merchant_id``; GSI ``by-status`` on
 ``status``): ``provider``, ``merchant_id``, ``status``, ``status_reason``, ``region``,
-``ref``, ``connected_at``, ``access_expires_at`` / ``refresh_expires_at`` (Unix
-seconds), ``cursor`` and ``last_run`` (JSON strings: the sync engine owns their
+``ref``, ``connected_at``, ``auth`` (``oauth`` | ``app_installed``), ``access_expires_at`` /
+``refresh_expires_at`` (Unix seconds), ``cursor`` and ``last_run`` (JSON strings: the sync engine owns their
 content), ``last_error`` / ``last_error_at`` and ``updated_at``. Tokens are never
 stored here (they live in Secrets Manager).
 
@@ -74,6 +74,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         cursor=_json_attr(data.get("cursor")),
         last_run=_json_attr(data.get("last_run")),
         last_error=data.get("last_error"),
+        auth=str(data.get("auth") or "oauth"),
     )
 
 
@@ -190,6 +191,7 @@ class ConnectionRepository:
             .set("status", ConnectionStatus.ACTIVE.value)
             .set("region", conn.region)
             .set("connected_at", conn.connected_at or self._now())
+            .set("auth", conn.auth)
             .set("updated_at", self._now())
             .remove("last_error")
             .remove("status_reason")

@@ -63,6 +63,9 @@ class Connection:
     cursor: dict[str, Any] = field(default_factory=dict)  # provider-specific sync position
     last_run: dict[str, Any] = field(default_factory=dict)
     last_error: str | None = None
+    # How posync is authorized: "oauth" (the merchant's consent, tokens in the connection's
+    # secret) or "app_installed" (a Poynt on-terminal app: the app's own token, no secret).
+    auth: str = "oauth"
 
     @property
     def connection_id(self) -> str:

@@ -234,9 +234,11 @@ class SourceFactory:
         app_rates: Mapping[str, AppRate] | None = None,
         app_slots: Callable[[str], AppSlots] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        app_tokens: AccessTokens | None = None,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
+        self._app_tokens = app_tokens  # Poynt on-terminal connections (built on first use)
         self.config = config
         self.app_rates = dict(app_rates or {})
         self.app_slots = app_slots
@@ -264,7 +266,7 @@ class SourceFactory:
         transport = Transport(
             conn,
             self.settings.hosts(p).api_base,
-            self.tokens,
+            self._tokens_for(conn),
             RequestLimiter(token, self.app_rates.get(p)),
             http=session(p, max(16, 2 * want)),
             clock=self.clock,
@@ -284,6 +286,16 @@ class SourceFactory:
         if release is not None:
             source.on_close(release)
         return source
+
+    def _tokens_for(self, conn: Connection) -> AccessTokens:
+        """The merchant's tokens; a Poynt on-terminal connection uses the app's own token."""
+        if conn.auth != "app_installed":
+            return self.tokens
+        if self._app_tokens is None:
+            from posync.providers.poynt.installs import AppTokens, app_oauth
+
+            self._app_tokens = AppTokens(app_oauth(self.settings))
+        return self._app_tokens
 
 
 CAUGHT_UP_S = 2 * 3600

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from posync.canonical.clover import normalize_clover
-from posync.canonical.poynt import normalize_poynt
 from posync.errors import MalformedOrder, UnknownProvider
+from posync.providers.poynt.canonical import normalize_poynt
 
 __all__ = ["SCHEMA_VERSION", "normalize", "schema", "validate"]
 

@@ -1,6 +1,6 @@
 """Provider OAuth adapters: consent URL, callback parameters, code exchange and refresh.
 
-Each provider's quirks live in its adapter (``clover_oauth``, ``poynt_oauth``); the
+Each provider's quirks live in its adapter (``clover_oauth``, ``poynt.oauth``); the
 authorization and token services only speak ``OAuthProvider``. Hosts come from
 ``posync.config`` only.
 """
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from posync.errors import PosyncError, ProviderError, RateLimited
-from posync.tokens import TokenSet
 
 if TYPE_CHECKING:
     import requests
 
     from posync.app_credentials import AppCredentialsStore
     from posync.config import Settings
+    from posync.tokens import TokenSet  # not at run time: the normalizers import this package
 
 # Token calls: connect 5 s, read 15 s. Well under the 30 s refresh lease, so a lease never
 # expires under a caller that is still waiting for the provider.
@@ -197,7 +197,7 @@ def build_providers(
     clock: Callable[[], float] = time.time,
 ) -> dict[str, OAuthProvider]:
     from posync.providers.clover_oauth import CloverOAuth
-    from posync.providers.poynt_oauth import PoyntOAuth
+    from posync.providers.poynt.oauth import PoyntOAuth
 
     # session None: the container's shared one, created with the first provider call
     return {

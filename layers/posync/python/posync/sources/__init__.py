@@ -570,7 +570,7 @@ def build_source(provider: str, merchant_id: str, transport: Transport, config: 
 
         return CloverSource(transport, merchant_id, config)
     if provider == "poynt":
-        from posync.sources.poynt import PoyntSource
+        from posync.providers.poynt.source import PoyntSource
 
         return PoyntSource(transport, merchant_id, config)
     raise InvalidInput(f"unknown provider {provider[:32]!r}")
