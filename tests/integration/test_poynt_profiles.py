@@ -183,3 +183,52 @@ def test_subscription_webhooks_connect_and_revoke_and_retries_are_deduplicated(
     # Then the connection is revoked
     assert end_status == 200
     assert ConnectionRepository(rt.settings).get("poynt", merchant).status is ConnectionStatus.REVOKED
+
+
+PROBE_SEES = {
+    "guessed": ("update time", "updatedAt ascending", "rel next"),
+    "sdk": ("creation time", "createdAt descending", "rel NEXT"),
+    "sparse": ("creation time", "no time order", "count says more remain"),
+    "newest-first": ("update time", "updatedAt descending", "rel self-next"),
+}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_probe_checks_every_pnt_row_and_tells_the_profiles_apart(
+    rt: LocalRuntime, poynt: PoyntSandbox, profile: str
+) -> None:
+    from posync.probe import run_checks
+    from posync.providers.poynt.probe import CHECKS, context
+    from posync.ratelimit import RequestLimiter, TokenLimiter
+    from posync.tokens import build_token_service
+    from posync.transport import Transport, session
+
+    # Given a connected business under this profile, one order without item ids
+    poynt.use_profile(profile)
+    merchant = poynt.add_merchant(orders=30, days=20)
+    assert connect(rt, "poynt", merchant_id=merchant).callback.status_code == 200
+    queued_syncs(rt.settings)
+    poynt.strip_item_ids(merchant, poynt.order_ids(merchant)[0])
+    conn = ConnectionRepository(rt.settings).get("poynt", merchant)
+    transport = Transport(
+        conn,
+        rt.settings.poynt.api_base,
+        build_token_service(rt.settings),
+        RequestLimiter(TokenLimiter(None, None)),
+        http=session("poynt", 4),
+    )
+    # When the probe runs its checks
+    findings = {f.row: f for f in run_checks(CHECKS, context(transport, merchant))}
+    # Then every row has a finding, none differs, and the observations name this profile's reading
+    assert set(findings) == {c.row for c in CHECKS}
+    assert [f.row for f in findings.values() if f.verdict == "differs"] == []
+    window, order, link = PROBE_SEES[profile]
+    assert window in findings["PNT-LIST-WINDOW"].detail
+    assert order in findings["PNT-LIST-ORDER"].detail
+    assert link in findings["PNT-LIST-LINK"].detail
+    assert findings["PNT-ITEM-ID"].detail.startswith(
+        ("1 of", "2 of", "3 of", "4 of", "5 of", "6 of", "7 of", "8 of")
+    )
+    assert findings["PNT-LIST-304"].verdict == findings["PNT-LIST-IMS"].verdict == "holds"
+    assert findings["PNT-CONSENT-STATUS"].verdict == "not checkable"
+    assert all(merchant not in f.detail for f in findings.values())
