@@ -251,6 +251,8 @@ class SourceFactory:
         want = self.config.parallelism or limits.token_concurrency or 5
         if limits.token_concurrency:
             want = min(want, limits.token_concurrency)
+        if p == "poynt":
+            want = 1  # one sequential pass, one request at a time (posync.providers.poynt.source)
         if _caught_up(conn, self.clock.time()):
             # A scheduled run of a connection that is caught up reads a page or two: one request
             # slot is enough, and leasing more would starve the other connections' runs of the

@@ -59,7 +59,9 @@ offsets staying put:
   checkpoint; :meth:`KeysetSource.resume` continues from it exactly.
 
 Providers plug in :meth:`KeysetSource.fetch` (one request, plus any nested paging) and
-their time encoding; see ``clover.py`` and ``poynt.py``.
+their time encoding; see ``clover.py``. Poynt cannot be read by this keyset (what its
+``startAt``/``endAt`` filter and the order of its rows are not settled): its source keeps the
+plan, cursor and page interfaces and reads its own way (``posync.providers.poynt.source``).
 """
 
 from __future__ import annotations
