@@ -131,6 +131,11 @@ def test_add_app_installed_syncs_with_the_app_token_and_no_secret(
     # Then it synced completely with the app's token, and no token secret exists for it
     assert_in_sync(rt, "poynt", merchant)
     assert not secret_exists(rt.settings, "poynt", merchant)
+    # And once the app leaves the terminal (no END webhook), a sync stops as revoked, no retry storm
+    poynt.uninstall_app(merchant)
+    report = rt.tick(at=later())
+    assert report.failures == 0
+    assert connection(rt.settings, "poynt", merchant).last_error is None  # type: ignore[union-attr]
     # And a business without the app is refused with nothing stored
     other = poynt.add_merchant(orders=1)
     refused = run("connections", "add", "poynt", other, "--app-installed")

@@ -34,7 +34,7 @@ import email.utils
 from collections.abc import Generator
 from typing import Any
 
-from posync.errors import InvalidInput, ProviderError
+from posync.errors import AuthorizationRevoked, InvalidInput, ProviderError
 from posync.ratelimit import Deadline
 from posync.sources import DAY_MS, KeysetSource, Page, Plan, Prepare, SourceConfig, iso_to_ms, ms_to_iso
 from posync.transport import Transport, iter_json_list
@@ -110,7 +110,15 @@ class PoyntSource(KeysetSource):
     def _get(self, since: int, offset: int, deadline: Deadline) -> Any:
         params = [("limit", str(self.page_limit)), ("startOffset", str(offset))]
         headers = {"If-Modified-Since": email.utils.formatdate(since // 1000, usegmt=True)}
-        reply = self.transport.get(self.path, params, headers=headers, deadline=deadline, parse=False)
+        try:
+            reply = self.transport.get(self.path, params, headers=headers, deadline=deadline, parse=False)
+        except ProviderError as exc:
+            if exc.status == 403 and self.transport.conn.auth == "app_installed":
+                # The app token may no longer read the business: the app left its terminal.
+                raise AuthorizationRevoked(
+                    "the app is no longer installed on the business's terminal"
+                ) from exc
+            raise
         self._count()
         return reply
 
