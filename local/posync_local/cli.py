@@ -7,6 +7,7 @@ import click
 from posync_local.cli_credentials import credentials_group
 from posync_local.cli_lifecycle import reconcile_command
 from posync_local.cli_ops import connections_group, exports_group
+from posync_local.cli_poynt import add_command, sync_installs_command
 from posync_local.cli_probe import probe_command
 from posync_local.cli_run import backfill_command, sync_command
 from posync_local.demo import demo_command
@@ -23,6 +24,8 @@ cli.add_command(local_group)
 cli.add_command(credentials_group)
 cli.add_command(demo_command)
 cli.add_command(connections_group)
+connections_group.add_command(add_command)  # Poynt on-terminal apps (cli_poynt)
+connections_group.add_command(sync_installs_command)
 cli.add_command(sync_command)
 cli.add_command(backfill_command)
 cli.add_command(reconcile_command)  # (its module also adds `connections add`)

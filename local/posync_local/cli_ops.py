@@ -32,8 +32,8 @@ from posync.connections import ConnectionRepository, connection_from_item
 from posync.domain import Connection, ConnectionStatus, connection_id
 from posync.errors import ConnectionNotFound, InvalidInput, PosyncError
 from posync.providers.clover.source import CloverSource
+from posync.providers.poynt.source import PoyntSource
 from posync.sources import iso_to_ms, ms_to_iso
-from posync.sources.poynt import PoyntSource
 from posync_local.cli_common import (
     PROVIDER_ARG,
     cli_errors,

@@ -48,6 +48,7 @@ from posync.domain import connection_id
 from posync.exports import iter_manifests, latest, read_manifested
 from posync.schedule import PollConfig
 from posync.store import OrderRepository
+from posync_local.demo_poynt import change_older_orders
 from posync_local.local_tick import TickReport
 from posync_local.runtime import LocalRuntime
 
@@ -109,6 +110,7 @@ class MerchantReport:
     sandbox_orders: int = 0
     created_after_backfill: list[str] = field(default_factory=list)  # order ids the sandbox created
     changed_after_backfill: list[str] = field(default_factory=list)  # order ids the sandbox changed
+    older_changed: list[str] = field(default_factory=list)  # Poynt: older orders cancelled/refunded
     stored_latest: int = 0  # orders whose stored version is the sandbox's current one
     exported_latest: int = 0  # orders whose newest exported version is the current one
     versions_exported: int = 0  # lines in manifested exports (a change log: versions, not orders)
@@ -243,6 +245,18 @@ def connect_through_hosted_link(
 # --------------------------------------------------------------------------- ground truth
 
 
+def _poynt_truth(report: MerchantReport, sandbox: OrderSandbox, exported: dict[str, dict[str, Any]]) -> None:
+    """Poynt: every exported latest version against the raw order, field by field (demo_poynt)."""
+    from posync_local.demo_poynt import differences
+
+    for raw in sandbox.orders(report.merchant_id):
+        got = exported.get(str(raw["id"]))
+        wrong = differences(raw, got) if got is not None else []
+        if wrong:
+            report.different.append(str(raw["id"]))
+            report.differing_fields.update(wrong)
+
+
 def _expected(provider: str, sandbox: OrderSandbox, merchant_id: str) -> dict[str, dict[str, Any]]:
     """order id -> the canonical form of the sandbox's current version of that order."""
     return {str(raw["id"]): normalize(provider, merchant_id, raw) for raw in sandbox.orders(merchant_id)}
@@ -283,6 +297,8 @@ def verify_merchant(settings: Settings, report: MerchantReport, sandbox: OrderSa
         else:
             report.exported_latest += 1
     report.unexpected = sorted((set(stored) | set(exported)) - set(want))
+    if provider == "poynt":
+        _poynt_truth(report, sandbox, exported)
 
     for manifest in iter_manifests(settings, provider, mid):
         report.manifests += 1
@@ -479,6 +495,8 @@ def _run(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult)
         sb = _sandbox(rt, report.provider)
         report.created_after_backfill = sb.create_orders(report.merchant_id, options.new_orders)
         report.changed_after_backfill = sb.modify_orders(report.merchant_id, options.changed_orders)
+        if report.provider == "poynt":  # older Poynt orders cancelled and refunded between runs
+            report.older_changed = change_older_orders(sb, report.merchant_id)
     # A slot one polling bound later: connections synced moments ago are not due before it
     # (posync.schedule polls quiet ones less often); by then every one of them is.
     bound = PollConfig.from_env(os.environ, rt.settings.schedule_minutes).max_interval_s

@@ -296,7 +296,13 @@ class LocalRuntime:
             )
         if self.poynt is not None:
             url = str(self.poynt.url)
-            env.update({"POSYNC_POYNT_OAUTH_BASE": url, "POSYNC_POYNT_API_BASE": url})
+            env.update(
+                {
+                    "POSYNC_POYNT_OAUTH_BASE": url,
+                    "POSYNC_POYNT_API_BASE": url,
+                    "POSYNC_POYNT_BILLING_BASE": url,
+                }
+            )
         env.update(self.extra_env)
         return env
 

@@ -115,7 +115,13 @@ def test_the_summary_numbers_are_the_sandboxes_ground_truth(
         assert m.exported_latest == len(latest(versions)) == len(truth)
         # every version once: the backfill's, the new orders', the changed ones' (a new order
         # changed before the tick is one version)
-        assert m.versions_exported == len(versions) == plan.orders + len(created) + len(changed - created)
+        older = set(m.older_changed)  # Poynt: older orders cancelled/refunded between the runs
+        assert len(older) == (6 if m.provider == "poynt" else 0)
+        assert (
+            m.versions_exported
+            == len(versions)
+            == plan.orders + len(created) + len((changed | older) - created)
+        )
         assert m.manifests == len(manifests) == 2  # the backfill run and the scheduled run
         assert m.files == sum(len(x["files"]) for x in manifests)
         # and the summary's table row prints them
@@ -185,3 +191,32 @@ def test_posync_demo_is_a_command_with_help() -> None:
     result = CliRunner().invoke(cli, ["demo", "--help"])
     assert result.exit_code == 0
     assert "--orders" in result.output and "--days" in result.output
+
+
+def test_the_poynt_ground_truth_is_field_by_field_and_catches_a_wrong_export(
+    demo: DemoRun, local_runtime: LocalRuntime
+) -> None:
+    from posync_local.demo_poynt import differences
+
+    # Given the demo's Poynt merchant, whose older orders were cancelled and refunded between runs
+    m = next(r for r in demo.result.merchants if r.provider == "poynt")
+    raw = {str(o["id"]): o for o in sandbox(local_runtime, "poynt").orders(m.merchant_id)}
+    exported = {
+        str(o["order_id"]): o
+        for o in latest(read_manifested(demo.settings, provider="poynt", merchant_id=m.merchant_id))
+    }
+    # Then every exported order agrees with its raw order on totals, tips, tenders, refunds, cancellation
+    assert m.different == [] and not m.differing_fields
+    assert all(differences(raw[oid], exported[oid]) == [] for oid in raw)
+    states = {exported[oid]["state"] for oid in m.older_changed}
+    assert {"cancelled", "partially_refunded", "refunded"} <= states
+    # And a tip or a tender exported wrong is named
+    paid = next(
+        o
+        for o in exported.values()
+        if o["payments"] and o["totals"]["tip"] >= 0 and o["state"] != "cancelled"
+    )
+    wrong = {**paid, "totals": {**paid["totals"], "tip": paid["totals"]["tip"] + 1}}
+    assert differences(raw[paid["order_id"]], wrong) == ["poynt tip"]
+    other = {**paid, "payments": [{**p, "tender": "gift_card"} for p in paid["payments"]]}
+    assert "poynt tenders" in differences(raw[paid["order_id"]], other)

@@ -278,7 +278,7 @@ def test_the_poynt_app_token_is_granted_once_and_cached(rt: LocalRuntime, seen: 
     # Given the Poynt adapter built as a Lambda builds it, and a business that authorized the app
     from posync.app_credentials import AppCredentialsStore
     from posync.providers import build_providers
-    from posync.providers.poynt_oauth import PoyntOAuth
+    from posync.providers.poynt.oauth import PoyntOAuth
 
     merchant = connected(rt, seen, "poynt")
     poynt = build_providers(rt.settings, AppCredentialsStore(rt.settings))["poynt"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -378,3 +378,131 @@ def test_a_naive_link_follower_misses_orders_modified_while_paging(poynt: PoyntS
     poynt.knobs.modify_during_paging = 0
     everything = orders(poynt, bid, token, limit=100, startOffset=0).json()["count"]
     assert everything == len(window)
+
+
+# profiles, changes to older orders, on-terminal installs ---------------------------------------
+
+
+@pytest.fixture
+def profiled(poynt: PoyntSandbox) -> Any:
+    from posync_local.sandbox.poynt import DEFAULT_PROFILE
+
+    yield poynt
+    poynt.use_profile(DEFAULT_PROFILE)
+
+
+@pytest.mark.parametrize(
+    ("profile", "status", "deny"),
+    [
+        ("guessed", "success", {"status": "denied"}),
+        ("sdk", "AUTHORIZED", {"status": "DENIED"}),
+        ("sparse", None, {"error": "access_denied"}),
+        ("newest-first", "OK", {"status": "CANCELED"}),
+    ],
+)
+def test_each_profile_spells_the_consent_status_its_way_and_the_code_carries_the_business(
+    profiled: PoyntSandbox, profile: str, status: str | None, deny: dict[str, str]
+) -> None:
+    profiled.use_profile(profile)
+    bid = profiled.add_merchant(orders=1)
+    form = {
+        "client_id": profiled.app_id,
+        "redirect_uri": DEFAULT_REDIRECT,
+        "context": "c",
+        "business_id": bid,
+    }
+    ok = requests.post(
+        f"{profiled.url}/applications/authorize",
+        data={**form, "decision": "approve"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    q = query_of(ok.headers["Location"])
+    assert q.get("status") == status
+    assert jwt.decode(q["code"], options={"verify_signature": False})["poynt.biz"] == bid
+    no = requests.post(
+        f"{profiled.url}/applications/authorize",
+        data={**form, "decision": "deny"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    nq = query_of(no.headers["Location"])
+    assert "code" not in nq
+    assert {k: nq[k] for k in deny} == deny
+
+
+@pytest.mark.parametrize("profile", ["guessed", "sdk", "sparse", "newest-first"])
+def test_each_profile_filters_orders_and_links_pages_its_way(profiled: PoyntSandbox, profile: str) -> None:
+    profiled.use_profile(profile)
+    prof = profiled.profile
+    bid = profiled.add_merchant(orders=30, days=10)
+    token = poynt_connect(profiled, bid)["accessToken"]
+    truth = profiled.orders(bid)
+    # the rows come in the profile's order, with its link rel (or none)
+    body = orders(profiled, bid, token, limit=10).json()
+    rels = [x["rel"] for x in body["links"]]
+    assert rels == ([prof.link_rel] if prof.link_rel else [])
+    # startAt/endAt filter the profile's field: an order changed now is found by its new
+    # updatedAt only where they filter update time
+    old = min(truth, key=lambda o: o["createdAt"])["id"]
+    profiled.modify_orders(bid, [old])
+    now = datetime.now(UTC)
+    window = {
+        "startAt": iso_ms(int(now.timestamp() * 1000) - 60_000),
+        "endAt": iso_ms(int(now.timestamp() * 1000) + 60_000),
+    }
+    ids = [o["id"] for o in orders(profiled, bid, token, limit=100, **window).json()["orders"]]
+    assert (old in ids) == (prof.window_field == "modified")
+    # If-Modified-Since filters update time under every profile, and a 304 says nothing changed
+    ims = format_datetime(now.replace(microsecond=0) - timedelta(seconds=30), usegmt=True)
+    r = orders(profiled, bid, token, limit=100, headers={"If-Modified-Since": ims})
+    assert [o["id"] for o in r.json()["orders"]] == [old]
+    later = format_datetime(now.replace(microsecond=0) + timedelta(hours=1), usegmt=True)
+    assert orders(profiled, bid, token, headers={"If-Modified-Since": later}).status_code == 304
+
+
+def test_cancel_refund_and_strip_item_ids_are_new_versions(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=40, days=10)
+    paid = [
+        o
+        for o in poynt.orders(bid)
+        if o["amounts"].get("capturedTotals") and o["statuses"]["status"] == "COMPLETED"
+    ]
+    a, b, c = paid[0], paid[1], paid[2]
+    poynt.cancel_order(bid, a["id"])
+    poynt.refund_order(bid, b["id"], 5)
+    poynt.strip_item_ids(bid, c["id"])
+    na, nb, nc = (poynt.order(bid, o["id"]) for o in (a, b, c))
+    assert na["statuses"]["status"] == "CANCELLED" and "capturedTotals" not in na["amounts"]
+    assert all(
+        t["status"] == "VOIDED" for t in na["transactions"] if t["action"] in ("SALE", "CAPTURE", "AUTHORIZE")
+    )
+    assert nb["amounts"]["refundedTotals"]["orderAmount"] == 5
+    assert (
+        nb["transactions"][-1]["action"] == "REFUND"
+        and nb["statuses"]["transactionStatusSummary"] == "PARTIALLY_REFUNDED"
+    )
+    assert all("id" not in it for it in nc["items"])
+    for new, was in ((na, a), (nb, b), (nc, c)):
+        assert new["updatedAt"] > was["updatedAt"]
+    token = poynt_connect(poynt, bid)["accessToken"]
+    served = {o["id"]: o for o in orders(poynt, bid, token, limit=100).json()["orders"]}
+    assert served[a["id"]] == na and served[b["id"]] == nb and served[c["id"]] == nc
+    with pytest.raises(ValueError, match="paid"):
+        poynt.refund_order(bid, a["id"])
+
+
+def test_installs_open_the_business_to_the_app_token_and_the_billing_list(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=2)
+    app = app_token(poynt, poynt_assertion(poynt)).json()["accessToken"]
+    assert orders(poynt, bid, app).status_code == 403
+    sub = poynt.install_app(bid)
+    assert orders(poynt, bid, app).status_code == 200
+    listed = requests.get(
+        f"{poynt.url}/apps/{poynt.app_id}/subscriptions",
+        headers={"Authorization": f"Bearer {app}"},
+        timeout=10,
+    ).json()
+    assert sub in listed["list"] and listed["total"] == len(listed["list"]) and sub["status"] == "ACTIVE"
+    poynt.uninstall_app(bid)
+    assert orders(poynt, bid, app).status_code == 403

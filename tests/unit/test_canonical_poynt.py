@@ -424,3 +424,73 @@ def test_malformed_orders_name_the_field(mutate: Any, reason: str) -> None:
     with pytest.raises(MalformedOrder) as caught:
         normalize("poynt", BIZ, raw)
     assert caught.value.reason == reason
+
+
+def test_an_item_without_id_gets_a_stable_derived_line_id_not_a_quarantine() -> None:
+    # Given a Poynt order whose items carry no id (Poynt's model allows it)
+    from posync.canonical import normalize, validate
+
+    raw = {
+        "id": "6a3b8f0e-0000-4000-8000-000000000001",
+        "createdAt": "2026-11-01T10:00:00Z",
+        "updatedAt": "2026-11-01T10:05:00Z",
+        "amounts": {
+            "subTotal": 700,
+            "discountTotal": 0,
+            "taxTotal": 0,
+            "feeTotal": 0,
+            "netTotal": 700,
+            "currency": "USD",
+        },
+        "items": [
+            {"name": "Latte", "sku": "L1", "quantity": 1, "unitPrice": 500},
+            {"name": "Cookie", "productId": "p-2", "quantity": 2, "unitPrice": 100},
+        ],
+    }
+    # When normalized twice (a later version with the same items)
+    a = normalize("poynt", "0b9f1c2e-1111-4222-8333-444455556666", raw)
+    b = normalize(
+        "poynt", "0b9f1c2e-1111-4222-8333-444455556666", {**raw, "updatedAt": "2026-11-02T00:00:00Z"}
+    )
+    validate(a)
+    # Then each line has a derived id: distinct, stable, never an integer
+    ids = [ln["line_id"] for ln in a["line_items"]]
+    assert ids == [ln["line_id"] for ln in b["line_items"]]
+    assert len(set(ids)) == 2 and all(i.startswith("~") for i in ids)
+    assert ids[0].startswith("~1-") and ids[1].startswith("~2-")
+
+
+def test_tips_come_from_captured_totals_when_no_transactions_are_sent() -> None:
+    from posync.canonical import normalize
+
+    raw = {
+        "id": "6a3b8f0e-0000-4000-8000-000000000002",
+        "createdAt": "2026-11-01T10:00:00Z",
+        "updatedAt": "2026-11-01T10:05:00Z",
+        "amounts": {
+            "subTotal": 1000,
+            "discountTotal": 0,
+            "taxTotal": 80,
+            "feeTotal": 0,
+            "netTotal": 1080,
+            "currency": "USD",
+            "capturedTotals": {
+                "transactionAmount": 1280,
+                "orderAmount": 1080,
+                "tipAmount": 200,
+                "currency": "USD",
+            },
+            "refundedTotals": {
+                "transactionAmount": 300,
+                "orderAmount": 300,
+                "tipAmount": 0,
+                "currency": "USD",
+            },
+        },
+        "statuses": {"status": "COMPLETED"},
+    }
+    order = normalize("poynt", "0b9f1c2e-1111-4222-8333-444455556666", raw)
+    assert order["totals"]["tip"] == 200
+    assert order["totals"]["paid"] == 1080
+    assert order["totals"]["refunded"] == 300
+    assert order["state"] == "partially_refunded"

@@ -19,7 +19,7 @@ from posync.app_credentials import CloverAppCredentials, PoyntAppCredentials
 from posync.errors import ProviderError, RateLimited
 from posync.providers import CallbackParams, ExchangeRefused
 from posync.providers.clover.oauth import CloverOAuth
-from posync.providers.poynt_oauth import PoyntOAuth, business_id_of
+from posync.providers.poynt.oauth import PoyntOAuth, business_id_of
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
 from tests.unit.oauth_fakes import FakeClock, unit_settings
 
@@ -406,3 +406,36 @@ def test_provider_errors_name_the_endpoint_but_not_the_secret() -> None:
         oauth.exchange_code(CallbackParams("s", "c0de", merchant_id="ABCDEFGHJK123"), "https://x/cb")
     assert CLOVER.client_secret not in str(info.value)
     assert "c0de" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "status", ["success", "SUCCESS", "AUTHORIZED", "OK", "approved", "", None, "weird-new-value"]
+)
+def test_poynt_a_code_without_error_is_an_approval_whatever_status_says(
+    keypair: tuple[rsa.RSAPrivateKey, str], status: str | None
+) -> None:
+    # Given a redirect with a code and no error, status spelled any undocumented way
+    oauth, _ = poynt({}, keypair[1])
+    params = {"code": "c", "context": "s"}
+    if status is not None:
+        params["status"] = status
+    # Then it is an approval
+    cb = oauth.read_callback(params)
+    assert not cb.denied and cb.code == "c" and cb.state == "s"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"status": "DENIED", "context": "s"},
+        {"status": "CANCELED", "context": "s"},
+        {"error": "access_denied", "context": "s"},
+        {"context": "s"},
+        {"code": "c", "status": "USER_DECLINED", "context": "s"},
+        {"code": "c", "error": "server_error", "context": "s"},
+    ],
+)
+def test_poynt_recognizable_denials_and_missing_codes_are_denials(
+    keypair: tuple[rsa.RSAPrivateKey, str], params: dict[str, str]
+) -> None:
+    assert poynt({}, keypair[1])[0].read_callback(params).denied

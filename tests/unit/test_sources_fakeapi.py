@@ -23,9 +23,9 @@ from urllib3 import HTTPHeaderDict
 
 from posync.domain import Connection
 from posync.providers.clover.source import CloverSource
+from posync.providers.poynt.source import PoyntSource
 from posync.ratelimit import Deadline, RequestLimiter, TokenLimiter
 from posync.sources import DAY_MS, SourceConfig, iso_to_ms, ms_to_iso
-from posync.sources.poynt import PoyntSource
 from posync.transport import Http, HttpReply, Transport
 
 CLOVER_MID = "MERCHANT00001"

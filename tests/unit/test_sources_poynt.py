@@ -1,125 +1,203 @@
-"""Poynt keyset paging: ISO windows, links, If-Modified-Since, moving windows, either startAt semantics."""
+"""Poynt incremental reads under every reading of the docs (profiles of a fake Poynt).
+
+A profile fixes what ``startAt``/``endAt`` filter (update or creation time), the order rows
+come in, and the paging link's ``rel`` (or none). posync never sends startAt/endAt, bounds by
+If-Modified-Since, and pages by anchored offsets: every test runs under every profile.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posync.sources import DAY_MS, iso_to_ms, ms_to_iso
-from tests.unit.test_sources_fakeapi import POYNT_BIZ, FakePoynt, far, poynt_source
+from posync.transport import HttpReply
+from tests.unit.test_sources_fakeapi import POYNT_BIZ, FakePoynt, far, poynt_source, response
+
+PROFILES = {
+    "guessed": ("updated", "updated_asc", "next"),
+    "sdk": ("created", "created_desc", "NEXT"),
+    "sparse": ("created", "id", None),
+    "newest-first": ("updated", "updated_desc", "self-next"),
+}
 
 
-def read_run(api: FakePoynt, start: int, end: int, **config: Any) -> list[str]:
-    src = poynt_source(api, **config)
-    return [o["id"] for p in src.pages(src.plan(start, end), far()) for o in p.orders]
+class ProfiledPoynt(FakePoynt):
+    """A fake Poynt that behaves as one profile; ``created`` times never change."""
+
+    def __init__(self, profile: str, seed: int = 1) -> None:
+        super().__init__(seed)
+        self.window, self.order, self.rel = PROFILES[profile]
+        self.created: dict[str, int] = {}
+        self.not_modified = 0
+
+    def make(self, oid: str, t: int) -> dict[str, Any]:
+        self.created[oid] = t
+        return super().make(oid, t)
+
+    def serve(self, path: str, params: list[tuple[str, str]], headers: dict[str, str]) -> HttpReply:
+        p = dict(params)
+        key = self.times if self.window == "updated" else self.created
+        lo = iso_to_ms(p["startAt"]) if "startAt" in p else None
+        hi = iso_to_ms(p["endAt"]) if "endAt" in p else None
+        since = None
+        ims = headers.get("If-Modified-Since")
+        if ims:
+            since = (
+                int(datetime.strptime(ims, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=UTC).timestamp())
+                * 1000
+            )
+        rows = [
+            oid
+            for oid in self.orders
+            if (since is None or self.times[oid] >= since)
+            and (lo is None or key[oid] >= lo)
+            and (hi is None or key[oid] < hi)
+        ]
+        if since is not None and not rows:
+            self.not_modified += 1
+            return response(304, {})
+        sorts = {
+            "updated_asc": lambda o: (self.times[o], o),
+            "updated_desc": lambda o: (-self.times[o], o),
+            "created_desc": lambda o: (-self.created[o], o),
+            "id": lambda o: o,
+        }
+        rows.sort(key=sorts[self.order])
+        limit = min(100, int(p.get("limit", 10)))
+        offset = int(p.get("startOffset", 0))
+        page = rows[offset : offset + limit]
+        body: dict[str, Any] = {"orders": [dict(self.orders[o]) for o in page], "count": len(rows)}
+        if offset + limit < len(rows) and self.rel is not None:
+            body["links"] = [
+                {"href": f"/businesses/{POYNT_BIZ}/orders?startOffset={offset + limit}", "rel": self.rel}
+            ]
+        self.after_page([(self.times[o], o) for o in rows[: offset + len(page)]])
+        return response(200, body)
 
 
-@pytest.mark.parametrize("start_inclusive", [True, False])
-def test_every_order_once_whatever_startat_means(start_inclusive: bool) -> None:
-    # Given orders with many ties at the same millisecond
-    api = FakePoynt(start_inclusive=start_inclusive)
-    ids = api.add_spread(700, days=10, ties_every=3)
-    # When read / Then every order exactly once
-    got = read_run(api, api.now_ms - 11 * DAY_MS, api.now_ms)
-    assert Counter(got) == Counter(ids)
+def read(api: FakePoynt, start: int, end: int | None = None) -> tuple[list[str], dict[str, Any]]:
+    """One run: the ids read and the cursor it settles."""
+    src = poynt_source(api)
+    end = api.now_ms if end is None else end
+    plan = src.plan(start, end)
+    newest: int | None = None
+    got = []
+    for page in src.pages(plan, far()):
+        got += [o["id"] for o in page.orders]
+        if page.newest_ms is not None:
+            newest = page.newest_ms if newest is None else max(newest, page.newest_ms)
+    return got, src.settled_cursor(plan.end, newest)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_orders_modified_during_paging_are_never_lost(seed: int) -> None:
-    api = FakePoynt(seed=seed)
-    ids = api.add_spread(800, days=5)
-    api.modify_per_page = 3
-    end1 = api.now_ms
-    first = read_run(api, end1 - 6 * DAY_MS, end1, parallelism=2)
-    api.modify_per_page = 0
-    second = read_run(api, end1 - 120_000, api.now_ms + 1)
-    moved = set(api.modified_during_paging)
-    assert moved
-    assert len(first) == len(set(first))
-    assert set(ids) - moved <= set(first)
-    assert set(ids) <= set(first) | set(second)
+def next_start(cursor: dict[str, Any], lookback_ms: int = 120_000) -> int:
+    return iso_to_ms(cursor["updated_at"]) - lookback_ms
 
 
-def test_requests_carry_iso_windows_limit_100_and_if_modified_since() -> None:
-    api = FakePoynt()
+@pytest.mark.parametrize("profile", PROFILES)
+def test_never_sends_startat_or_endat_and_bounds_by_if_modified_since_floored(profile: str) -> None:
+    # Given a business with orders
+    api = ProfiledPoynt(profile)
     api.add_spread(250, days=2)
-    read_run(api, api.now_ms - 3 * DAY_MS, api.now_ms, page_limit=500, parallelism=1)
-    assert len(api.requests) >= 3
+    start = api.now_ms - 3 * DAY_MS + 789
+    # When a run reads from a time with milliseconds
+    got, _ = read(api, start)
+    # Then no request carries startAt/endAt, all carry the bound floored to the second, limit 100
+    assert len(got) == 250
     for r in api.requests:
-        p = dict(r["params"])
-        assert p["limit"] == "100"
-        assert iso_to_ms(p["endAt"]) - iso_to_ms(p["startAt"]) <= 90 * DAY_MS + 1
-        assert p["startAt"].endswith("Z")
-        assert r["path"] == f"/businesses/{POYNT_BIZ}/orders"
+        names = {k for k, _ in r["params"]}
+        assert not names & {"startAt", "endAt"}
+        assert dict(r["params"])["limit"] == "100"
 
 
-def test_next_links_decide_whether_more_follows() -> None:
-    # Given exactly one page of orders (no next link)
-    api = FakePoynt()
-    api.add_spread(100, days=1)
-    read_run(api, api.now_ms - 2 * DAY_MS, api.now_ms)
-    # Then one request: a full page without a next link is the end
-    assert len(api.requests) == 1
+@pytest.mark.parametrize("profile", PROFILES)
+def test_older_orders_changed_between_runs_are_read_by_the_next_run(profile: str) -> None:
+    # Given orders created over 60 days and a first run
+    api = ProfiledPoynt(profile, seed=4)
+    ids = api.add_spread(300, days=60)
+    first, cursor = read(api, api.now_ms - 90 * DAY_MS)
+    assert Counter(first) == Counter(ids)
+    # When 45 of the oldest orders change (a cancellation, a refund) and time moves on
+    api.now_ms += 3_600_000
+    changed = sorted(ids, key=lambda o: api.created[o])[:45]
+    for oid in changed:
+        api.modify(oid)
+    api.now_ms += 1000
+    second, _ = read(api, next_start(cursor))
+    # Then the next run reads all 45 at their new version (and little else)
+    assert set(changed) <= set(second)
+    assert len(second) < 60
+    for oid in changed:
+        assert iso_to_ms(api.orders[oid]["updatedAt"]) == api.times[oid]
 
 
-def test_link_parameters_are_kept_but_offsets_come_from_the_keyset() -> None:
-    api = FakePoynt()
-    api.add_spread(150, days=1)
-    read_run(api, api.now_ms - 2 * DAY_MS, api.now_ms, parallelism=1)
-    second = dict(api.requests[1]["params"])
-    assert second["startOffset"] == "0"  # never the link's 100
-    assert iso_to_ms(second["startAt"]) > api.now_ms - 2 * DAY_MS
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("per_page", [1, 3, 15])
+def test_orders_changed_while_being_paged_are_never_lost(profile: str, per_page: int) -> None:
+    # Given 800 orders, several changed after every page the client reads
+    api = ProfiledPoynt(profile, seed=per_page)
+    ids = api.add_spread(800, days=5)
+    api.modify_per_page = per_page
+    end = api.now_ms
+    first, cursor = read(api, end - 6 * DAY_MS, end)
+    api.modify_per_page = 0
+    api.now_ms += 1000
+    second, _ = read(api, next_start(cursor))
+    moved = set(api.modified_during_paging)
+    # Then every unchanged order was read by the first run, no order twice at one version,
+    # and every changed one by the second at its latest version
+    assert moved
+    assert set(ids) - moved <= set(first)
+    assert moved <= set(second)
 
 
-def test_iso_cursor() -> None:
-    src = poynt_source(FakePoynt())
-    c = src.settled_cursor(1_790_000_000_123, None)
-    assert c["updated_at"] == "2026-09-21T14:13:20.123Z"
-    assert src.settled(c) == 1_790_000_000_123
-    assert ms_to_iso(iso_to_ms("2026-01-02T03:04:05.006+00:00")) == "2026-01-02T03:04:05.006Z"
+@pytest.mark.parametrize("profile", PROFILES)
+def test_nothing_changed_is_one_304_and_the_cursor_stays(profile: str) -> None:
+    # Given a business whose orders are all older than the run's bound
+    api = ProfiledPoynt(profile)
+    api.add_spread(30, days=10)
+    api.now_ms += 3_600_000
+    start = api.now_ms - 600_000
+    # When a run reads
+    got, cursor = read(api, start)
+    # Then one request, answered 304, and the cursor stays where it was (plus the lookback)
+    assert got == []
+    assert api.not_modified == 1 and len(api.requests) == 1
+    assert iso_to_ms(cursor["updated_at"]) == start + 120_000
 
 
-@pytest.mark.parametrize("start_inclusive", [True, False])
-def test_a_tie_bigger_than_a_page_right_before_the_keyset_neither_loops_nor_duplicates(
-    start_inclusive: bool,
-) -> None:
-    # Given 150 orders in one millisecond (more than a 100-order page) followed by 50 more
-    api = FakePoynt(start_inclusive=start_inclusive)
-    t0 = api.now_ms - 100_000
-    ids = [api.add(t0) for _ in range(150)] + [api.add(t0 + 1 + i) for i in range(50)]
-    # When read (posync asks from startAt - 1 ms, so the tie sits before later keysets)
-    got = read_run(api, t0 - 5, api.now_ms, parallelism=1)
-    # Then every order exactly once, in a handful of requests
-    assert Counter(got) == Counter(ids)
-    assert len(api.requests) < 12
+def test_the_cursor_is_the_greatest_updated_at_seen_never_after_the_run_start() -> None:
+    api = ProfiledPoynt("sdk")
+    api.add_spread(50, days=1)
+    newest = max(api.times.values())
+    _, cursor = read(api, api.now_ms - 2 * DAY_MS, api.now_ms + 3_600_000)
+    assert cursor["updated_at"] == ms_to_iso(newest)
+    _, cursor = read(api, api.now_ms - 2 * DAY_MS, newest - 5000)
+    assert cursor["updated_at"] == ms_to_iso(newest - 5000)
 
 
 @settings(max_examples=25, deadline=None)
 @given(
-    n=st.integers(min_value=0, max_value=300),
-    ties_every=st.integers(min_value=1, max_value=5),
-    parallelism=st.integers(min_value=1, max_value=4),
-    modify=st.integers(min_value=0, max_value=5),
-    start_inclusive=st.booleans(),
-    seed=st.integers(min_value=0, max_value=10_000),
+    profile=st.sampled_from(list(PROFILES)),
+    n=st.integers(0, 450),
+    per_page=st.integers(0, 12),
+    seed=st.integers(0, 1000),
 )
-def test_property_no_order_is_ever_lost_or_read_twice_in_a_run(
-    n: int, ties_every: int, parallelism: int, modify: int, start_inclusive: bool, seed: int
+def test_property_a_run_and_the_next_read_every_order_at_its_latest_version(
+    profile: str, n: int, per_page: int, seed: int
 ) -> None:
-    # Within the documented bound: at most a tenth of a page leaves a tie bigger than a page
-    # between two of its pages (Poynt pages are 100 orders)
-    assume(ties_every > 1 or n <= 100 or modify <= 10)
-    api = FakePoynt(seed=seed, start_inclusive=start_inclusive)
-    ids = api.add_spread(n, days=2, ties_every=ties_every)
-    api.modify_per_page = modify
-    end = api.now_ms
-    first = read_run(api, end - 3 * DAY_MS, end, parallelism=parallelism)
+    api = ProfiledPoynt(profile, seed=seed)
+    ids = api.add_spread(n, days=3, ties_every=4)
+    api.modify_per_page = per_page
+    first, cursor = read(api, api.now_ms - 4 * DAY_MS)
     api.modify_per_page = 0
-    second = read_run(api, end - 120_000, api.now_ms + 1)
-    assert len(first) == len(set(first))
-    assert set(ids) - set(api.modified_during_paging) <= set(first)
-    assert set(ids) <= set(first) | set(second)
+    api.now_ms += 1000
+    second, _ = read(api, next_start(cursor))
+    moved = set(api.modified_during_paging)
+    assert set(ids) - moved <= set(first)
+    assert moved <= set(second)

@@ -5,11 +5,17 @@ sandbox serves all of them on one host (point both ``POSYNC_POYNT_*_BASE`` setti
 
 Choices where Poynt's docs are silent, or where the sandbox must pick:
 
+- **Profiles** (:data:`PROFILES`, ``PoyntSandbox(profile=...)``; ``docs/provider-contracts.md``):
+  where Poynt's record is silent, each plausible reading is one profile, and posync's tests run
+  under all of them. A profile says how ``status`` is spelled on the consent redirect
+  (approval and denial), what ``startAt``/``endAt`` filter (``updatedAt``, or ``createdAt`` as
+  Poynt's Python SDK documents), the order rows come in, and the ``rel`` of the paging link
+  (or no links at all).
 - Consent ``GET /applications/authorize?client_id&redirect_uri&context`` (the older
   ``applicationId`` / ``callback`` names work too). Approval redirects to
-  ``redirect_uri?code=..&status=success&context=..&businessId=..`` (``businessId`` is the
-  deprecated parameter Poynt still sends); denial to ``redirect_uri?status=denied&context=..``
-  with no code (Poynt documents only that ``status`` says whether the merchant authorized).
+  ``redirect_uri?code=..&status=<profile>&context=..&businessId=..`` (``businessId`` is the
+  deprecated parameter Poynt still sends); denial to ``redirect_uri?status=<profile>&context=..``
+  with no code. The code is a JWT whose ``poynt.biz`` is the business (as Poynt's).
 - ``POST /token`` (form; ``grantType`` and ``grant_type`` are both read):
   (a) ``urn:ietf:params:oauth:grant-type:jwt-bearer`` + ``assertion``: the RS256 JWT is verified
   against the registered public key of its ``iss``; ``sub`` must equal ``iss``, ``aud`` must be
@@ -32,11 +38,22 @@ Choices where Poynt's docs are silent, or where the sandbox must pick:
   an app the business has authorized (and not revoked); otherwise 401 (no valid token) or 403
   (another business). A missing ``api-version`` header is tolerated (counted in
   ``stats.missing_api_version``). ``startAt`` (inclusive) and ``endAt`` (exclusive) filter on
-  ``updatedAt`` (ISO 8601; no offset means UTC); ``If-Modified-Since`` (an HTTP date) keeps
-  orders updated at or after it; ``limit`` defaults to 10 and values above 100 act as 100;
-  ``startOffset`` skips. Sorted by ``updatedAt`` then ``id``. ``links`` holds a ``next`` link
-  (relative, with the same query and the next ``startOffset``) only while more remain; the
-  ``If-Modified-Since`` header is not part of it: send it again. ``count`` is the total.
+  the profile's field (ISO 8601; no offset means UTC); ``If-Modified-Since`` (an HTTP date)
+  keeps orders updated at or after it, and answers 304 when none is; ``limit`` defaults to 10
+  and values above 100 act as 100; ``startOffset`` skips. Rows come in the profile's order.
+  ``links`` holds a link with the profile's ``rel`` (relative, with the same query and the next
+  ``startOffset``) only while more remain; the ``If-Modified-Since`` header is not part of it:
+  send it again. ``count`` is the total.
+- Changes to older orders: ``cancel_order`` and ``refund_order`` give an order a new version
+  (``updatedAt`` now) that is cancelled (its authorization voided) or refunded (a REFUND
+  transaction of the given amount, ``refundedTotals`` updated); ``strip_item_ids`` serves an
+  order's items without ``id`` (Poynt's model allows it).
+- On-terminal apps: ``install_app(business_id)`` installs the default app on a business (its
+  app token may then read that business, no consent); ``GET /apps/{appId}/subscriptions``
+  (the billing host, served here too) lists the installs as Poynt's billing API does
+  (``{list: [{businessId, appId, subscriptionId, status, phase, ...}], start, count, total}``);
+  ``uninstall_app`` ends one. ``send_subscription_event`` posts ``APPLICATION_SUBSCRIPTION_START``
+  / ``_END``.
 - Webhooks (``send_webhook``): one POST per order, an event
   ``{"eventType": "ORDER_UPDATED", "businessId", "resourceId", "resource": "/orders", ...}``
   signed with ``Poynt-Webhook-Signature`` = base64 HMAC-SHA1 of the body keyed with
@@ -79,7 +96,7 @@ from posync_local.sandbox.merchants import (
     redirect_ok,
     with_query,
 )
-from posync_local.sandbox.orderbook import INF, Query
+from posync_local.sandbox.orderbook import INF
 from posync_local.sandbox.server import (
     Principal,
     Request,
@@ -98,6 +115,44 @@ MAX_LIMIT = 100
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BID = r"(?P<bid>[0-9a-fA-F-]+)"
 _OID = r"(?P<oid>[0-9a-fA-F-]+)"
+
+
+@dataclass(frozen=True)
+class PoyntProfile:
+    """One reading of what Poynt's docs leave open (see the module docstring)."""
+
+    name: str
+    approve_status: str | None  # ``status`` on an approval redirect (None: no status parameter)
+    deny_status: str | None  # ``status`` on a denial redirect
+    deny_error: str | None  # ``error`` on a denial redirect
+    window_field: str  # what startAt/endAt filter: "modified" (updatedAt) | "created" (createdAt)
+    row_order: str  # "updated_asc" | "updated_desc" | "created_desc" | "id"
+    link_rel: str | None  # the paging link's rel (None: no links at all)
+
+
+PROFILES: dict[str, PoyntProfile] = {
+    p.name: p
+    for p in (
+        # what posync used to assume, and its sandbox confirmed
+        PoyntProfile("guessed", "success", "denied", None, "modified", "updated_asc", "next"),
+        # as Poynt's Python SDK documents startAt/endAt (creation time); newest created first
+        PoyntProfile("sdk", "AUTHORIZED", "DENIED", None, "created", "created_desc", "NEXT"),
+        # the least the docs promise: no status on approval, no links, rows by id
+        PoyntProfile("sparse", None, None, "access_denied", "created", "id", None),
+        # update time, newest first: a row changed while paging moves to the front
+        PoyntProfile("newest-first", "OK", "CANCELED", None, "modified", "updated_desc", "self-next"),
+    )
+}
+DEFAULT_PROFILE = "guessed"
+
+
+@dataclass
+class _Edit:
+    """A change made to an order after it was generated (applied when it is served)."""
+
+    kind: str  # "cancel" | "refund" | "no_item_ids"
+    at_ms: int
+    amount: int = 0
 
 
 _SIGNING_KEYS: tuple[bytes, bytes] | None = None
@@ -121,6 +176,66 @@ class PoyntApp:
     name: str = "posync"
 
 
+_ORDERINGS: dict[str, Callable[[Any], Any]] = {
+    "updated_asc": lambda st: (st.modified_ms, st.id),
+    "updated_desc": lambda st: (st.modified_ms, st.id),  # reversed after sorting
+    "created_desc": lambda st: (-st.created_ms, st.id),
+    "id": lambda st: st.id,
+}
+
+
+def _apply_edit(order: dict[str, Any], e: _Edit, n: int) -> None:
+    """One post-generation change to a served order (see ``PoyntSandbox.cancel_order`` & co)."""
+    amounts = order["amounts"]
+    txns = order.setdefault("transactions", [])
+    if e.kind == "no_item_ids":
+        for it in order.get("items", []):
+            it.pop("id", None)
+    elif e.kind == "cancel":
+        order["statuses"]["status"] = "CANCELLED"
+        order["statuses"]["transactionStatusSummary"] = "CANCELED"
+        for t in txns:
+            if t.get("action") in ("SALE", "AUTHORIZE", "CAPTURE") and t.get("status") != "VOIDED":
+                t["status"] = "VOIDED"
+                t["updatedAt"] = iso_ms(e.at_ms)
+        captured = amounts.pop("capturedTotals", None)
+        if captured:
+            amounts["voidedTotals"] = captured
+    elif e.kind == "refund":
+        paid = next(
+            t
+            for t in reversed(txns)
+            if t.get("action") in ("SALE", "CAPTURE") and t.get("status") != "VOIDED"
+        )
+        cur = amounts["currency"]
+        txns.append(
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{order['id']}/refund/{n}")),
+                "action": "REFUND",
+                "status": "REFUNDED",
+                "parentId": paid["id"],
+                "amounts": {
+                    "transactionAmount": e.amount,
+                    "orderAmount": e.amount,
+                    "tipAmount": 0,
+                    "cashbackAmount": 0,
+                    "currency": cur,
+                },
+                "fundingSource": paid.get("fundingSource", {"type": "CASH"}),
+                "createdAt": iso_ms(e.at_ms),
+                "updatedAt": iso_ms(e.at_ms),
+            }
+        )
+        refunded = amounts.setdefault(
+            "refundedTotals",
+            {"currency": cur, "transactionAmount": 0, "orderAmount": 0, "tipAmount": 0, "cashbackAmount": 0},
+        )
+        refunded["transactionAmount"] += e.amount
+        refunded["orderAmount"] += e.amount
+        full = refunded["orderAmount"] >= amounts["capturedTotals"]["orderAmount"]
+        order["statuses"]["transactionStatusSummary"] = "REFUNDED" if full else "PARTIALLY_REFUNDED"
+
+
 class _Unauthorized(Exception):
     pass
 
@@ -131,9 +246,19 @@ class PoyntSandbox(OrderSandbox):
     provider = "poynt"
     factory_cls = PoyntFactory
     default_access_ttl = 86_400
+    profile: PoyntProfile = PROFILES[DEFAULT_PROFILE]
+
+    def use_profile(self, name: str) -> None:
+        """Behave as profile ``name`` (see :data:`PROFILES`) from now on."""
+        if name not in PROFILES:
+            raise ValueError(f"unknown Poynt sandbox profile {name!r} (one of {', '.join(PROFILES)})")
+        self.profile = PROFILES[name]
 
     def set_up(self) -> None:
         """The default app (seeded id, fresh keys and webhook secret) and the routes."""
+        self._edits: dict[str, list[_Edit]] = {}
+        self._code_of: dict[str, str] = {}  # code JWT -> the code store's code
+        self.installs: dict[str, dict[str, Any]] = {}  # business id -> subscription
         rng = random.Random(derive_seed(self.seed, "poynt-app"))  # noqa: S311
         self.apps: dict[str, PoyntApp] = {}
         self._signing_key_pem, self.public_key_pem = _signing_keys()
@@ -169,6 +294,13 @@ class PoyntSandbox(OrderSandbox):
         )
         r(
             "GET",
+            re.compile(r"/apps/(?P<aid>[^/]+)/subscriptions"),
+            "GET /apps/{appId}/subscriptions",
+            self._subscriptions,
+            "oauth",
+        )
+        r(
+            "GET",
             re.compile(rf"/businesses/{_BID}/orders/{_OID}"),
             "GET /businesses/{businessId}/orders/{orderId}",
             self._get_order,
@@ -197,7 +329,12 @@ class PoyntSandbox(OrderSandbox):
 
     def app_secrets(self) -> list[str]:
         """The default app's private key, the webhook secret and the sandbox's own signing key."""
-        return [self.app_private_key_pem.decode(), self.webhook_secret, self._signing_key_pem.decode()]
+        return [
+            self.app_private_key_pem.decode(),
+            self.webhook_secret,
+            self._signing_key_pem.decode(),
+            *self._code_of,
+        ]
 
     @property
     def app_credentials(self) -> dict[str, str]:
@@ -257,17 +394,28 @@ class PoyntSandbox(OrderSandbox):
 
     def approve(self, app: PoyntApp, merchant_id: str, params: dict[str, str | None]) -> Response:
         code = self.codes.issue(app.app_id, merchant_id, params["redirect_uri"] or "")
-        return redirect(
-            with_query(
-                params["redirect_uri"] or "",
-                {"code": code, "status": "success", "context": params["context"], "businessId": merchant_id},
-            )
+        # Poynt's code is a JWT whose poynt.biz is the business: the sandbox wraps its random code so
+        code_jwt = jwt.encode(
+            {"poynt.biz": merchant_id, "jti": code, "iss": self.url, "iat": int(time.time())},
+            self._signing_key_pem,
+            algorithm="RS256",
         )
+        self._code_of[code_jwt] = code
+        query = {
+            "code": code_jwt,
+            "status": self.profile.approve_status,
+            "context": params["context"],
+            "businessId": merchant_id,
+        }
+        return redirect(with_query(params["redirect_uri"] or "", query))
 
     def deny(self, params: dict[str, str | None]) -> Response:
-        return redirect(
-            with_query(params["redirect_uri"] or "", {"status": "denied", "context": params["context"]})
-        )
+        query = {
+            "status": self.profile.deny_status,
+            "error": self.profile.deny_error,
+            "context": params["context"],
+        }
+        return redirect(with_query(params["redirect_uri"] or "", query))
 
     # tokens -------------------------------------------------------------------------------------
 
@@ -371,7 +519,8 @@ class PoyntSandbox(OrderSandbox):
         app_id = self.verify_assertion(req.bearer())
         if form.get("client_id") != app_id:
             raise _Unauthorized("client_id does not match the JWT issuer")
-        rec = self.codes.peek(form.get("code"))
+        given = form.get("code") or ""
+        rec = self.codes.peek(self._code_of.get(given, given))
         if rec is None or rec.client_id != app_id:
             return self._invalid_grant("the code is invalid, used or expired")
         if form.get("redirect_uri") != rec.redirect_uri:
@@ -445,27 +594,39 @@ class PoyntSandbox(OrderSandbox):
         if offset < 0 or limit < 0:
             return self._error(400, "startOffset and limit must not be negative")
         limit = min(limit, MAX_LIMIT)
-        lo = start if start is not None else -INF
+        since: int | None = None
         ims = req.headers.get("If-Modified-Since")
         if ims:
             with contextlib.suppress(TypeError, ValueError):  # an unparseable date is ignored (HTTP)
-                lo = max(lo, int(parsedate_to_datetime(ims).timestamp() * 1000))
+                since = int(parsedate_to_datetime(ims).timestamp() * 1000)
+        lo = start if start is not None else -INF
         hi = end - 1 if end is not None else INF
-        q = Query(
-            order_field="modified", desc=False, bounds={"modified": (lo, hi)}, offset=offset, limit=limit
-        )
+        prof = self.profile
         bid = match.group("bid")
         m = self.merchant(bid)
-        recs, states, total = m.book.page(q)
-        assert total is not None
+        with m.book.lock:
+            matching = [
+                st
+                for st in m.book.states()
+                if (since is None or st.modified_ms >= since)
+                and lo <= (st.modified_ms if prof.window_field == "modified" else st.created_ms) <= hi
+            ]
+            if since is not None and not matching:
+                return Response(304, b"", "text/plain")
+            matching.sort(key=_ORDERINGS[prof.row_order])
+            if prof.row_order == "updated_desc":
+                matching.reverse()
+            total = len(matching)
+            states = matching[offset : offset + limit]
+            recs = [m.book.by_id[st.id] for st in states]
         frags = self.fragments(m, recs, states, None)
         links = []
-        if offset + len(recs) < total:
+        if offset + len(recs) < total and prof.link_rel is not None:
             params = {k: v[0] for k, v in req.query.items() if k != "startOffset"}
             params["startOffset"] = str(offset + len(recs))
             params.setdefault("limit", str(limit))
             href = f"/businesses/{bid}/orders?{urlencode(params)}"
-            links.append({"href": href, "rel": "next", "method": "GET"})
+            links.append({"href": href, "rel": prof.link_rel, "method": "GET"})
         body = (
             b'{"links":'
             + json.dumps(links, separators=(",", ":")).encode()
@@ -475,8 +636,123 @@ class PoyntSandbox(OrderSandbox):
             + str(total).encode()
             + b"}"
         )
-        self.after_page(m, q, len(recs))
+        self._modify_served(m, [st.id for st in matching[: offset + len(recs)]])
         return Response(200, body)
+
+    def _modify_served(self, m: Any, served: list[str]) -> None:
+        """``modify_during_paging``: modify that many orders among those at or before the position
+        the client will ask for next (in the profile's order)."""
+        k = self.knobs.modify_during_paging
+        if k <= 0 or not served:
+            return
+        with m.book.lock:
+            ids = m.rng.sample(served, min(k, len(served)))
+            now = self.now_ms()
+            for oid in ids:
+                m.book.touch(oid, now)
+        self.stats.add_paging_modified(ids)
+
+    # changes to older orders ------------------------------------------------------------------
+
+    def _edit(self, merchant_id: str, order_id: str, edit: _Edit) -> str:
+        m = self.merchant(merchant_id)
+        with m.book.lock:
+            if m.book.get(order_id) is None:
+                raise KeyError(f"unknown order {order_id!r}")
+            self._edits.setdefault(order_id, []).append(edit)
+            st = m.book.touch(order_id, self.now_ms())
+            self._edits[order_id][-1].at_ms = st.modified_ms
+        return order_id
+
+    def cancel_order(self, merchant_id: str, order_id: str) -> str:
+        """Cancel an order now: a new version, ``CANCELLED``, its payments voided."""
+        return self._edit(merchant_id, order_id, _Edit("cancel", 0))
+
+    def refund_order(self, merchant_id: str, order_id: str, amount: int | None = None) -> str:
+        """Refund ``amount`` (default: what is left) of a paid order now: a REFUND transaction."""
+        order = self.order(merchant_id, order_id)
+        captured = order["amounts"].get("capturedTotals")
+        if not captured or order["statuses"]["status"] == "CANCELLED":
+            raise ValueError("only a paid order can be refunded")
+        left = captured["orderAmount"] - order["amounts"].get("refundedTotals", {}).get("orderAmount", 0)
+        amount = left if amount is None else amount
+        if not 0 < amount <= left:
+            raise ValueError(f"a refund must be between 1 and {left}")
+        return self._edit(merchant_id, order_id, _Edit("refund", 0, amount))
+
+    def strip_item_ids(self, merchant_id: str, order_id: str) -> str:
+        """Serve this order's items without ``id`` from now on (a new version)."""
+        return self._edit(merchant_id, order_id, _Edit("no_item_ids", 0))
+
+    def _edited(self, order: dict[str, Any]) -> dict[str, Any]:
+        for n, e in enumerate(self._edits.get(order["id"], ())):
+            _apply_edit(order, e, n)
+        return order
+
+    def fragments(self, m: Any, recs: list[Any], states: list[Any], key: object) -> list[bytes]:
+        out = super().fragments(m, recs, states, key)
+        for i, st in enumerate(states):
+            if st.id in self._edits:
+                order = self._edited(m.factory.full(st))
+                out[i] = json.dumps(order, separators=(",", ":")).encode()
+        return out
+
+    def orders(self, merchant_id: str) -> list[dict[str, Any]]:
+        return [self._edited(o) for o in super().orders(merchant_id)]
+
+    def order(self, merchant_id: str, order_id: str) -> dict[str, Any]:
+        return self._edited(super().order(merchant_id, order_id))
+
+    # on-terminal installs ---------------------------------------------------------------------
+
+    def install_app(self, business_id: str, app_id: str | None = None) -> dict[str, Any]:
+        """Install ``app_id`` (default: the default app) on a business's terminal: its app token
+        may read the business from now on; the billing list shows an ACTIVE subscription."""
+        app = app_id or self.app_id
+        self.merchant(business_id)
+        now = iso_ms(self.now_ms())
+        sub = {
+            "createdAt": now,
+            "updatedAt": now,
+            "startAt": now,
+            "businessId": business_id,
+            "appId": app,
+            "subscriptionId": str(uuid.uuid4()),
+            "phase": "FULL",
+            "planId": str(uuid.uuid4()),
+            "status": "ACTIVE",
+        }
+        self.installs[business_id] = sub
+        self.tokens.new_grant(app, business_id)
+        return sub
+
+    def uninstall_app(self, business_id: str) -> None:
+        """Remove the app from the business's terminal: its app token loses access (403)."""
+        sub = self.installs.pop(business_id, None)
+        if sub is None:
+            raise KeyError(f"the app is not installed on {business_id!r}")
+        with self.tokens.lock:
+            for g in self.tokens.grants_of(business_id):
+                if g.app_id == sub["appId"] and not g.access:
+                    g.revoked = True
+
+    def _subscriptions(self, req: Request, match: Any) -> Response:
+        a = self.tokens.access(req.bearer())
+        if a is None or a.grant.merchant_id is not None:
+            return self._error(401, "an app access token is required")
+        if match.group("aid") != a.grant.app_id:
+            return self._error(403, "the token is not this app's")
+        try:
+            start = int(req.arg("start") or 0)
+            count = int(req.arg("count") or 0) or 10
+        except ValueError:
+            return self._error(400, "start and count must be integers")
+        rows = [s for s in self.installs.values() if s["appId"] == a.grant.app_id]
+        biz = req.arg("businessId")
+        if biz:
+            rows = [s for s in rows if s["businessId"] == biz]
+        page = rows[start : start + count]
+        return json_response(200, {"list": page, "start": start, "count": len(page), "total": len(rows)})
 
     def _get_order(self, req: Request, match: Any, who: Principal) -> Response:
         m = self.merchant(match.group("bid"))
@@ -533,3 +809,13 @@ class PoyntSandbox(OrderSandbox):
     def send_uninstall(self, url: str, business_id: str) -> int:
         event = self.webhook_event(business_id, self.app_id, "APPLICATION_SUBSCRIPTION_END", "/applications")
         return self.post(url, event)
+
+    def send_subscription_event(self, url: str, business_id: str, event_type: str) -> tuple[int, bytes]:
+        """A billing event (``APPLICATION_SUBSCRIPTION_START`` / ``_END``) for the default app;
+        returns the status and the exact body (a test can deliver it again, as Poynt retries)."""
+        sub = self.installs.get(business_id, {})
+        event = self.webhook_event(
+            business_id, sub.get("subscriptionId", self.app_id), event_type, "/subscriptions"
+        )
+        body = json.dumps(event, separators=(",", ":")).encode()
+        return _post(url, body, self.sign_webhook(body)), body

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from posync.resources import Resources, resources
 
 PROVIDERS: tuple[str, ...] = ("clover", "poynt")
+# Poynt's billing API (on-terminal installs: GET /apps/{appId}/subscriptions); POSYNC_POYNT_BILLING_BASE
+POYNT_BILLING_BASE = "https://billing.poynt.net"
 PROVIDER_PATTERN = re.compile(r"^(clover|poynt)$")
 
 
@@ -138,6 +140,7 @@ class Settings:
     refresh_leeway_s: int
     provider_region: str = "sandbox"  # POSYNC_PROVIDER_REGION: recorded on each connection
     reconcile_days: int = 7  # POSYNC_RECONCILE_DAYS: the reconcile sweep's window (posync.reconcile)
+    poynt_billing_base: str = POYNT_BILLING_BASE  # POSYNC_POYNT_BILLING_BASE (subscriptions)
 
     @property
     def connections_table(self) -> str:
@@ -209,4 +212,7 @@ class Settings:
             refresh_leeway_s=_int(e, "POSYNC_REFRESH_LEEWAY_SECONDS", 300, 0, 86400),
             provider_region=e.get("POSYNC_PROVIDER_REGION", "sandbox"),
             reconcile_days=_int(e, "POSYNC_RECONCILE_DAYS", 7, 1, 90),
+            poynt_billing_base=_url(
+                "POSYNC_POYNT_BILLING_BASE", e.get("POSYNC_POYNT_BILLING_BASE") or POYNT_BILLING_BASE
+            ),
         )

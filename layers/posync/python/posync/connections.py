@@ -2,10 +2,10 @@
 
 Item layout (pk ``connection_id`` = ``provider#merchant_id``; GSI ``by-status`` on
 ``status``): ``provider``, ``merchant_id``, ``status``, ``status_reason``, ``region``,
-``ref``, ``connected_at``, ``access_expires_at`` / ``refresh_expires_at`` (Unix
-seconds), ``cursor`` and ``last_run`` (JSON strings: the sync engine owns their
-content), ``last_error`` / ``last_error_at``, ``queued_at`` (when the dispatcher last
-queued a sync: ``posync.schedule``) and ``updated_at``. Tokens are never
+``ref``, ``connected_at``, ``auth`` (``oauth`` | ``app_installed``), ``access_expires_at`` /
+``refresh_expires_at`` (Unix seconds), ``cursor`` and ``last_run`` (JSON strings: the sync
+engine owns their content), ``last_error`` / ``last_error_at``, ``queued_at`` (when the
+dispatcher last queued a sync: ``posync.schedule``) and ``updated_at``. Tokens are never
 stored here (they live in Secrets Manager).
 
 The ``by-status`` index is expected to project all attributes (the CDK default and
@@ -76,6 +76,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         last_run=_json_attr(data.get("last_run")),
         last_error=data.get("last_error"),
         queued_at=data.get("queued_at"),
+        auth=str(data.get("auth") or "oauth"),
     )
 
 
@@ -202,6 +203,7 @@ class ConnectionRepository:
             .set("status", ConnectionStatus.ACTIVE.value)
             .set("region", conn.region)
             .set("connected_at", conn.connected_at or self._now())
+            .set("auth", conn.auth)
             .set("updated_at", self._now())
             .remove("last_error")
             .remove("status_reason")

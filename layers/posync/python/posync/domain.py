@@ -64,6 +64,9 @@ class Connection:
     last_run: dict[str, Any] = field(default_factory=dict)
     last_error: str | None = None
     queued_at: str | None = None  # RFC 3339 UTC: when the dispatcher last queued a sync (posync.schedule)
+    # How posync is authorized: "oauth" (the merchant's consent, tokens in the connection's
+    # secret) or "app_installed" (a Poynt on-terminal app: the app's own token, no secret).
+    auth: str = "oauth"
 
     @property
     def connection_id(self) -> str:

@@ -247,9 +247,11 @@ class SourceFactory:
         app_rates: Mapping[str, AppRate] | None = None,
         app_slots: Callable[[str], AppSlots] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        app_tokens: AccessTokens | None = None,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
+        self._app_tokens = app_tokens  # Poynt on-terminal connections (built on first use)
         self.config = config
         self.app_rates = dict(app_rates or {})
         self.app_slots = app_slots
@@ -262,6 +264,8 @@ class SourceFactory:
         want = self.config.parallelism or limits.token_concurrency or 5
         if limits.token_concurrency:
             want = min(want, limits.token_concurrency)
+        if p == "poynt":
+            want = 1  # one sequential pass, one request at a time (posync.providers.poynt.source)
         if _caught_up(conn, self.clock.time()):
             # A scheduled run of a connection that is caught up reads a page or two: one request
             # slot is enough, and leasing more would starve the other connections' runs of the
@@ -279,7 +283,7 @@ class SourceFactory:
         transport = Transport(
             conn,
             self.settings.hosts(p).api_base,
-            self.tokens,
+            self._tokens_for(conn),
             RequestLimiter(token, app_rate, slots),
             http=session(p, max(16, 2 * want)),
             clock=self.clock,
@@ -301,6 +305,16 @@ class SourceFactory:
         if app_rate is not None:
             source.on_close(app_rate.settle)  # tokens taken and not used go back to the app's bucket
         return source
+
+    def _tokens_for(self, conn: Connection) -> AccessTokens:
+        """The merchant's tokens; a Poynt on-terminal connection uses the app's own token."""
+        if conn.auth != "app_installed":
+            return self.tokens
+        if self._app_tokens is None:
+            from posync.providers.poynt.installs import AppTokens, app_oauth
+
+            self._app_tokens = AppTokens(app_oauth(self.settings))
+        return self._app_tokens
 
 
 CAUGHT_UP_S = 2 * 3600

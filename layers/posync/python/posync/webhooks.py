@@ -22,8 +22,10 @@ deduplicated per connection and minute (many events in a burst -> one sync).
 **Poynt** (``POST /webhooks/poynt``)
 - ``Poynt-Webhook-Signature`` must be the base64 HMAC-SHA1 of the raw body keyed with the
   hook's secret (``webhook_secret`` in the Poynt app secret), compared in constant time.
-- Body: one event (or a list) ``{"eventType", "businessId", "resource", "resourceId", ...}``.
-  ``ORDER_*`` events (or ``resource`` ``/orders``) queue a sync; ``UNINSTALL_EVENTS`` revoke.
+- Parsing, signatures and the facts behind them: ``posync.providers.poynt.webhooks``.
+  ``ORDER_*`` events queue a sync; a delivery already seen (Poynt retries after 2 s) is
+  acknowledged without effect (``deliveries``); ``APPLICATION_SUBSCRIPTION_START`` connects an
+  on-terminal business (``on_install``), ``_END`` revokes it.
 
 Uninstall: the connection becomes ``revoked`` (the dispatcher and worker skip it, so its
 syncs stop), its token secret is scheduled for deletion with a 7-day recovery window, and
@@ -34,7 +36,6 @@ no detail; a body over 256 KiB is a 413.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -60,12 +61,6 @@ MAX_BODY_BYTES = 256 * 1024
 VERIFICATION_KEY = "webhook#clover#verification"
 VERIFICATION_RETENTION_S = 7 * 86400
 CREDENTIAL_RELOAD_MIN_AGE_S = 30.0  # a failed check re-reads rotated secrets at most this often
-# APPLICATION_SUBSCRIPTION_END is Poynt's documented "subscription cancellation/end" event (its
-# billing-webhooks guide and the Java SDK's hook-registration sample subscribe to it with
-# APPLICATION_SUBSCRIPTION_START); the two others are accepted in case a portal sends them.
-POYNT_UNINSTALL_EVENTS = frozenset(
-    {"APPLICATION_SUBSCRIPTION_END", "APPLICATION_UNINSTALLED", "BUSINESS_APPLICATION_UNINSTALLED"}
-)
 REVOKED_EVENT = "ConnectionRevoked"
 
 
@@ -83,6 +78,17 @@ class WebhookResult:
     syncs_queued: int = 0
     revoked: int = 0
     ignored: int = 0
+    installed: int = 0
+
+
+class DeliveryLog(Protocol):
+    def first(self, provider: str, delivery_id: str) -> bool:
+        """True the first time this delivery is seen (then remembered for a while)."""
+        ...
+
+    def forget(self, provider: str, delivery_id: str) -> None:
+        """The delivery was not acted on after all: its retry must count as new."""
+        ...
 
 
 class Credentials(Protocol):
@@ -141,7 +147,9 @@ def check_body_size(body: bytes) -> None:
 
 
 def poynt_signature(secret: str, body: bytes) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha1).digest()).decode("ascii")
+    from posync.providers.poynt.webhooks import signature
+
+    return signature(secret, body)
 
 
 def _parse_json(body: bytes) -> Any:
@@ -163,6 +171,8 @@ class WebhookService:
         enqueue: Callable[[SyncRequest, str], None],
         events: Callable[[str, dict[str, Any]], object],
         clock: Callable[[], float] = time.time,
+        deliveries: DeliveryLog | None = None,
+        on_install: Callable[[str, str], object] | None = None,
     ) -> None:
         self._settings = settings
         self._credentials = credentials
@@ -172,6 +182,8 @@ class WebhookService:
         self._enqueue = enqueue
         self._events = events
         self._clock = clock
+        self._deliveries = deliveries
+        self._on_install = on_install
 
     def handle(self, provider: str, headers: Mapping[str, str], body: bytes) -> WebhookResult:
         """``headers`` with lower-case names (API Gateway v2 delivers them so)."""
@@ -274,23 +286,32 @@ class WebhookService:
             lambda c: getattr(c, "webhook_secret", None),
             lambda secret: hmac.compare_digest(presented.encode(), poynt_signature(secret, body).encode()),
         )
-        data = _parse_json(body)
-        events: Iterable[Any] = data if isinstance(data, list) else [data]
-        per_merchant: dict[str, tuple[bool, int]] = {}
-        for ev in events:
-            if not isinstance(ev, dict):
-                continue
-            biz = str(ev.get("businessId", ""))
-            event_type = str(ev.get("eventType", "")).upper()
-            uninstall, orders = per_merchant.get(biz, (False, 0))
-            if event_type in POYNT_UNINSTALL_EVENTS:
-                uninstall = True
-            elif event_type.startswith("ORDER_") or str(ev.get("resource", "")).rstrip("/") == "/orders":
-                orders += 1
-            per_merchant[biz] = (uninstall, orders)
+        from posync.providers.poynt.webhooks import parse_events
+
         result = WebhookResult()
-        for biz, (uninstall, orders) in per_merchant.items():
-            self._apply("poynt", biz, uninstall=uninstall, order_events=orders, result=result)
+        for biz, ev in parse_events(_parse_json(body)).items():
+            fresh = [
+                e for e in ev.event_ids if self._deliveries is None or self._deliveries.first("poynt", e)
+            ]
+            if not fresh:  # a retried delivery (Poynt retries after 2 s): already acted on
+                result.ignored += 1
+                continue
+            try:
+                if ev.installed and not ev.uninstalled and self._on_install is not None:
+                    if MERCHANT_ID_PATTERNS["poynt"].fullmatch(biz):
+                        self._on_install("poynt", biz)
+                        result.installed += 1
+                    else:
+                        result.ignored += 1
+                    continue
+                self._apply(
+                    "poynt", biz, uninstall=ev.uninstalled, order_events=ev.order_events, result=result
+                )
+            except Exception:
+                if self._deliveries is not None:  # not acted on: Poynt's retry must not be ignored
+                    for e in fresh:
+                        self._deliveries.forget("poynt", e)
+                raise
         return result
 
     # -- effects -----------------------------------------------------------------------------
@@ -337,7 +358,8 @@ class WebhookService:
                 )
             except ConnectionNotFound:
                 return
-        self._tokens.schedule_deletion(conn.provider, conn.merchant_id)
+        if conn.auth != "app_installed":  # an on-terminal connection has no token secret
+            self._tokens.schedule_deletion(conn.provider, conn.merchant_id)
         metrics.add_metric(name="ConnectionsRevoked", unit=MetricUnit.Count, value=1)
         logger.warning("connection revoked: app uninstalled", extra={"connection_id": cid})
         try:
@@ -376,6 +398,8 @@ def build_webhook_service(settings: Settings) -> WebhookService:
     from posync.authorization import sync_enqueuer
     from posync.connections import ConnectionRepository
     from posync.events import put_event
+    from posync.providers.poynt.installs import connect_installed
+    from posync.providers.poynt.webhooks import DynamoDeliveryLog
     from posync.tokens import SecretsManagerTokenStore
 
     def emit(detail_type: str, detail: dict[str, Any]) -> object:
@@ -389,4 +413,6 @@ def build_webhook_service(settings: Settings) -> WebhookService:
         verification=DynamoVerificationStore(settings),
         enqueue=sync_enqueuer(settings),
         events=emit,
+        deliveries=DynamoDeliveryLog(settings),
+        on_install=lambda provider, business_id: connect_installed(settings, business_id),
     )

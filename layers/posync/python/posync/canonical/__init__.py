@@ -29,8 +29,8 @@ def _normalizers() -> dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]]
     ``posync.canonical.fields``, so this package must not import them while it loads."""
     global _NORMALIZERS  # noqa: PLW0603 (filled once per process)
     if not _NORMALIZERS:
-        from posync.canonical.poynt import normalize_poynt
         from posync.providers.clover.normalizer import normalize_clover
+        from posync.providers.poynt.canonical import normalize_poynt
 
         _NORMALIZERS = {"clover": normalize_clover, "poynt": normalize_poynt}
     return _NORMALIZERS

@@ -1,6 +1,6 @@
 """Provider OAuth adapters: consent URL, callback parameters, code exchange and refresh.
 
-Each provider's quirks live in its adapter (``clover.oauth``, ``poynt_oauth``); the
+Each provider's quirks live in its adapter (``clover.oauth``, ``poynt.oauth``); the
 authorization and token services only speak ``OAuthProvider``. Hosts come from
 ``posync.config`` only.
 """
@@ -197,7 +197,7 @@ def build_providers(
     clock: Callable[[], float] = time.time,
 ) -> dict[str, OAuthProvider]:
     from posync.providers.clover.oauth import CloverOAuth
-    from posync.providers.poynt_oauth import PoyntOAuth
+    from posync.providers.poynt.oauth import PoyntOAuth
 
     # session None: the container's shared one, created with the first provider call
     return {

@@ -59,7 +59,9 @@ offsets staying put:
   checkpoint; :meth:`KeysetSource.resume` continues from it exactly.
 
 Providers plug in :meth:`KeysetSource.fetch` (one request, plus any nested paging) and
-their time encoding; see ``clover.py`` and ``poynt.py``.
+their time encoding; see ``clover.py``. Poynt cannot be read by this keyset (what its
+``startAt``/``endAt`` filter and the order of its rows are not settled): its source keeps the
+plan, cursor and page interfaces and reads its own way (``posync.providers.poynt.source``).
 """
 
 from __future__ import annotations
@@ -573,7 +575,7 @@ def build_source(provider: str, merchant_id: str, transport: Transport, config: 
 
         return CloverSource(transport, merchant_id, config)
     if provider == "poynt":
-        from posync.sources.poynt import PoyntSource
+        from posync.providers.poynt.source import PoyntSource
 
         return PoyntSource(transport, merchant_id, config)
     raise InvalidInput(f"unknown provider {provider[:32]!r}")

@@ -8,6 +8,13 @@ AUTHORIZE, CAPTURE (``parentId`` = the authorization) or REFUND (``parentId`` = 
 payment refunded), whose ``amounts.transactionAmount`` is ``orderAmount + tipAmount +
 cashbackAmount``.
 
+Lenient where Poynt's model allows absence, strict where identity is at stake (PNT-ITEM-ID,
+PNT-TIP-TOTALS): an item without ``id`` gets a derived line id (:func:`derived_line_id`,
+stable across versions of the order while its items keep their places); tips come from the
+transactions, or from ``amounts.capturedTotals.tipAmount`` when the order carries no
+transactions at all (there is no ``tipTotal``). An order without its own ``id``, or of another
+business, is still quarantined.
+
 Payments are counted once per authorization chain: a CAPTURE whose parent is an
 AUTHORIZE in the same order updates that payment (amount, tip, status) instead of
 adding one; refunds of either id point at the authorization's id. VOIDED
@@ -71,8 +78,20 @@ def _discount_entries(raw: Any, out: list[dict[str, Any]]) -> None:
         )
 
 
+def derived_line_id(position: int, it: dict[str, Any]) -> str:
+    """The line id of an item Poynt sent without ``id``: ``~<position>-<8 hex>``, the hex from its
+    ``productId``/``sku``/``name`` (a ``~`` never starts a Poynt item id, an integer)."""
+    import hashlib
+
+    basis = "|".join(str(it.get(k) or "") for k in ("productId", "sku", "name"))
+    return f"~{position + 1}-{hashlib.sha1(basis.encode(), usedforsecurity=False).hexdigest()[:8]}"
+
+
 def _line(
-    it: dict[str, Any], discounts: list[dict[str, Any]], taxes: dict[tuple[str, float], list[Any]]
+    it: dict[str, Any],
+    discounts: list[dict[str, Any]],
+    taxes: dict[tuple[str, float], list[Any]],
+    position: int = 0,
 ) -> dict[str, Any]:
     raw_qty = it.get("quantity")
     quantity = 1.0 if raw_qty is None else number(raw_qty, "quantity")
@@ -98,7 +117,7 @@ def _line(
     _discount_entries(it.get("discounts"), discounts)
     status = opt_str(it.get("status"), "status")
     return {
-        "line_id": req_id(it.get("id"), "id"),
+        "line_id": derived_line_id(position, it) if it.get("id") is None else req_id(it.get("id"), "id"),
         "name": opt_str(it.get("name"), "name"),
         "sku": opt_id(it.get("sku"), "sku"),
         "quantity": quantity,
@@ -249,7 +268,7 @@ def normalize_poynt(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
     if raw_items:
         for i, it in enumerate(raw_items):
             try:
-                lines.append(_line(item(it, ""), discounts, taxes))
+                lines.append(_line(item(it, ""), discounts, taxes, i))
             except MalformedOrder as exc:
                 raise nested(f"items[{i}]", exc) from None
     _discount_entries(raw.get("discounts"), discounts)
@@ -274,6 +293,13 @@ def normalize_poynt(merchant_id: str, raw: dict[str, Any]) -> dict[str, Any]:
             tip += payment["tip"]
     for refund in refunds:
         refunded += refund["amount"]
+    if raw.get("transactions") is None:
+        # No transactions sent: the *Totals objects are the only source of what was paid and tipped.
+        captured = obj(amounts.get("capturedTotals"), "amounts.capturedTotals")
+        refunded_totals = obj(amounts.get("refundedTotals"), "amounts.refundedTotals")
+        paid = abs(opt_money(captured, "orderAmount", "amounts.capturedTotals.orderAmount"))
+        tip = abs(opt_money(captured, "tipAmount", "amounts.capturedTotals.tipAmount"))
+        refunded = abs(opt_money(refunded_totals, "orderAmount", "amounts.refundedTotals.orderAmount"))
 
     employee = context.get("employeeUserId", context.get("employeeId"))
     return {

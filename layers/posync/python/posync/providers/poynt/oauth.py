@@ -5,8 +5,12 @@
   (``APP_JWT_TTL_S`` later, under Poynt's 300 s cap) and a fresh random ``jti`` every time
   (Poynt rejects a reused one), signed with the app's private key.
 - Consent: ``{authorize_base}/applications/authorize?client_id=<app id>&redirect_uri&context``;
-  our signed state travels as ``context``. The callback gets ``code``, ``status``
-  (``success`` when approved) and ``context``.
+  our signed state travels as ``context``. The callback gets ``code``, ``status`` and
+  ``context``. ``status``'s values are not documented (PNT-CONSENT-STATUS; Poynt's own sample
+  app only checks that ``code`` came back): a ``code`` without an ``error`` is an approval
+  whatever ``status`` says, unless ``status`` is a recognizable denial (``DENIAL_WORDS``).
+  The business is never taken from the redirect (its ``businessId`` is deprecated): it is the
+  access token's ``poynt.biz``, else the code's (PNT-CONSENT-BIZ).
 - Exchange: POST ``{api_base}/token`` with ``Authorization: Bearer <self-signed JWT>`` and
   form ``grant_type=authorization_code&code&client_id&redirect_uri`` -> ``accessToken``
   (a JWT whose ``poynt.biz`` claim is the merchant's business id), ``refreshToken``,
@@ -19,6 +23,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -52,6 +57,36 @@ APP_JWT_TTL_S = 240  # Poynt accepts at most 300 s between iat and exp
 APP_TOKEN_MARGIN_S = 120  # re-fetch the cached app token this long before it expires
 DEFAULT_EXPIRES_IN_S = 86400
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+# Words that, in a ``status`` value, can only mean "not approved" (matched as whole words of the
+# value, case-insensitively: ``DENIED``, ``access_denied``, ``USER_CANCELLED``, ``declined``...).
+DENIAL_WORDS = frozenset(
+    {
+        "denied",
+        "deny",
+        "declined",
+        "decline",
+        "rejected",
+        "reject",
+        "cancelled",
+        "canceled",
+        "cancel",
+        "refused",
+        "error",
+        "failed",
+        "failure",
+        "unauthorized",
+        "forbidden",
+        "aborted",
+    }
+)
+
+
+def is_denial(status: str) -> bool:
+    """Is this ``status`` value a recognizable denial? (An unknown or empty value is not.)"""
+    words = {w for w in re.split(r"[^a-z]+", status.lower()) if w}
+    return bool(words & DENIAL_WORDS)
 
 
 def business_id_of(access_token: str) -> str:
@@ -115,6 +150,15 @@ class PoyntOAuth(UsesSession):
             headers["Authorization"] = f"Bearer {bearer}"
         return headers
 
+    def app_id(self) -> str:
+        return self._credentials().app_id
+
+    def forget_app_token(self, rejected: str) -> None:
+        """Poynt answered 401 to ``rejected``: the next call fetches a new app token."""
+        with self._app_token_lock:
+            if self._app_token is not None and self._app_token[0] == rejected:
+                self._app_token = None
+
     def app_access_token(self) -> str:
         """The app's own access token (JWT bearer grant), cached until near its expiry."""
         with self._app_token_lock:
@@ -150,13 +194,14 @@ class PoyntOAuth(UsesSession):
     def read_callback(self, params: Mapping[str, str]) -> CallbackParams:
         status = (params.get("status") or "").strip()
         code = params.get("code") or None
-        approved = status.lower() == "success" and code is not None and not params.get("error")
+        error = (params.get("error") or "").strip()
+        approved = code is not None and not error and not is_denial(status)
         return CallbackParams(
             state=params.get("context") or None,
             code=code,
             denied=not approved,
             merchant_id=None,
-            error=None if approved else scrub(params.get("error") or status or "no authorization code"),
+            error=None if approved else scrub(error or status or "no authorization code"),
         )
 
     def _tokens(self, body: Mapping[str, Any], now: float, what: str) -> TokenSet:
@@ -195,7 +240,11 @@ class PoyntOAuth(UsesSession):
             headers=self._headers(bearer=self.self_signed_jwt()),
         )
         tokens = self._tokens(exchange_reply(resp, "poynt", what), now, what)
-        return Grant(merchant_id=business_id_of(tokens.access_token), tokens=tokens)
+        try:
+            business = business_id_of(tokens.access_token)
+        except ProviderError:
+            business = business_id_of(callback.code)  # the code is a JWT carrying poynt.biz too
+        return Grant(merchant_id=business, tokens=tokens)
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         what = "poynt token endpoint (refresh)"
