@@ -203,6 +203,7 @@ def test_a_refused_refresh_marks_needs_reauth_emits_an_event_and_raises() -> Non
     # Given a provider that refuses the refresh token
     w = World(expires_in=10)
     w.refresher.raises = [RefreshRefused("clover refused the refresh token (401: Invalid refresh token)")]
+    w.refresher.recover_refuses = {"refresh-0"}  # revoked: recovery is refused too
     svc = w.service()
     # When the sync asks for a token
     with pytest.raises(AuthorizationRevoked):
@@ -337,6 +338,7 @@ def test_an_event_bus_outage_does_not_hide_the_revocation() -> None:
     # Given EventBridge unreachable and a refused refresh
     w = World(expires_in=10)
     w.refresher.raises = [RefreshRefused("clover refused the refresh token (401: Invalid refresh token)")]
+    w.refresher.recover_refuses = {"refresh-0"}  # revoked: recovery is refused too
 
     def unreachable(detail_type: str, detail: dict[str, object]) -> object:
         raise EndpointConnectionError(endpoint_url="http://events.test")
