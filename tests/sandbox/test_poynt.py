@@ -378,3 +378,48 @@ def test_a_naive_link_follower_misses_orders_modified_while_paging(poynt: PoyntS
     poynt.knobs.modify_during_paging = 0
     everything = orders(poynt, bid, token, limit=100, startOffset=0).json()["count"]
     assert everything == len(window)
+
+
+def test_app_level_knobs_refuse_the_apps_jwt(poynt: PoyntSandbox) -> None:
+    def assertion() -> str:
+        return poynt_assertion(poynt, ttl_s=240)
+
+    def grant(jwt_: str) -> requests.Response:
+        return app_token(poynt, jwt_)
+
+    assert grant(assertion()).status_code == 200
+    # a wrong aud for the region
+    poynt.knobs.jwt_audience = "https://services-eu.poynt.net"
+    r = grant(assertion())
+    assert (r.status_code, r.json()["message"]) == (401, "invalid audience")
+    poynt.knobs.jwt_audience = None
+    # our clock 10 minutes behind the provider's
+    poynt.knobs.clock_skew_s = 600
+    assert grant(assertion()).json()["message"] == "JWT expired"
+    poynt.knobs.clock_skew_s = 0
+    # a rotated key pair
+    registered = poynt.apps[poynt.app_id]
+    poynt.rotate_app_key()
+    try:
+        assert grant(assertion()).json()["message"] == "invalid signature"
+    finally:
+        poynt.apps[poynt.app_id] = registered  # the module's sandbox is shared
+
+
+def test_a_refresh_jwt_is_ignored_or_verified_by_profile(poynt: PoyntSandbox) -> None:
+    mid = poynt.add_merchant(orders=1)
+    first = poynt_connect(poynt, mid)
+
+    def refresh(token: str) -> requests.Response:
+        return requests.post(
+            f"{poynt.url}/token",
+            data={"grantType": "REFRESH_TOKEN", "refreshToken": token},
+            headers={"Authorization": "Bearer not-a-jwt"},
+            timeout=10,
+        )
+
+    r = refresh(first["refreshToken"])
+    assert r.status_code == 200  # "ignored": Poynt documents no client authentication here
+    poynt.knobs.refresh_client_auth = "verified"
+    r2 = refresh(r.json()["refreshToken"])
+    assert (r2.status_code, r2.json()["code"]) == (401, "UNAUTHORIZED")

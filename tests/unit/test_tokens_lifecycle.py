@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import pytest
 
-from posync.domain import ConnectionStatus
-from posync.errors import AuthorizationRevoked
+from posync.domain import Connection, ConnectionStatus
+from posync.errors import AuthorizationRevoked, ProviderError
 from posync.observability import metrics
-from posync.tokens import RECOVERY_WINDOW_S, RefreshRefused, TokenSet, refresh_lease_name
+from posync.tokens import (
+    RECOVERY_WINDOW_S,
+    AppAuthFailed,
+    AppCircuitOpen,
+    MemoryAppBreaker,
+    RefreshRefused,
+    TokenSet,
+    refresh_lease_name,
+)
 from tests.unit.test_tokens_service import MERCHANT, World
 
 KEY = ("clover", MERCHANT)
@@ -250,3 +258,84 @@ def test_a_stale_workers_refreshed_pair_does_not_overwrite_a_reconnects_tokens()
     # Then the new grant's tokens stay, and are the ones served
     assert w.store.secrets[KEY].access_token == "access-new-grant"
     assert token == "access-new-grant"
+
+
+# -- item 3: app-level failures are not any merchant's refusal ----------------------------------
+
+OTHER = "ZYXWVUTSRQ987"
+
+
+def two_merchants(w: World) -> Connection:
+    """A second connection of the same app, expiring too."""
+    other = w.connections.add(Connection("clover", OTHER))
+    now = int(w.clock())
+    w.store.secrets[("clover", OTHER)] = TokenSet("o-access-0", now + 10, "o-refresh-0", now + 86400, now)
+    return other
+
+
+def test_an_app_level_failure_opens_the_breaker_once_and_flags_no_merchant() -> None:
+    # Given the app's client id is wrong: the provider refuses the app, not the grant
+    w = World(expires_in=10)
+    other = two_merchants(w)
+    w.refresher.raises = [AppAuthFailed("credentials", "clover does not know this client_id")]
+    breaker = MemoryAppBreaker(w.clock, cooldown_s=300)
+    svc = w.service(breaker=breaker)
+    # When two merchants' tokens are due (still valid for a few seconds)
+    tokens = [svc.access_token(w.conn), svc.access_token(other)]
+    # Then both keep their current tokens, nobody is flagged, and the provider was asked once
+    assert tokens == ["access-0", "o-access-0"]
+    assert {c.status for c in w.connections.conns.values()} == {ConnectionStatus.ACTIVE}
+    assert w.refresher.calls == 1
+    # And one app-level event went out, and the failure was counted (the alarm's metric)
+    assert [t for t, _ in w.events.events] == ["AppAuthFailed"]
+    detail = w.events.events[0][1]
+    assert (detail["provider"], detail["kind"]) == ("clover", "credentials")
+    assert metrics.metric_set["AppAuthFailures"]["Value"] == [1.0]
+    # When the tokens expire while the breaker is open: the sync pauses, still nobody is flagged
+    w.fake_clock.sleep(60)
+    with pytest.raises(AppCircuitOpen):
+        svc.access_token(other)
+    assert w.refresher.calls == 1
+    assert {c.status for c in w.connections.conns.values()} == {ConnectionStatus.ACTIVE}
+    # When the cool-down has passed and the credentials are fixed, one probe closes the breaker
+    w.fake_clock.sleep(300)
+    assert svc.access_token(other) == "access-2"
+    assert svc.access_token(w.conn) == "access-3"
+    assert len(w.events.events) == 1
+
+
+def test_a_storm_of_token_endpoint_errors_opens_the_breaker_without_flagging() -> None:
+    # Given a token endpoint answering 503 to every refresh, for five merchants
+    w = World(expires_in=10)
+    conns = [w.conn]
+    for i in range(4):
+        mid = f"STORM{i:08d}"
+        conns.append(w.connections.add(Connection("clover", mid)))
+        now = int(w.clock())
+        w.store.secrets[("clover", mid)] = TokenSet(f"a{i}", now + 10, f"r{i}", now + 86400, now)
+    w.refresher.raises = [ProviderError("clover refresh endpoint answered 503", status=503) for _ in range(5)]
+    svc = w.service(breaker=MemoryAppBreaker(w.clock, storm_threshold=5))
+    # When each merchant's refresh fails
+    for c in conns:
+        svc.access_token(c)
+    # Then the fifth opened the breaker: one event, no merchant flagged, no sixth call
+    assert [t for t, _ in w.events.events] == ["AppAuthFailed"]
+    assert w.events.events[0][1]["kind"] == "outage"
+    assert {c.status for c in conns} == {ConnectionStatus.ACTIVE}
+    w.fake_clock.sleep(60)
+    with pytest.raises(AppCircuitOpen):
+        svc.access_token(w.conn)
+    assert w.refresher.calls == 5
+
+
+def test_an_app_level_refusal_of_the_recovery_call_flags_nobody() -> None:
+    # Given a refused refresh whose recovery is refused for the app's client secret
+    w = World(expires_in=10)
+    w.refresher.raises = [refused()]
+    w.refresher.recover_raises = [AppAuthFailed("credentials", "clover refused the client secret")]
+    svc = w.service()
+    # When a token is asked for
+    assert svc.access_token(w.conn) == "access-0"
+    # Then the connection is not flagged; the app is
+    assert w.conn.status is ConnectionStatus.ACTIVE
+    assert [t for t, _ in w.events.events] == ["AppAuthFailed"]

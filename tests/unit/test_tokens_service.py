@@ -13,7 +13,14 @@ from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked, ProviderError
 from posync.observability import metrics
 from posync.ports import AccessTokens
-from posync.tokens import RefreshNotDue, RefreshRefused, TokenService, TokenSet, refresh_lease_name
+from posync.tokens import (
+    AppBreaker,
+    RefreshNotDue,
+    RefreshRefused,
+    TokenService,
+    TokenSet,
+    refresh_lease_name,
+)
 from tests.unit.oauth_fakes import (
     EventLog,
     FakeClock,
@@ -45,7 +52,7 @@ class World:
         self.original = TokenSet("access-0", now + expires_in, "refresh-0", now + 86400, now)
         self.store.secrets[("clover", MERCHANT)] = self.original
 
-    def service(self, *, real_time: bool = False) -> TokenService:
+    def service(self, *, real_time: bool = False, breaker: AppBreaker | None = None) -> TokenService:
         return TokenService(
             self.settings,
             refreshers={"clover": self.refresher},
@@ -53,6 +60,7 @@ class World:
             leases=self.leases,
             connections=self.connections,
             events=self.events,
+            breaker=breaker,
             clock=time.time if real_time else self.clock,
             sleep=time.sleep if real_time else self.fake_clock.sleep,
         )
