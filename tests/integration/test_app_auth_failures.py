@@ -30,6 +30,7 @@ from tests.integration.auth_flow import (
     bus_events,
     bus_listener,
     connection,
+    poynt_of,
     sandbox_of,
     stored_tokens,
 )
@@ -62,7 +63,11 @@ def misconfigure_clover_client_id(rt: LocalRuntime) -> Callable[[], None]:
     store = AppCredentialsStore(rt.settings)
     good = store.clover().client_id
     store.save("clover", {"client_id": "NOTOURCLIENT1"})
-    return lambda: AppCredentialsStore(rt.settings).save("clover", {"client_id": good})
+
+    def undo() -> None:
+        AppCredentialsStore(rt.settings).save("clover", {"client_id": good})
+
+    return undo
 
 
 def poynt_knob(**knobs: object) -> Callable[[LocalRuntime], Callable[[], None]]:
@@ -83,7 +88,7 @@ def poynt_knob(**knobs: object) -> Callable[[LocalRuntime], Callable[[], None]]:
 
 
 def rotate_poynt_key(rt: LocalRuntime) -> Callable[[], None]:
-    sb = sandbox_of(rt, "poynt")
+    sb = poynt_of(rt)
     sb.knobs.refresh_client_auth = "verified"
     registered = sb.apps[sb.app_id]
     sb.rotate_app_key()
