@@ -96,6 +96,7 @@ class FakeLeases:
         self.items: dict[str, tuple[str, int]] = {}
         self.acquired = 0
         self.extended = 0
+        self.taken_over: set[str] = set()
         self.lock = threading.Lock()
 
     def acquire(self, name: str, owner: str, ttl_s: int) -> bool:
@@ -104,9 +105,14 @@ class FakeLeases:
             held = self.items.get(name)
             if held is not None and not held[1] < int(now):
                 return False
+            if held is not None:
+                self.taken_over.add(owner)
             self.items[name] = (owner, int(now) + ttl_s)
             self.acquired += 1
             return True
+
+    def took_over(self, name: str, owner: str) -> bool:
+        return owner in self.taken_over
 
     def extend(self, name: str, owner: str, ttl_s: int) -> bool:
         with self.lock:

@@ -116,6 +116,7 @@ def test_the_lease_put_is_conditional_on_absence_or_expiry() -> None:
         },
         "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now",
         "ExpressionAttributeValues": {":now": {"N": "1800000000"}},
+        "ReturnValues": "ALL_OLD",
     }
     with Stubber(ddb) as stub:
         stub.add_response("put_item", {}, expected)
@@ -154,6 +155,11 @@ def test_only_the_holder_can_extend_the_lease_and_the_extension_keeps_others_out
     clock.sleep(11)
     assert b.acquire(name, "B", 30)
     assert not a.extend(name, "A", 30)
+    # And B knows it took over an unreleased lease (its holder may still save); after a release
+    # the next holder knows it did not
+    assert b.took_over(name, "B")
+    b.release(name, "B")
+    assert a.acquire(name, "A2", 30) and not a.took_over(name, "A2")
 
 
 def test_the_app_breaker_opens_once_shares_its_state_and_probes_once_half_open(settings: Settings) -> None:

@@ -42,7 +42,9 @@ def test_a_refusal_waits_for_the_previous_holders_save_before_flagging() -> None
     # Given a caller whose refresh is refused because a slower holder (whose lease expired) already
     # spent the refresh token and is about to save the new pair
     w = World(expires_in=10)
+    w.leases.items[refresh_lease_name(w.conn.connection_id)] = ("slow-holder", int(w.clock()) - 1)  # expired
     w.refresher.raises = [refused()]
+    w.refresher.recover_refuses = {"refresh-0"}
     svc = w.service()
     real_sleep = w.fake_clock.sleep
     slept: list[float] = []
@@ -63,6 +65,19 @@ def test_a_refusal_waits_for_the_previous_holders_save_before_flagging() -> None
     assert w.events.events == []
     # And it waited only briefly
     assert sum(slept) < 10
+
+
+def test_a_refusal_after_a_released_lease_is_not_waited_on() -> None:
+    # Given a refused refresh, the lease having been free (nobody was mid-refresh)
+    w = World(expires_in=10)
+    w.refresher.raises = [refused()]
+    w.refresher.recover_refuses = {"refresh-0"}
+    start = w.clock()
+    # When a token is asked for
+    with pytest.raises(AuthorizationRevoked):
+        w.service().access_token(w.conn)
+    # Then the refusal was believed (after recovery) without waiting
+    assert w.clock() - start < 1
 
 
 def test_a_holder_that_lost_its_lease_does_not_overwrite_the_newer_pair() -> None:

@@ -291,6 +291,11 @@ class LeaseStore(Protocol):
         """Push the lease's end to now + ``ttl_s`` if ``owner`` still holds it (the fence check)."""
         ...
 
+    def took_over(self, name: str, owner: str) -> bool:
+        """True when ``owner``'s acquisition replaced an expired, unreleased lease: its previous
+        holder may still be working (and about to save a pair it got for the stored token)."""
+        ...
+
     def release(self, name: str, owner: str) -> None: ...
 
 
@@ -440,6 +445,8 @@ class DynamoLeases:
         self._clock = clock
         self._sleep = sleep
         self._confirm_after_s = confirm_after_s
+        self._taken_over: set[str] = set()  # owners whose acquisition replaced an expired lease
+        self._lock = threading.Lock()
 
     @staticmethod
     def _ddb() -> Any:
@@ -449,7 +456,7 @@ class DynamoLeases:
         now = self._clock()
         ddb = self._ddb()
         try:
-            ddb.put_item(
+            reply = ddb.put_item(
                 TableName=self._table,
                 Item={
                     "pk": {"S": name},
@@ -459,15 +466,23 @@ class DynamoLeases:
                 },
                 ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": str(int(now))}},
+                ReturnValues="ALL_OLD",
             )
         except ClientError as exc:
             if _error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
+        with self._lock:
+            if reply.get("Attributes"):  # an expired lease its holder never released
+                self._taken_over.add(owner)
         if self._confirm_after_s > 0:
             self._sleep(self._confirm_after_s)
         item = ddb.get_item(TableName=self._table, Key={"pk": {"S": name}}, ConsistentRead=True).get("Item")
         return bool(item) and item.get("owner", {}).get("S") == owner
+
+    def took_over(self, name: str, owner: str) -> bool:
+        with self._lock:
+            return owner in self._taken_over
 
     def extend(self, name: str, owner: str, ttl_s: int) -> bool:
         try:
@@ -489,6 +504,8 @@ class DynamoLeases:
         return True
 
     def release(self, name: str, owner: str) -> None:
+        with self._lock:
+            self._taken_over.discard(owner)
         try:
             self._ddb().delete_item(
                 TableName=self._table,
@@ -951,6 +968,8 @@ class TokenService:
     ) -> TokenSet:
         """A refusal: wait for a slower holder's save, then recover, then (only then) flag."""
         cid = conn.connection_id
+        # Only a lease taken over from a holder that never released it can hide a pending save.
+        grace = self._refusal_grace_s if self._leases.took_over(held.name, held.owner) else 0.0
         waited, delay = 0.0, 0.25
         while True:
             fresh = self._read(conn)
@@ -959,7 +978,7 @@ class TokenService:
                     "a refused refresh was answered by another caller's save", extra={"connection_id": cid}
                 )
                 return fresh
-            if waited >= self._refusal_grace_s:
+            if waited >= grace:
                 break
             self._sleep(delay)
             waited += delay
