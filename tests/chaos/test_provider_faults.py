@@ -134,7 +134,7 @@ def test_a_refresh_token_spent_elsewhere_is_recovered_or_ends_in_needs_reauth_an
             timeout=10,
         )
     assert r.status_code == 200, r.text
-    chaos.provider_faults["refresh_token_reused"] = 1
+    chaos.provider_faults["refresh_reused"] = 1
     sb.expire_access_tokens(m)
     # When the backfill runs
     report = chaos.drain()

@@ -94,7 +94,7 @@ def test_a_worker_killed_after_clover_consumed_the_refresh_token_recovers_and_st
 
 
 def test_a_worker_killed_between_a_poynt_refresh_and_saving_it_ends_in_needs_reauth(chaos: Chaos) -> None:
-    # Given the same kill on Poynt, which documents no recovery
+    # Given the same kill on Poynt, which documents no recovery (and a used refresh token that dies)
     m = chaos.merchant("poynt", orders=40)
     chaos.sandbox("poynt").expire_access_tokens(m)
     chaos.faults.add(Fault("killed_before_token_save", "secretsmanager", "PutSecretValue"))
@@ -108,5 +108,28 @@ def test_a_worker_killed_between_a_poynt_refresh_and_saving_it_ends_in_needs_rea
     chaos.assert_cursor_covers("poynt", m)
     # When the merchant reconnects and the schedule runs: nothing is lost or doubled
     chaos.connect("poynt", m)
+    chaos.settle()
+    chaos.verify()
+
+
+def test_a_worker_killed_between_a_poynt_refresh_and_saving_it_stays_active_where_used_tokens_survive(
+    chaos: Chaos,
+) -> None:
+    # Given the other reading of PNT-TOKEN-01 (a used refresh token keeps working), and the same kill
+    m = chaos.merchant("poynt", orders=40)
+    sb = chaos.sandbox("poynt")
+    sb.knobs.refresh_reuse = "survives"
+    try:
+        sb.expire_access_tokens(m)
+        chaos.faults.add(Fault("killed_before_token_save", "secretsmanager", "PutSecretValue"))
+        # When the backfill runs
+        report = chaos.drain()
+    finally:
+        sb.knobs.refresh_reuse = "dies"
+    # Then the next container's refresh with the stored token works, and nothing is flagged
+    assert chaos.containers.kills["killed_before_token_save"] == 1
+    assert report.dead_lettered == 0
+    assert chaos.connection("poynt", m).status is ConnectionStatus.ACTIVE
+    assert chaos.assert_cursor_covers("poynt", m) == 40
     chaos.settle()
     chaos.verify()

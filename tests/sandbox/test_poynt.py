@@ -423,3 +423,21 @@ def test_a_refresh_jwt_is_ignored_or_verified_by_profile(poynt: PoyntSandbox) ->
     poynt.knobs.refresh_client_auth = "verified"
     r2 = refresh(r.json()["refreshToken"])
     assert (r2.status_code, r2.json()["code"]) == (401, "UNAUTHORIZED")
+
+
+def test_the_reuse_knob_lets_a_used_refresh_token_keep_working(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=1)
+    first = poynt_connect(poynt, bid)
+    poynt.knobs.refresh_reuse = "survives"
+
+    def refresh(token: str) -> requests.Response:
+        return requests.post(
+            f"{poynt.url}/token", data={"grantType": "REFRESH_TOKEN", "refreshToken": token}, timeout=10
+        )
+
+    second = refresh(first["refreshToken"])
+    again = refresh(first["refreshToken"])
+    assert (second.status_code, again.status_code) == (200, 200)
+    assert second.json()["refreshToken"] != again.json()["refreshToken"]
+    poynt.revoke(bid)
+    assert refresh(first["refreshToken"]).status_code == 400

@@ -19,7 +19,8 @@ Choices where Poynt's docs are silent, or where the sandbox must pick:
   ``Authorization: Bearer <app JWT>`` (verified as in (a), ``iss`` must be ``client_id``; the
   ``redirect_uri`` must be the one the consent carried) gives merchant tokens.
   (c) ``REFRESH_TOKEN`` + ``refreshToken`` gives a new pair; the old refresh token is dead from
-  then on. No Authorization header is needed (one sent is ignored).
+  then on (``knobs.refresh_reuse = "survives"``: the reading where it keeps working).
+  No Authorization header is needed (one sent is ignored).
   ``knobs.refresh_client_auth`` is the profile for an ``Authorization`` JWT sent on a refresh
   (not documented): ``ignored`` (default) or ``verified`` like the other grants.
   ``knobs.jwt_audience`` narrows the accepted ``aud`` to one value (a region mismatch);
@@ -423,7 +424,9 @@ class PoyntSandbox(OrderSandbox):
         who = rt.grant.merchant_id or rt.grant.app_id
         self.stats.incr("refresh_calls", who)
         problem = self.tokens.refresh_problem(rt)
-        if problem is not None or not self.tokens.consume(rt):
+        if self.knobs.refresh_reuse == "survives" and problem is None:
+            pass  # the reading where a used refresh token keeps working
+        elif problem is not None or not self.tokens.consume(rt):
             return self._invalid_grant(f"refresh token {problem or 'used'}")
         self.stats.incr("refreshes", who)
         return self.token_response(rt.grant)

@@ -105,6 +105,9 @@ class SandboxKnobs:
     # Poynt: what the token endpoint does with an ``Authorization`` JWT on a refresh (not documented:
     # Poynt's docs send none). "ignored" or "verified" (a bad JWT is refused as on the other grants).
     refresh_client_auth: str = "ignored"
+    # Poynt: whether a refresh token dies once used (not documented): "dies" or "survives" (it keeps
+    # working until the grant is revoked; each refresh still answers a new pair).
+    refresh_reuse: str = "dies"
     # Poynt: the one ``aud`` app JWTs must carry (None: the sandbox URL or Poynt's public API base).
     jwt_audience: str | None = None
     _failures: list[_Failure] = field(default_factory=list, repr=False, compare=False)
