@@ -354,3 +354,20 @@ def test_an_app_level_refusal_of_the_recovery_call_flags_nobody() -> None:
     # Then the connection is not flagged; the app is
     assert w.conn.status is ConnectionStatus.ACTIVE
     assert [t for t, _ in w.events.events] == ["AppAuthFailed"]
+
+
+def test_a_half_open_probe_answered_with_a_merchant_refusal_closes_the_breaker() -> None:
+    # Given an open breaker whose cool-down has passed
+    w = World(expires_in=10)
+    other = two_merchants(w)
+    breaker = MemoryAppBreaker(w.clock, cooldown_s=300)
+    breaker.app_failed("clover", "credentials", "clover refused the app's client id")
+    w.fake_clock.sleep(301)
+    # When the probe's refresh is refused for that merchant's grant (the app itself was accepted)
+    w.refresher.raises = [refused()]
+    w.refresher.recover_refuses = {"refresh-0"}
+    svc = w.service(breaker=breaker)
+    with pytest.raises(AuthorizationRevoked):
+        svc.access_token(w.conn)
+    # Then the breaker is closed: the other merchant refreshes at once
+    assert svc.access_token(other) == "access-2"

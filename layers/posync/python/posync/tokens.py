@@ -937,6 +937,7 @@ class TokenService:
             self._app_failed(conn, exc)
             return self._keep_or_pause(conn, current, forced)
         except RefreshRefused as exc:
+            self._breaker.succeeded(conn.provider)  # the provider accepted the app; it refused the grant
             return self._after_refusal(conn, current, held, exc, forced=forced)
         except ProviderError as exc:
             self._no_refresh_before[cid] = now + self._retry_after_failure_s
