@@ -102,9 +102,9 @@ ACCESS: dict[str, Access] = {
         app_secrets=READ_SECRET,
     ),
     # GET /oauth/{provider}/callback: verifies the state and records its single use (conditional put),
-    # exchanges the code with the app credentials, stores the tokens in the connection's secret (created
-    # here with tags, or updated / restored from a pending deletion on reconnect), upserts the
-    # connection, queues the first backfill.
+    # exchanges the code with the app credentials, takes the connection's refresh lease (put, read back,
+    # delete), stores the tokens in the connection's secret (created here with tags, or updated /
+    # restored from a pending deletion on reconnect), upserts the connection, queues the first backfill.
     "callback": Access(
         state_key=READ_SECRET,
         app_secrets=READ_SECRET,
@@ -116,7 +116,7 @@ ACCESS: dict[str, Access] = {
             "secretsmanager:PutSecretValue",
         ),
         tables={
-            "control": ("dynamodb:PutItem",),
+            "control": ("dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"),
             "connections": ("dynamodb:UpdateItem",),
         },
         send_to_sync_queue=True,
@@ -144,8 +144,9 @@ ACCESS: dict[str, Access] = {
     ),
     # SQS: syncs one connection. Tokens (read; refresh and save), connection state, cursor and token
     # expiries, orders (newest-wins transactions of conditional puts), refresh leases, rate-limit
-    # buckets and export-run ledger in the control table, export parts / manifests / quarantine / raw
-    # payloads, OrdersExported and ConnectionNeedsReauth events, continuations on the queue.
+    # buckets, the app breakers and export-run ledger in the control table, export parts / manifests /
+    # quarantine / raw payloads, OrdersExported, ConnectionNeedsReauth and AppAuthFailed events,
+    # continuations on the queue.
     "worker": Access(
         app_secrets=READ_SECRET,
         connection_secrets=("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"),

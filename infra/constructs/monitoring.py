@@ -34,6 +34,7 @@ METRICS = (
     "PagesFetched",
     "RunDurationMs",
     "ConnectionsNeedingReauth",
+    "AppAuthFailures",
 )
 
 
@@ -97,6 +98,14 @@ class Monitoring(Construct):
             needs_reauth,
             threshold=0,
             description="A connection needs the merchant to reconnect (refresh refused or revoked).",
+        )
+        self._alarm(
+            "AppAuthFailures",
+            posync_metric("AppAuthFailures", "Sum", five),
+            threshold=0,
+            description="The provider refused the app itself (client id or secret, key pair, aud, clock, "
+            "or a token-endpoint outage): refreshes for that app are paused and no merchant is flagged. "
+            "See the AppAuthFailed event's kind.",
         )
         self._alarm(
             "QuarantineGrowth",

@@ -69,14 +69,34 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
     chaos.verify()
 
 
-@pytest.mark.parametrize("provider", ["clover", "poynt"])
-def test_a_worker_killed_between_a_refresh_and_saving_it_ends_in_needs_reauth(
-    chaos: Chaos, provider: str
+def test_a_worker_killed_after_clover_consumed_the_refresh_token_recovers_and_stays_active(
+    chaos: Chaos,
 ) -> None:
-    # Given a connection whose access token has expired at the provider, and a worker that dies
-    # after the provider granted the refresh but before the new pair reached Secrets Manager
-    m = chaos.merchant(provider, orders=40)
-    chaos.sandbox(provider).expire_access_tokens(m)
+    # Given a connection whose access token has expired at Clover, and a worker that dies after
+    # Clover granted the refresh (the stored refresh token is spent) but before the new pair
+    # reached Secrets Manager
+    m = chaos.merchant("clover", orders=40)
+    sb = chaos.sandbox("clover")
+    sb.expire_access_tokens(m)
+    chaos.faults.add(Fault("killed_before_token_save", "secretsmanager", "PutSecretValue"))
+    # When the backfill runs
+    report = chaos.drain()
+    # Then the next container's refresh with the spent token is refused, posync recovers with it
+    # (Clover's /oauth/v2/recovery), and the connection never leaves active
+    assert chaos.containers.kills["killed_before_token_save"] == 1
+    assert report.dead_lettered == 0
+    assert sb.stats.snapshot()["recoveries"].get(m) == 1
+    assert chaos.connection("clover", m).status is ConnectionStatus.ACTIVE
+    assert chaos.assert_cursor_covers("clover", m) == 40
+    # And after the schedule runs again, every order is there once, without a reconnect
+    chaos.settle()
+    chaos.verify()
+
+
+def test_a_worker_killed_between_a_poynt_refresh_and_saving_it_ends_in_needs_reauth(chaos: Chaos) -> None:
+    # Given the same kill on Poynt, which documents no recovery (and a used refresh token that dies)
+    m = chaos.merchant("poynt", orders=40)
+    chaos.sandbox("poynt").expire_access_tokens(m)
     chaos.faults.add(Fault("killed_before_token_save", "secretsmanager", "PutSecretValue"))
     # When the backfill runs
     report = chaos.drain()
@@ -84,9 +104,32 @@ def test_a_worker_killed_between_a_refresh_and_saving_it_ends_in_needs_reauth(
     # connection needs_reauth instead of retrying forever; nothing is dead-lettered
     assert chaos.containers.kills["killed_before_token_save"] == 1
     assert report.dead_lettered == 0
-    assert chaos.connection(provider, m).status is ConnectionStatus.NEEDS_REAUTH
-    chaos.assert_cursor_covers(provider, m)
+    assert chaos.connection("poynt", m).status is ConnectionStatus.NEEDS_REAUTH
+    chaos.assert_cursor_covers("poynt", m)
     # When the merchant reconnects and the schedule runs: nothing is lost or doubled
-    chaos.connect(provider, m)
+    chaos.connect("poynt", m)
+    chaos.settle()
+    chaos.verify()
+
+
+def test_a_worker_killed_between_a_poynt_refresh_and_saving_it_stays_active_where_used_tokens_survive(
+    chaos: Chaos,
+) -> None:
+    # Given the other reading of PNT-TOKEN-01 (a used refresh token keeps working), and the same kill
+    m = chaos.merchant("poynt", orders=40)
+    sb = chaos.sandbox("poynt")
+    sb.knobs.refresh_reuse = "survives"
+    try:
+        sb.expire_access_tokens(m)
+        chaos.faults.add(Fault("killed_before_token_save", "secretsmanager", "PutSecretValue"))
+        # When the backfill runs
+        report = chaos.drain()
+    finally:
+        sb.knobs.refresh_reuse = "dies"
+    # Then the next container's refresh with the stored token works, and nothing is flagged
+    assert chaos.containers.kills["killed_before_token_save"] == 1
+    assert report.dead_lettered == 0
+    assert chaos.connection("poynt", m).status is ConnectionStatus.ACTIVE
+    assert chaos.assert_cursor_covers("poynt", m) == 40
     chaos.settle()
     chaos.verify()

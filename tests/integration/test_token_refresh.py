@@ -247,7 +247,7 @@ def test_a_poynt_token_is_refreshed_and_the_new_refresh_token_saved(rt: LocalRun
     assert api_accepts(rt, "poynt", merchant, token)
 
 
-def test_a_lost_clover_refresh_reply_ends_in_needs_reauth_with_the_reason(
+def test_a_lost_clover_refresh_reply_is_recovered_and_the_connection_stays_active(
     rt: LocalRuntime, seen: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a Clover connection due for refresh, and a refresh reply that never reaches us:
@@ -262,16 +262,18 @@ def test_a_lost_clover_refresh_reply_ends_in_needs_reauth_with_the_reason(
     time.sleep(1.0)  # Clover has now issued a pair we never saw
     assert clover_of(rt).stats.snapshot()["refreshes"].get(merchant) == 1
     clover_of(rt).knobs.oauth_latency_ms = 0
-    # And the next run retries with the stored (now dead) refresh token
-    with pytest.raises(AuthorizationRevoked):
-        build_token_service(rt.settings).access_token(conn)
-    # Then the connection needs reauthorization, and the reason names the lost reply
-    after = connection(rt.settings, "clover", merchant)
-    assert after is not None and after.status is ConnectionStatus.NEEDS_REAUTH
-    item = boto3.client("dynamodb").get_item(
-        TableName=rt.settings.connections_table, Key={"connection_id": {"S": conn.connection_id}}
-    )["Item"]
-    assert "refresh reply was lost" in item["status_reason"]["S"]
+    # And the next run retries with the stored (now spent) refresh token, and is refused
+    token = build_token_service(rt.settings).access_token(conn)
+    # Then posync recovered with the spent token (POST /oauth/v2/recovery) and saved the new pair
+    after = stored_tokens(rt.settings, "clover", merchant)
+    seen.add_tokens(after)
+    assert token == after.access_token != before.access_token
+    assert api_accepts(rt, "clover", merchant, token)
+    assert clover_of(rt).stats.snapshot()["recoveries"].get(merchant) == 1
+    assert after.previous_refresh_token is None  # nothing older recovers anything now
+    # And the connection never left active
+    record = connection(rt.settings, "clover", merchant)
+    assert record is not None and record.status is ConnectionStatus.ACTIVE
 
 
 def test_the_poynt_app_token_is_granted_once_and_cached(rt: LocalRuntime, seen: Secrets) -> None:

@@ -338,3 +338,78 @@ def test_a_token_only_opens_its_own_merchant(clover: CloverSandbox) -> None:
     r = requests.get(f"{clover.url}/v3/merchants/{mine}/orders", timeout=10)
     assert r.status_code == 401
     assert r.json() == {"message": "401 Unauthorized"}
+
+
+def recover(clover: CloverSandbox, recovery_token: str, secret: str | None = None) -> requests.Response:
+    return requests.post(
+        f"{clover.url}/oauth/v2/recovery",
+        json={
+            "client_id": clover.client_id,
+            "client_secret": secret or clover.client_secret,
+            "recovery_token": recovery_token,
+        },
+        timeout=10,
+    )
+
+
+def test_recovery_mends_a_refresh_whose_reply_was_lost(clover: CloverSandbox) -> None:
+    # Given a refresh whose reply never arrived: r0 spent, r1 issued but unknown to the app
+    mid = clover.add_merchant(orders=1)
+    first = clover_connect(clover, mid)
+    lost = refresh(clover, first["refresh_token"]).json()
+    # When the app recovers with the spent token (the one immediately preceding the lost one)
+    r = recover(clover, first["refresh_token"])
+    # Then it gets a new pair, and the lost refresh token is dead
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {
+        "access_token",
+        "access_token_expiration",
+        "refresh_token",
+        "refresh_token_expiration",
+    }
+    assert orders_status(clover, mid, body["access_token"]) == 200
+    assert refresh(clover, lost["refresh_token"]).status_code == 401
+    assert refresh(clover, body["refresh_token"]).status_code == 200
+    assert clover.stats.recoveries[mid] == 1
+
+
+def test_recovery_is_refused_once_the_lost_token_was_used_or_two_weeks_passed(clover: CloverSandbox) -> None:
+    mid = clover.add_merchant(orders=1)
+    first = clover_connect(clover, mid)
+    second = refresh(clover, first["refresh_token"]).json()
+    # The current refresh token was used: it is not lost, so its predecessor recovers nothing
+    refresh(clover, second["refresh_token"])
+    assert recover(clover, first["refresh_token"]).status_code == 401
+    # Only the immediately preceding token recovers; an older one does not
+    third = clover_connect(clover, mid)
+    refresh(clover, third["refresh_token"])
+    clover.knobs.recovery_window_s = 0
+    assert recover(clover, third["refresh_token"]).json() == {"message": "Invalid recovery token"}
+    # And a live, unused refresh token is not a recovery token
+    clover.knobs.recovery_window_s = 14 * 86400
+    fresh = clover_connect(clover, mid)
+    assert recover(clover, fresh["refresh_token"]).status_code == 401
+
+
+def test_recovery_needs_the_app_secret_and_a_high_trust_app(clover: CloverSandbox) -> None:
+    mid = clover.add_merchant(orders=1)
+    first = clover_connect(clover, mid)
+    refresh(clover, first["refresh_token"])
+    r = recover(clover, first["refresh_token"], secret="not-the-secret")
+    assert (r.status_code, r.json()) == (401, {"message": "Invalid client_secret"})
+    clover.knobs.recovery_enabled = False
+    assert recover(clover, first["refresh_token"]).status_code == 403
+    clover.knobs.recovery_enabled = True
+    old_secret = clover.client_secret
+    clover.rotate_client_secret()
+    assert recover(clover, first["refresh_token"], secret=old_secret).status_code == 401
+    assert recover(clover, first["refresh_token"]).status_code == 200
+
+
+def test_the_clock_skew_knob_moves_the_date_header(clover: CloverSandbox) -> None:
+    from email.utils import parsedate_to_datetime
+
+    clover.knobs.clock_skew_s = 900
+    r = refresh(clover, "unknown")
+    assert abs(parsedate_to_datetime(r.headers["Date"]).timestamp() - time.time() - 900) < 5

@@ -506,3 +506,66 @@ def test_installs_open_the_business_to_the_app_token_and_the_billing_list(poynt:
     assert sub in listed["list"] and listed["total"] == len(listed["list"]) and sub["status"] == "ACTIVE"
     poynt.uninstall_app(bid)
     assert orders(poynt, bid, app).status_code == 403
+
+
+def test_app_level_knobs_refuse_the_apps_jwt(poynt: PoyntSandbox) -> None:
+    def assertion() -> str:
+        return poynt_assertion(poynt, ttl_s=240)
+
+    def grant(jwt_: str) -> requests.Response:
+        return app_token(poynt, jwt_)
+
+    assert grant(assertion()).status_code == 200
+    # a wrong aud for the region
+    poynt.knobs.jwt_audience = "https://services-eu.poynt.net"
+    r = grant(assertion())
+    assert (r.status_code, r.json()["message"]) == (401, "invalid audience")
+    poynt.knobs.jwt_audience = None
+    # our clock 10 minutes behind the provider's
+    poynt.knobs.clock_skew_s = 600
+    assert grant(assertion()).json()["message"] == "JWT expired"
+    poynt.knobs.clock_skew_s = 0
+    # a rotated key pair
+    registered = poynt.apps[poynt.app_id]
+    poynt.rotate_app_key()
+    try:
+        assert grant(assertion()).json()["message"] == "invalid signature"
+    finally:
+        poynt.apps[poynt.app_id] = registered  # the module's sandbox is shared
+
+
+def test_a_refresh_jwt_is_ignored_or_verified_by_profile(poynt: PoyntSandbox) -> None:
+    mid = poynt.add_merchant(orders=1)
+    first = poynt_connect(poynt, mid)
+
+    def refresh(token: str) -> requests.Response:
+        return requests.post(
+            f"{poynt.url}/token",
+            data={"grantType": "REFRESH_TOKEN", "refreshToken": token},
+            headers={"Authorization": "Bearer not-a-jwt"},
+            timeout=10,
+        )
+
+    r = refresh(first["refreshToken"])
+    assert r.status_code == 200  # "ignored": Poynt documents no client authentication here
+    poynt.knobs.refresh_client_auth = "verified"
+    r2 = refresh(r.json()["refreshToken"])
+    assert (r2.status_code, r2.json()["code"]) == (401, "UNAUTHORIZED")
+
+
+def test_the_reuse_knob_lets_a_used_refresh_token_keep_working(poynt: PoyntSandbox) -> None:
+    bid = poynt.add_merchant(orders=1)
+    first = poynt_connect(poynt, bid)
+    poynt.knobs.refresh_reuse = "survives"
+
+    def refresh(token: str) -> requests.Response:
+        return requests.post(
+            f"{poynt.url}/token", data={"grantType": "REFRESH_TOKEN", "refreshToken": token}, timeout=10
+        )
+
+    second = refresh(first["refreshToken"])
+    again = refresh(first["refreshToken"])
+    assert (second.status_code, again.status_code) == (200, 200)
+    assert second.json()["refreshToken"] != again.json()["refreshToken"]
+    poynt.revoke(bid)
+    assert refresh(first["refreshToken"]).status_code == 400

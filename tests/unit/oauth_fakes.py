@@ -15,8 +15,8 @@ from botocore.exceptions import ClientError
 
 from posync.config import Settings
 from posync.domain import Connection, ConnectionStatus
-from posync.errors import ConnectionNotFound
-from posync.tokens import TokenSet, TokensMissing
+from posync.errors import ConnectionNotFound, StaleWrite
+from posync.tokens import RefreshRefused, TokenSet, TokensMissing
 
 
 def client_error(code: str, op: str = "Op") -> ClientError:
@@ -95,6 +95,8 @@ class FakeLeases:
         self.clock = clock
         self.items: dict[str, tuple[str, int]] = {}
         self.acquired = 0
+        self.extended = 0
+        self.taken_over: set[str] = set()
         self.lock = threading.Lock()
 
     def acquire(self, name: str, owner: str, ttl_s: int) -> bool:
@@ -103,8 +105,21 @@ class FakeLeases:
             held = self.items.get(name)
             if held is not None and not held[1] < int(now):
                 return False
+            if held is not None:
+                self.taken_over.add(owner)
             self.items[name] = (owner, int(now) + ttl_s)
             self.acquired += 1
+            return True
+
+    def took_over(self, name: str, owner: str) -> bool:
+        return owner in self.taken_over
+
+    def extend(self, name: str, owner: str, ttl_s: int) -> bool:
+        with self.lock:
+            if self.items.get(name, ("", 0))[0] != owner:
+                return False
+            self.items[name] = (owner, int(self.clock()) + ttl_s)
+            self.extended += 1
             return True
 
     def release(self, name: str, owner: str) -> None:
@@ -134,15 +149,35 @@ class FakeConnections:
         except KeyError:
             raise ConnectionNotFound(conn_id) from None
 
-    def set_status(self, conn_id: str, status: ConnectionStatus | str, reason: str | None = None) -> None:
+    def _check(self, conn: Connection, status: ConnectionStatus | None, connected_at: str | None) -> None:
+        if status is not None and conn.status is not status:
+            raise StaleWrite(f"{conn.connection_id} is {conn.status.value}")
+        if connected_at is not None and conn.connected_at != connected_at:
+            raise StaleWrite(f"{conn.connection_id} was reconnected")
+
+    def set_status(
+        self,
+        conn_id: str,
+        status: ConnectionStatus | str,
+        reason: str | None = None,
+        *,
+        expected_status: ConnectionStatus | None = None,
+        expected_connected_at: str | None = None,
+    ) -> None:
         conn = self.get_by_id(conn_id)
+        self._check(conn, expected_status, expected_connected_at)
         conn.status = ConnectionStatus(status)
         self.reasons[conn_id] = reason
 
     def record_token_expiry(
-        self, conn_id: str, access_expires_at: int | None, refresh_expires_at: int | None
+        self,
+        conn_id: str,
+        access_expires_at: int | None,
+        refresh_expires_at: int | None,
+        *,
+        expected_connected_at: str | None = None,
     ) -> None:
-        self.get_by_id(conn_id)
+        self._check(self.get_by_id(conn_id), None, expected_connected_at)
         self.expiries[conn_id] = (access_expires_at, refresh_expires_at)
 
     def save_connected(self, conn: Connection) -> Connection:
@@ -168,6 +203,9 @@ class ScriptedRefresher:
         self.omit_refresh_token = False
         self.on_call: Callable[[TokenSet], None] | None = None
         self.lock = threading.Lock()
+        self.recovered_with: list[str] = []  # recovery tokens offered, in order
+        self.recover_refuses: set[str] = set()  # recovery tokens the provider refuses
+        self.recover_raises: list[Exception] = []
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         with self.lock:
@@ -184,6 +222,20 @@ class ScriptedRefresher:
             None if self.omit_refresh_token else f"refresh-{n}",
             int(now) + 86400 * 365,
             now,
+        )
+
+    def recover(self, tokens: TokenSet, recovery_token: str) -> TokenSet:
+        """Clover's recovery: a new pair for a spent refresh token, unless told to refuse it."""
+        with self.lock:
+            self.recovered_with.append(recovery_token)
+            n = len(self.recovered_with)
+            if self.recover_raises:
+                raise self.recover_raises.pop(0)
+            if recovery_token in self.recover_refuses:
+                raise RefreshRefused("clover refused the recovery token (401: Invalid recovery token)")
+        now = self.clock()
+        return tokens.renewed(
+            f"access-recovered-{n}", int(now) + self.ttl_s, f"refresh-recovered-{n}", int(now) + 86400, now
         )
 
 

@@ -12,7 +12,7 @@ from posync.aws import reset_clients
 from posync.config import Settings
 from posync.connections import ConnectionRepository
 from posync.domain import Connection, ConnectionStatus
-from posync.errors import ConnectionNotFound, InvalidInput
+from posync.errors import ConnectionNotFound, InvalidInput, StaleWrite
 from posync.ports import ConnectionStore
 from tests.unit.oauth_fakes import unit_settings
 
@@ -225,3 +225,44 @@ def test_status_reason_error_and_expiry_are_recorded(repo: ConnectionRepository,
     assert "refresh_expires_at" not in item
     with pytest.raises(ConnectionNotFound):
         repo.set_status("clover#" + M2, ConnectionStatus.REVOKED)
+
+
+def test_a_status_write_on_a_stale_grant_is_refused(repo: ConnectionRepository) -> None:
+    # Given a worker that read the connection, then the merchant reconnected (a new connected_at)
+    old = repo.save_connected(connected())
+    repo.save_connected(
+        Connection("clover", M1, connected_at="2026-11-24T09:00:00.000Z", access_expires_at=1_800_000_500)
+    )
+    # When the worker flags the grant it read
+    with pytest.raises(StaleWrite):
+        repo.set_status(
+            old.connection_id,
+            ConnectionStatus.NEEDS_REAUTH,
+            "refresh refused",
+            expected_status=ConnectionStatus.ACTIVE,
+            expected_connected_at=old.connected_at,
+        )
+    # Then the reconnect stands
+    assert repo.get_by_id(old.connection_id).status is ConnectionStatus.ACTIVE
+    # and so does the expiry copy of the new grant
+    with pytest.raises(StaleWrite):
+        repo.record_token_expiry(old.connection_id, 1, None, expected_connected_at=old.connected_at)
+    assert repo.get_by_id(old.connection_id).access_expires_at == 1_800_000_500
+
+
+def test_a_refusal_cannot_turn_an_operators_revoked_into_needs_reauth(repo: ConnectionRepository) -> None:
+    conn = repo.save_connected(connected())
+    repo.set_status(conn.connection_id, ConnectionStatus.REVOKED, "disconnected by an operator")
+    with pytest.raises(StaleWrite):
+        repo.set_status(
+            conn.connection_id,
+            ConnectionStatus.NEEDS_REAUTH,
+            "refresh refused",
+            expected_status=ConnectionStatus.ACTIVE,
+            expected_connected_at=conn.connected_at,
+        )
+    assert repo.get_by_id(conn.connection_id).status is ConnectionStatus.REVOKED
+    # A write whose expectations hold goes through; a missing connection is still not found
+    repo.set_status(conn.connection_id, ConnectionStatus.ACTIVE, expected_connected_at=conn.connected_at)
+    with pytest.raises(ConnectionNotFound):
+        repo.set_status("clover#" + M2, ConnectionStatus.REVOKED, expected_status=ConnectionStatus.ACTIVE)

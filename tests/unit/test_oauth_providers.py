@@ -365,7 +365,12 @@ def test_a_poynt_token_without_a_valid_business_id_is_a_provider_error() -> None
 def test_poynt_refresh_outcomes(
     keypair: tuple[rsa.RSAPrivateKey, str], reply: Reply, error: type[Exception]
 ) -> None:
-    oauth, _ = poynt({("POST", "/token"): lambda _r: reply}, keypair[1])
+    def token(req: requests.PreparedRequest) -> Reply:
+        if form_body(req).get("grantType") == "REFRESH_TOKEN":
+            return reply
+        return 200, {"accessToken": "app", "expiresIn": 600}  # the app itself is fine
+
+    oauth, _ = poynt({("POST", "/token"): token}, keypair[1])
     with pytest.raises(error):
         oauth.refresh(stored())
 

@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from posync.aws import reset_clients
 from posync.config import Settings
-from posync.tokens import DynamoLeases, SecretsManagerTokenStore, TokenSet, TokensMissing
+from posync.tokens import DynamoAppBreaker, DynamoLeases, SecretsManagerTokenStore, TokenSet, TokensMissing
 from tests.unit.oauth_fakes import FakeClock, unit_settings
 from tests.unit.test_oauth_connections import create_tables
 
@@ -116,6 +116,7 @@ def test_the_lease_put_is_conditional_on_absence_or_expiry() -> None:
         },
         "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now",
         "ExpressionAttributeValues": {":now": {"N": "1800000000"}},
+        "ReturnValues": "ALL_OLD",
     }
     with Stubber(ddb) as stub:
         stub.add_response("put_item", {}, expected)
@@ -136,3 +137,66 @@ def test_the_lease_put_is_conditional_on_absence_or_expiry() -> None:
         # When the condition fails
         assert leases.acquire("lease#refresh#x", "me", 30) is False
         stub.assert_no_pending_responses()
+
+
+def test_only_the_holder_can_extend_the_lease_and_the_extension_keeps_others_out(settings: Settings) -> None:
+    # Given A holding the refresh lease (30 s)
+    clock = FakeClock()
+    a = DynamoLeases(settings, clock=clock, sleep=clock.sleep, confirm_after_s=0)
+    b = DynamoLeases(settings, clock=clock, sleep=clock.sleep, confirm_after_s=0)
+    name = "lease#refresh#clover#" + M
+    assert a.acquire(name, "A", 30)
+    # When A extends it 25 s later, and 20 s after that B tries to take it
+    clock.sleep(25)
+    assert a.extend(name, "A", 30)
+    clock.sleep(20)
+    assert not b.acquire(name, "B", 30)
+    # When the extended lease runs out, B takes it, and A's fence check (extend) now fails
+    clock.sleep(11)
+    assert b.acquire(name, "B", 30)
+    assert not a.extend(name, "A", 30)
+    # And B knows it took over an unreleased lease (its holder may still save); after a release
+    # the next holder knows it did not
+    assert b.took_over(name, "B")
+    b.release(name, "B")
+    assert a.acquire(name, "A2", 30) and not a.took_over(name, "A2")
+
+
+def test_the_app_breaker_opens_once_shares_its_state_and_probes_once_half_open(settings: Settings) -> None:
+    # Given two containers' breakers on one control table
+    clock = FakeClock()
+    one = DynamoAppBreaker(settings, clock=clock, cooldown_s=300)
+    two = DynamoAppBreaker(settings, clock=clock, cooldown_s=300)
+    assert one.admit("poynt") and two.admit("poynt")
+    # When both see an app-level failure, only the first opens it (one event)
+    assert one.app_failed("poynt", "key", "the app's key pair is not known to poynt")
+    assert not two.app_failed("poynt", "key", "the app's key pair is not known to poynt")
+    # Then neither container refreshes for that app, while the other app is untouched
+    assert not one.admit("poynt") and not two.admit("poynt")
+    assert one.admit("clover")
+    # When the cool-down passes, exactly one container probes
+    clock.sleep(301)
+    assert [one.admit("poynt"), two.admit("poynt")] == [True, False]
+    # When the probe fails, it opens again for twice as long (no second event)
+    assert not one.app_failed("poynt", "key", "still refused")
+    clock.sleep(301)
+    assert not two.admit("poynt")
+    clock.sleep(300)
+    assert two.admit("poynt")
+    # When the probe succeeds, everyone refreshes again
+    two.succeeded("poynt")
+    assert one.admit("poynt") and two.admit("poynt")
+
+
+def test_a_storm_of_transient_token_failures_opens_the_breaker(settings: Settings) -> None:
+    clock = FakeClock()
+    breaker = DynamoAppBreaker(settings, clock=clock, storm_threshold=5, storm_window_s=300)
+    # Four failures, a success, four more: no storm (consecutive failures only)
+    assert not any(breaker.transient_failed("clover") for _ in range(4))
+    breaker.succeeded("clover")
+    assert not any(breaker.transient_failed("clover") for _ in range(4))
+    assert breaker.admit("clover")
+    # The fifth in a row opens it, once
+    assert breaker.transient_failed("clover")
+    assert not breaker.transient_failed("clover")
+    assert not breaker.admit("clover")

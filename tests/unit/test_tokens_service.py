@@ -13,7 +13,14 @@ from posync.domain import Connection, ConnectionStatus
 from posync.errors import AuthorizationRevoked, ProviderError
 from posync.observability import metrics
 from posync.ports import AccessTokens
-from posync.tokens import RefreshNotDue, RefreshRefused, TokenService, TokenSet, refresh_lease_name
+from posync.tokens import (
+    AppBreaker,
+    RefreshNotDue,
+    RefreshRefused,
+    TokenService,
+    TokenSet,
+    refresh_lease_name,
+)
 from tests.unit.oauth_fakes import (
     EventLog,
     FakeClock,
@@ -45,7 +52,7 @@ class World:
         self.original = TokenSet("access-0", now + expires_in, "refresh-0", now + 86400, now)
         self.store.secrets[("clover", MERCHANT)] = self.original
 
-    def service(self, *, real_time: bool = False) -> TokenService:
+    def service(self, *, real_time: bool = False, breaker: AppBreaker | None = None) -> TokenService:
         return TokenService(
             self.settings,
             refreshers={"clover": self.refresher},
@@ -53,6 +60,7 @@ class World:
             leases=self.leases,
             connections=self.connections,
             events=self.events,
+            breaker=breaker,
             clock=time.time if real_time else self.clock,
             sleep=time.sleep if real_time else self.fake_clock.sleep,
         )
@@ -203,6 +211,7 @@ def test_a_refused_refresh_marks_needs_reauth_emits_an_event_and_raises() -> Non
     # Given a provider that refuses the refresh token
     w = World(expires_in=10)
     w.refresher.raises = [RefreshRefused("clover refused the refresh token (401: Invalid refresh token)")]
+    w.refresher.recover_refuses = {"refresh-0"}  # revoked: recovery is refused too
     svc = w.service()
     # When the sync asks for a token
     with pytest.raises(AuthorizationRevoked):
@@ -337,6 +346,7 @@ def test_an_event_bus_outage_does_not_hide_the_revocation() -> None:
     # Given EventBridge unreachable and a refused refresh
     w = World(expires_in=10)
     w.refresher.raises = [RefreshRefused("clover refused the refresh token (401: Invalid refresh token)")]
+    w.refresher.recover_refuses = {"refresh-0"}  # revoked: recovery is refused too
 
     def unreachable(detail_type: str, detail: dict[str, object]) -> object:
         raise EndpointConnectionError(endpoint_url="http://events.test")

@@ -38,6 +38,13 @@ Choices where Clover's docs are silent, or where the sandbox must pick:
   ``/discounts``) page the whole nested list: ``limit`` default 100, max 1000, ``offset``;
   ``line_items`` takes ``expand`` of ``modifications``, ``discounts``, ``taxRates`` and
   ``payments`` of ``tender``, ``cardTransaction`` (explicit as above).
+- ``POST /oauth/v2/recovery`` (high-trust apps; ``knobs.recovery_enabled``) takes JSON
+  ``{client_id, client_secret, recovery_token}``: the refresh token that was spent to issue the
+  grant's current refresh token, while that one is unused and younger than
+  ``knobs.recovery_window_s`` (two weeks). It answers like a refresh and retires the lost token.
+  A wrong ``client_id`` or ``client_secret`` -> 401 naming it (as refresh does for ``client_id``).
+- ``knobs.clock_skew_s`` moves the ``Date`` header; ``rotate_client_secret()`` models an operator
+  rotating the secret in the dashboard.
 - Webhooks (``send_webhook``) post ``{appId, merchants: {mId: [{objectId: "O:<id>", type, ts}]}}``
   with the app's fixed ``X-Clover-Auth`` code; ``send_verification`` posts the
   ``{"verificationCode": ...}`` handshake; ``send_uninstall`` posts an ``APP`` ``DELETE`` event
@@ -194,6 +201,7 @@ class CloverSandbox(OrderSandbox):
         r("POST", re.compile(r"/oauth/v2/authorize"), "POST /oauth/v2/authorize", self.consent_post, "page")
         r("POST", re.compile(r"/oauth/v2/token"), "POST /oauth/v2/token", self._token, "oauth")
         r("POST", re.compile(r"/oauth/v2/refresh"), "POST /oauth/v2/refresh", self._refresh, "oauth")
+        r("POST", re.compile(r"/oauth/v2/recovery"), "POST /oauth/v2/recovery", self._recover, "oauth")
         r("GET", re.compile(rf"/v3/merchants/{_MID}"), "GET /v3/merchants/{mId}", self._get_merchant, "api")
         r(
             "GET",
@@ -374,6 +382,36 @@ class CloverSandbox(OrderSandbox):
             return self._unauthorized("Invalid refresh token")
         self.stats.incr("refreshes", mid)
         return self.token_response(rt.grant)
+
+    def _recover(self, req: Request, _: Any) -> Response:
+        """Clover's recovery for high-trust apps: ``{client_id, client_secret, recovery_token}``,
+        the recovery token being the refresh token spent to issue the grant's current (lost, still
+        unused) one, within ``knobs.recovery_window_s`` of its issue -> a new pair; the lost one dies."""
+        form = req.form()
+        app = self.apps.get(form.get("client_id") or "")
+        if app is None:
+            return self._unauthorized("Invalid client_id")
+        if not hmac.compare_digest((form.get("client_secret") or "").encode(), app.client_secret.encode()):
+            return self._unauthorized("Invalid client_secret")
+        if not self.knobs.recovery_enabled:
+            return json_response(403, {"message": "403 Forbidden: recovery is for high-trust apps"})
+        rt = self.tokens.find_refresh(form.get("recovery_token"))
+        if rt is None or rt.grant.app_id != app.client_id:
+            return self._unauthorized("Invalid recovery token")
+        mid = rt.grant.merchant_id or ""
+        self.stats.incr("recovery_calls", mid)
+        problem = self.tokens.recovery_problem(rt, self.knobs.recovery_window_s)
+        if problem is not None or not self.tokens.retire_current(rt.grant):
+            return self._unauthorized("Invalid recovery token")
+        self.stats.incr("recoveries", mid)
+        return self.token_response(rt.grant)
+
+    def rotate_client_secret(self) -> str:
+        """The operator rotates the app's secret in Clover's dashboard (posync still has the old one)."""
+        app = self.apps[self.client_id]
+        app.client_secret = str(uuid.uuid4())
+        self.client_secret = app.client_secret
+        return app.client_secret
 
     # API ----------------------------------------------------------------------------------------
 

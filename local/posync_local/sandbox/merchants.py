@@ -59,6 +59,10 @@ class Grant:
     def current_access(self) -> AccessToken | None:
         return self.access[-1] if self.access else None
 
+    @property
+    def current_refresh(self) -> RefreshToken | None:
+        return self.refresh
+
 
 @dataclass
 class AccessToken:
@@ -76,6 +80,8 @@ class RefreshToken:
     grant: Grant
     expires_at: int
     used: bool = False
+    issued_at: int = 0
+    parent: RefreshToken | None = None  # the refresh token spent to issue this one (Clover's recovery token)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,8 @@ class TokenAuthority:
     def issue(self, grant: Grant, access: str, refresh: str, access_ttl: int, refresh_ttl: int) -> Issued:
         now = int(time.time())
         a = AccessToken(access, grant, now + access_ttl)
-        r = RefreshToken(refresh, grant, now + refresh_ttl)
+        spent = grant.refresh if grant.refresh is not None and grant.refresh.used else None
+        r = RefreshToken(refresh, grant, now + refresh_ttl, issued_at=now, parent=spent)
         with self.lock:
             grant.access.append(a)
             grant.refresh = r
@@ -147,6 +154,28 @@ class TokenAuthority:
             if self.refresh_problem(r) is not None:
                 return False
             r.used = True
+            return True
+
+    def recovery_problem(self, recovery: RefreshToken, window_s: int) -> str | None:
+        """Why ``recovery`` cannot recover its grant now (None: it can). Clover's rule: it must be
+        the refresh token spent to issue the grant's current one, which is still unused, and the
+        current one must be younger than ``window_s``."""
+        current = recovery.grant.current_refresh
+        if recovery.grant.revoked:
+            return "revoked"
+        if current is None or current.parent is not recovery or current.used:
+            return "not the immediately preceding refresh token"
+        if time.time() >= current.issued_at + window_s:
+            return "expired"
+        return None
+
+    def retire_current(self, grant: Grant) -> bool:
+        """Recovery: the lost current refresh token dies; False if it was used meanwhile."""
+        with self.lock:
+            current = grant.current_refresh
+            if current is None or current.used:
+                return False
+            current.used = True
             return True
 
     def grants_of(self, merchant_id: str) -> list[Grant]:

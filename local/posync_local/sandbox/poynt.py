@@ -25,7 +25,13 @@ Choices where Poynt's docs are silent, or where the sandbox must pick:
   ``Authorization: Bearer <app JWT>`` (verified as in (a), ``iss`` must be ``client_id``; the
   ``redirect_uri`` must be the one the consent carried) gives merchant tokens.
   (c) ``REFRESH_TOKEN`` + ``refreshToken`` gives a new pair; the old refresh token is dead from
-  then on. No Authorization header is needed (one sent is ignored).
+  then on (``knobs.refresh_reuse = "survives"``: the reading where it keeps working).
+  No Authorization header is needed (one sent is ignored).
+  ``knobs.refresh_client_auth`` is the profile for an ``Authorization`` JWT sent on a refresh
+  (not documented): ``ignored`` (default) or ``verified`` like the other grants.
+  ``knobs.jwt_audience`` narrows the accepted ``aud`` to one value (a region mismatch);
+  ``knobs.clock_skew_s`` moves the clock JWT times are checked against (and the ``Date``
+  header); ``rotate_app_key()`` registers a new key pair for the app.
   A bad JWT -> 401 ``{"code": "UNAUTHORIZED", ...}``; a bad, used or expired code or refresh
   token, or a revoked authorization -> 400 ``{"code": "INVALID_GRANT", "error": "invalid_grant"}``.
 - Access tokens are JWTs signed RS256 by the sandbox's own key (``public_key_pem``) with ``iss``
@@ -264,6 +270,7 @@ class PoyntSandbox(OrderSandbox):
         self._signing_key_pem, self.public_key_pem = _signing_keys()
         self.app_id = f"urn:aid:{uuid4(rng)}"
         self.app_private_key_pem, app_public = generate_rsa_keypair()
+        self._rotated_keys: list[str] = []
         self.register_app(self.app_id, app_public)
         self.webhook_secret = secrets.token_urlsafe(24)
         self._jti_lock = threading.Lock()
@@ -327,6 +334,14 @@ class PoyntSandbox(OrderSandbox):
             raise ValueError("a Poynt app key must be RSA")
         self.apps[app_id] = PoyntApp(app_id, key, redirect_uri)
 
+    def rotate_app_key(self) -> bytes:
+        """The operator registers a new key pair for the app at Poynt (posync still signs with the
+        old private key). Returns the new private key's PEM."""
+        private, public = generate_rsa_keypair()
+        self.register_app(self.app_id, public, self.apps[self.app_id].redirect_uri)
+        self._rotated_keys.append(private.decode())
+        return private
+
     def app_secrets(self) -> list[str]:
         """The default app's private key, the webhook secret and the sandbox's own signing key."""
         return [
@@ -334,6 +349,7 @@ class PoyntSandbox(OrderSandbox):
             self.webhook_secret,
             self._signing_key_pem.decode(),
             *self._code_of,
+            *self._rotated_keys,
         ]
 
     @property
@@ -431,14 +447,24 @@ class PoyntSandbox(OrderSandbox):
         app = self.apps.get(iss) if isinstance(iss, str) else None
         if app is None:
             raise _Unauthorized("unknown application")
+        audience = [self.knobs.jwt_audience] if self.knobs.jwt_audience else [self.url, PUBLIC_AUDIENCE]
+        sandbox_now = time.time() + self.knobs.clock_skew_s
         try:
             claims = jwt.decode(
                 assertion,
                 app.public_key,
                 algorithms=["RS256"],
-                audience=[self.url, PUBLIC_AUDIENCE],
-                options={"require": ["iss", "sub", "aud", "iat", "exp", "jti"]},
+                audience=audience,
+                options={
+                    "require": ["iss", "sub", "aud", "iat", "exp", "jti"],
+                    "verify_exp": False,  # checked below against the sandbox's (possibly skewed) clock
+                    "verify_iat": False,
+                },
             )
+            if int(claims["exp"]) <= sandbox_now:
+                raise jwt.ExpiredSignatureError("expired")
+            if int(claims["iat"]) > sandbox_now + 60:
+                raise jwt.ImmatureSignatureError("iat")
         except jwt.ExpiredSignatureError as exc:
             raise _Unauthorized("JWT expired") from exc
         except jwt.InvalidAudienceError as exc:
@@ -512,6 +538,11 @@ class PoyntSandbox(OrderSandbox):
         except _Unauthorized as exc:
             return self._error(401, str(exc))
         if grant_type.upper() == "REFRESH_TOKEN":
+            if self.knobs.refresh_client_auth == "verified" and req.bearer():
+                try:
+                    self.verify_assertion(req.bearer())
+                except _Unauthorized as exc:
+                    return self._error(401, str(exc))
             return self._refresh(form)
         return self._error(400, "unsupported grant type", error="unsupported_grant_type")
 
@@ -538,7 +569,9 @@ class PoyntSandbox(OrderSandbox):
         who = rt.grant.merchant_id or rt.grant.app_id
         self.stats.incr("refresh_calls", who)
         problem = self.tokens.refresh_problem(rt)
-        if problem is not None or not self.tokens.consume(rt):
+        if self.knobs.refresh_reuse == "survives" and problem is None:
+            pass  # the reading where a used refresh token keeps working
+        elif problem is not None or not self.tokens.consume(rt):
             return self._invalid_grant(f"refresh token {problem or 'used'}")
         self.stats.incr("refreshes", who)
         return self.token_response(rt.grant)

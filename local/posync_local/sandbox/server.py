@@ -104,6 +104,20 @@ class SandboxKnobs:
     deleted_by_id: str = "404"  # 404 | order (the order, with deletedTimestamp)
     delete_moves_modified: bool = False  # a deletion moves the order's modifiedTime to it
     refund_moves_modified: bool = False  # a refund added later moves the order's modifiedTime
+    # App-level faults (issue 18): the sandbox's clock runs this far ahead of the caller's (its Date
+    # header and, in Poynt's, the times app JWTs are checked against); negative: behind.
+    clock_skew_s: float = 0.0
+    # Clover: the app is high-trust (``/oauth/v2/recovery`` works); False answers recovery with 403.
+    recovery_enabled: bool = True
+    recovery_window_s: int = 14 * 86_400
+    # Poynt: what the token endpoint does with an ``Authorization`` JWT on a refresh (not documented:
+    # Poynt's docs send none). "ignored" or "verified" (a bad JWT is refused as on the other grants).
+    refresh_client_auth: str = "ignored"
+    # Poynt: whether a refresh token dies once used (not documented): "dies" or "survives" (it keeps
+    # working until the grant is revoked; each refresh still answers a new pair).
+    refresh_reuse: str = "dies"
+    # Poynt: the one ``aud`` app JWTs must carry (None: the sandbox URL or Poynt's public API base).
+    jwt_audience: str | None = None
     _failures: list[_Failure] = field(default_factory=list, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -171,6 +185,8 @@ class SandboxStats:
         self.requests: Counter[str] = Counter()
         self.refresh_calls: Counter[str] = Counter()
         self.refreshes: Counter[str] = Counter()
+        self.recovery_calls: Counter[str] = Counter()
+        self.recoveries: Counter[str] = Counter()
         self.token_exchanges = 0
         self.app_token_grants = 0
         self.rate_limited = 0
@@ -196,6 +212,8 @@ class SandboxStats:
             return {
                 "requests": dict(self.requests),
                 "refresh_calls": dict(self.refresh_calls),
+                "recovery_calls": dict(self.recovery_calls),
+                "recoveries": dict(self.recoveries),
                 "refreshes": dict(self.refreshes),
                 "token_exchanges": self.token_exchanges,
                 "app_token_grants": self.app_token_grants,
@@ -480,6 +498,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         # no Nagle: a small response must not wait for the client's delayed ACK (40 ms a call)
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header, off by the ``clock_skew_s`` knob."""
+        from email.utils import formatdate
+
+        now = time.time() if timestamp is None else timestamp
+        return formatdate(now + self.server.app.knobs.clock_skew_s, usegmt=True)
 
     def _send(self, resp: Response) -> None:
         self.send_response(resp.status)

@@ -13,8 +13,9 @@ nothing unless every step before the token write succeeded:
 4. the state's nonce is consumed (conditional put: replayed states end here);
 5. the code is exchanged (provider 4xx: refused; 5xx or timeout: 502);
 6. the merchant id is checked against its strict pattern;
-7. tokens go to the connection's secret (KMS), the connection record is upserted (cursor
-   kept on reconnect), and the first sync (backfill) is queued.
+7. under the connection's refresh lease, tokens go to the connection's secret (KMS, naming
+   their grant's ``connected_at``) and the connection record is upserted (cursor kept on
+   reconnect); then the first sync (backfill) is queued.
 
 Failures come out as ``CallbackFailed`` carrying the page to show (status, title, message
 and a fresh connect link that keeps the operator's ``ref`` when the state was genuine).
@@ -23,8 +24,10 @@ and a fresh connect link that keeps the operator's ``ref`` when the state was ge
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -45,7 +48,9 @@ from posync.oauth_state import ExpiredState, StateNonces, StatePayload, StateSig
 from posync.observability import logger, metrics
 from posync.providers import ExchangeRefused, OAuthProvider
 from posync.syncqueue import SyncKind, SyncRequest
-from posync.tokens import TokenStore
+from posync.tokens import LEASE_TTL_S, LeaseStore, TokenStore, refresh_lease_name
+
+CALLBACK_LEASE_WAIT_S = 8.0  # within the callback's 30 s; a refresh holds the lease ~1 s
 
 PROVIDER_NAMES = {"clover": "Clover", "poynt": "Poynt"}
 
@@ -144,7 +149,13 @@ class CallbackService:
         connections: ConnectionWriter,
         enqueue: Enqueue,
         clock: Callable[[], float] = time.time,
+        leases: LeaseStore | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        lease_wait_s: float = CALLBACK_LEASE_WAIT_S,
     ) -> None:
+        self._leases = leases
+        self._sleep = sleep
+        self._lease_wait_s = lease_wait_s
         self._settings = settings
         self._signer = signer
         self._nonces = nonces
@@ -235,20 +246,21 @@ class CallbackService:
             ) from exc
 
         now = self._clock()
-        tokens = grant.tokens
-        self._tokens.store_new(provider, merchant_id, tokens)
-        conn = self._connections.save_connected(
-            Connection(
-                provider=provider,
-                merchant_id=merchant_id,
-                status=ConnectionStatus.ACTIVE,
-                region=self._settings.provider_region,
-                ref=state.ref,
-                connected_at=_iso(now),
-                access_expires_at=tokens.access_expires_at,
-                refresh_expires_at=tokens.refresh_expires_at,
+        tokens = replace(grant.tokens, connected_at=_iso(now))  # the pair names its grant
+        with self._refresh_lease(connection_id(provider, merchant_id)):
+            self._tokens.store_new(provider, merchant_id, tokens)
+            conn = self._connections.save_connected(
+                Connection(
+                    provider=provider,
+                    merchant_id=merchant_id,
+                    status=ConnectionStatus.ACTIVE,
+                    region=self._settings.provider_region,
+                    ref=state.ref,
+                    connected_at=tokens.connected_at,
+                    access_expires_at=tokens.access_expires_at,
+                    refresh_expires_at=tokens.refresh_expires_at,
+                )
             )
-        )
         since = _iso(now - timedelta(days=self._settings.backfill_days).total_seconds())
         request = SyncRequest(
             provider=provider,
@@ -269,6 +281,29 @@ class CallbackService:
             },
         )
         return Connected(provider, merchant_id, conn.ref, tokens.access_expires_at)
+
+    @contextmanager
+    def _refresh_lease(self, conn_id: str) -> Iterator[None]:
+        """Store the new grant under the connection's refresh lease (``posync.tokens``), so a
+        worker saving a refresh of the old grant never interleaves with it. A holder that keeps
+        it past ``lease_wait_s`` (its section is bounded well below that) is not waited for."""
+        if self._leases is None:
+            yield
+            return
+        name, owner = refresh_lease_name(conn_id), uuid.uuid4().hex
+        deadline, delay = self._clock() + self._lease_wait_s, 0.05
+        held = self._leases.acquire(name, owner, LEASE_TTL_S)
+        while not held and self._clock() < deadline:
+            self._sleep(delay)
+            delay = min(delay * 2, 0.5)
+            held = self._leases.acquire(name, owner, LEASE_TTL_S)
+        if not held:
+            logger.warning("stored a new grant without the refresh lease", extra={"connection_id": conn_id})
+        try:
+            yield
+        finally:
+            if held:
+                self._leases.release(name, owner)
 
 
 def success_location(settings: Settings, connected: Connected) -> str | None:
@@ -320,7 +355,7 @@ def build_callback_service(settings: Settings) -> CallbackService:
     from posync.connections import ConnectionRepository
     from posync.oauth_state import DynamoStateNonces, SecretsManagerStateKey
     from posync.providers import build_providers
-    from posync.tokens import SecretsManagerTokenStore
+    from posync.tokens import DynamoLeases, SecretsManagerTokenStore
 
     return CallbackService(
         settings,
@@ -330,4 +365,5 @@ def build_callback_service(settings: Settings) -> CallbackService:
         tokens=SecretsManagerTokenStore(settings),
         connections=ConnectionRepository(settings),
         enqueue=sync_enqueuer(settings),
+        leases=DynamoLeases(settings),
     )

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from posync.aws import client
 from posync.config import Settings
 from posync.domain import Connection, ConnectionStatus, check_merchant_id, check_provider, connection_id
-from posync.errors import ConnectionNotFound, InvalidInput
+from posync.errors import ConnectionNotFound, InvalidInput, StaleWrite
 
 STATUS_INDEX = "by-status"
 MAX_ERROR_CHARS = 500
@@ -117,7 +117,8 @@ class ConnectionRepository:
     Every method validates provider and merchant id against ``posync.domain``'s strict
     patterns before they reach a key. Writes that must not resurrect a deleted item
     (``commit_cursor``, ``set_status``, ``record_*``) are conditional on the item existing
-    and raise ``ConnectionNotFound`` otherwise.
+    and raise ``ConnectionNotFound`` otherwise; status and expiry writes can also be made
+    conditional on the status and ``connected_at`` (the grant generation) the writer read.
     """
 
     def __init__(self, settings: Settings, now: Callable[[], str] = utc_now_iso) -> None:
@@ -226,31 +227,71 @@ class ConnectionRepository:
         )
         return connection_from_item(reply["Attributes"])
 
-    def _update_existing(self, conn_id: str, up: _Update) -> None:
+    def _update_existing(
+        self,
+        conn_id: str,
+        up: _Update,
+        *,
+        expected_status: ConnectionStatus | None = None,
+        expected_connected_at: str | None = None,
+    ) -> None:
+        """The update, on an existing item whose status / ``connected_at`` are still the ones read.
+
+        ``ConnectionNotFound`` when the item is gone, ``StaleWrite`` when an expectation failed.
+        """
         up.set("updated_at", self._now())
         up.names["#pk"] = "connection_id"
+        condition = ["attribute_exists(#pk)"]
+        if expected_status is not None:
+            up.names["#xs"] = "status"
+            up.values[":xs"] = _ser.serialize(ConnectionStatus(expected_status).value)
+            condition.append("#xs = :xs")
+        if expected_connected_at is not None:
+            up.names["#xc"] = "connected_at"
+            up.values[":xc"] = _ser.serialize(expected_connected_at)
+            condition.append("#xc = :xc")
         try:
             self._ddb().update_item(
                 TableName=self._table,
                 Key=self._key(conn_id),
                 UpdateExpression=up.expression(),
-                ConditionExpression="attribute_exists(#pk)",
+                ConditionExpression=" AND ".join(condition),
                 ExpressionAttributeNames=up.names,
                 ExpressionAttributeValues=up.values,
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            if len(condition) == 1:
                 raise ConnectionNotFound(f"no connection {conn_id}") from exc
-            raise
+            now = self.get_by_id(conn_id)  # ConnectionNotFound when it is gone
+            raise StaleWrite(
+                f"{conn_id} changed since it was read (now {now.status.value}, connected {now.connected_at})"
+            ) from exc
 
-    def set_status(self, conn_id: str, status: ConnectionStatus | str, reason: str | None = None) -> None:
-        """Move a connection to ``status`` with a short human-readable ``reason``."""
+    def set_status(
+        self,
+        conn_id: str,
+        status: ConnectionStatus | str,
+        reason: str | None = None,
+        *,
+        expected_status: ConnectionStatus | None = None,
+        expected_connected_at: str | None = None,
+    ) -> None:
+        """Move a connection to ``status`` with a short human-readable ``reason``.
+
+        With ``expected_status`` / ``expected_connected_at`` the write only lands while the
+        connection is still in that status on that grant (``StaleWrite`` otherwise): a worker
+        holding a stale grant cannot undo a reconnect or overwrite an operator's ``revoked``.
+        """
         up = _Update().set("status", ConnectionStatus(status).value).set("status_changed_at", self._now())
         if reason:
             up.set("status_reason", reason[:MAX_ERROR_CHARS])
         else:
             up.remove("status_reason")
-        self._update_existing(conn_id, up)
+        self._update_existing(
+            conn_id, up, expected_status=expected_status, expected_connected_at=expected_connected_at
+        )
 
     def commit_cursor(self, conn: Connection, cursor: dict[str, Any], last_run: dict[str, Any]) -> None:
         """Store the sync position (after the checkpoint it describes is durable).
@@ -285,9 +326,15 @@ class ConnectionRepository:
         conn.last_error = text
 
     def record_token_expiry(
-        self, conn_id: str, access_expires_at: int | None, refresh_expires_at: int | None
+        self,
+        conn_id: str,
+        access_expires_at: int | None,
+        refresh_expires_at: int | None,
+        *,
+        expected_connected_at: str | None = None,
     ) -> None:
-        """Mirror a (refreshed) token pair's expiry times on the record, for operators and alarms."""
+        """Mirror a (refreshed) token pair's expiry times on the record, for operators and alarms
+        (only while the record is still on ``expected_connected_at``'s grant, when given)."""
         up = _Update()
         for attr, value in (
             ("access_expires_at", access_expires_at),
@@ -297,4 +344,4 @@ class ConnectionRepository:
                 up.remove(attr)
             else:
                 up.set(attr, int(value))
-        self._update_existing(conn_id, up)
+        self._update_existing(conn_id, up, expected_connected_at=expected_connected_at)

@@ -46,6 +46,10 @@ class ConnectionNotFound(PosyncError):
     pass
 
 
+class StaleWrite(PosyncError):
+    """A conditional write found the connection changed since it was read (reconnected, revoked)."""
+
+
 class ConnectionInactive(PosyncError):
     """The connection is ``needs_reauth`` or ``revoked``: its syncs stop until it reconnects."""
 

@@ -6,34 +6,40 @@
   connection per service instance, i.e. per sync run, in the normal case). A token that
   expires within ``settings.refresh_leeway_s`` is refreshed first.
 - A refresh is **single-flight across every Lambda**: the caller that wins a short lease
-  in the control table (``pk = lease#refresh#<connection_id>``, conditional put
-  ``attribute_not_exists(pk) OR expires_at < :now``) re-reads the secret (someone may have
-  refreshed meanwhile), calls the provider, saves the new pair with ``PutSecretValue``
-  **before** using it, and releases the lease. Everyone else polls the secret with a fresh
-  ``GetSecretValue`` and backoff until the token changes, or takes the lease over when its
-  holder died (the lease expires after ``lease_ttl_s``). Inside one process a lock per
-  connection keeps threads from racing each other for the lease.
-- A refresh the provider refuses (revoked, invalid or already used refresh token,
-  ``invalid_grant``) marks the connection ``needs_reauth``, puts ``ConnectionNeedsReauth``
-  on the event bus, counts ``RefreshFailures`` and raises ``AuthorizationRevoked`` so the
-  sync stops instead of retrying forever.
+  in the control table (``pk = lease#refresh#<connection_id>``) re-reads the secret, calls
+  the provider and saves the new pair **before** using it. Everyone else polls the secret
+  until the token changes, or takes the lease over when its holder died.
+- **The lease is fenced and kept alive.** Its holder extends it (``LeaseStore.extend``,
+  conditional on still being the owner) before the provider call and before every save
+  attempt, so each step starts with a full TTL ahead and each step is bounded well below it
+  (token calls ``(5, 15)`` s, Secrets Manager calls by botocore's timeouts). A holder whose
+  extend fails was taken over: it saves its pair only if the stored refresh token is still
+  the one it spent (nobody saved a newer pair), else it drops its pair and serves the stored one.
+- **A refusal is not believed at once.** Another holder may have spent the refresh token
+  and be about to save (its lease expired under it): the refused caller re-reads the secret
+  for ``refusal_grace_s``; then, for providers that recover (Clover's ``/oauth/v2/recovery``,
+  CLV-TOKEN-03), it offers the spent token and the kept previous one
+  (``TokenSet.previous_refresh_token``, inside its two-week window); only then is the
+  connection marked ``needs_reauth`` (event ``ConnectionNeedsReauth``, metric
+  ``RefreshFailures``) and ``AuthorizationRevoked`` raised.
+- **Writes are conditional on the grant read** (issue 18, item 4). The service reads the
+  connection's ``connected_at`` (its grant generation) under the lease; the status write is
+  conditional on that generation and on ``status = active``, the token save and the expiry
+  copy re-check it, so a worker with a stale grant cannot undo a reconnect or turn an
+  operator's ``revoked`` into ``needs_reauth``. The callback stores a new grant under the
+  same lease.
+- **App-level failures are the app's, not a merchant's.** An adapter that recognizes one
+  (wrong client id or secret, a rotated key pair, a wrong ``aud``, clock skew beyond 300 s)
+  raises ``AppAuthFailed``; a run of transient token-endpoint failures counts too. Either
+  opens the provider's ``AppBreaker`` (shared through the control table: every container
+  stops refreshing for that app until a cool-down passes and one half-open probe succeeds),
+  counts ``AppAuthFailures`` and puts one ``AppAuthFailed`` event; no merchant is flagged.
 
-Provider quirks (who refuses early refreshes, what a refusal looks like) live in the
-``TokenRefresher`` adapters in ``posync.providers``, not here.
-
-**Lost refresh replies (Clover).** A Clover refresh token works once. If Clover accepted a
-refresh but its reply never reached us (timeout, connection reset), the stored refresh
-token is already dead and the new pair is unknown. Clover's ``/oauth/v2/recovery`` could
-recover it within two weeks, but it is not available in the sandbox and needs the app
-secret flow we do not implement yet, so posync does this: the timed-out call raises
-``ProviderError`` (transient), the lease is released, and the current access token keeps
-serving while it is valid. The next refresh with the dead token is refused with 401 and
-moves the connection to ``needs_reauth`` with a reason that names this possibility; the
-merchant reconnects (the sync cursor is kept). The same holds if saving a refreshed pair
-to Secrets Manager fails after the provider accepted the refresh (after retries).
+Provider quirks (who refuses early refreshes, what a refusal looks like, recovery) live in
+the ``TokenRefresher`` adapters in ``posync.providers``, not here.
 
 Nothing in this module logs, raises or returns a token in a message: ``TokenSet``'s repr
-hides both tokens, and logs carry expiry times only.
+hides every token, and logs carry expiry times only.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
@@ -54,7 +60,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from posync.aws import client
 from posync.config import Settings
 from posync.domain import Connection, ConnectionStatus, check_merchant_id
-from posync.errors import AuthorizationRevoked, ConnectionNotFound, PosyncError, ProviderError
+from posync.errors import (
+    AuthorizationRevoked,
+    ConnectionNotFound,
+    PosyncError,
+    ProviderError,
+    StaleWrite,
+)
 from posync.observability import logger, metrics
 
 SECRET_VERSION = 1
@@ -66,6 +78,16 @@ REVOKED_MERCHANT_TOKEN_REASON = (
     "Clover refused the merchant API token (401): it was revoked or deleted in the sandbox "  # noqa: S105
     "dashboard; connect again with a new token (posync connections add clover MERCHANT_ID --token-stdin)"
 )
+APP_AUTH_FAILED_EVENT = "AppAuthFailed"
+# Clover keeps a refresh token usable for recovery for two weeks after its successor was issued.
+RECOVERY_WINDOW_S = 14 * 86_400
+# How long a refused caller re-reads the secret before believing the refusal (a slower holder may
+# have spent the token and be saving it): a few Secrets Manager round trips and one save.
+REFUSAL_GRACE_S = 6.0
+BREAKER_COOLDOWN_S = 300
+BREAKER_MAX_COOLDOWN_S = 3600
+STORM_THRESHOLD = 5  # consecutive transient token-endpoint failures (any merchant) that open the breaker
+STORM_WINDOW_S = 300
 
 
 # --------------------------------------------------------------------------------------
@@ -90,6 +112,13 @@ class TokenSet:
     # token; CLV-TOKEN-1): never refreshed, and a 401 means it was revoked.
     kind: str = "oauth"
 
+    # The grant this pair belongs to: the connection's ``connected_at`` when the callback stored it.
+    connected_at: str | None = None
+    # The refresh token that was spent to obtain this pair (Clover's recovery token) and the end
+    # of the window in which Clover still recovers with it.
+    previous_refresh_token: str | None = field(default=None, repr=False)
+    previous_refresh_until: int | None = None
+
     @property
     def merchant_api_token(self) -> bool:
         return self.kind == MERCHANT_API_TOKEN
@@ -112,9 +141,13 @@ class TokenSet:
         refresh_expires_at: int | None,
         now: float,
     ) -> TokenSet:
-        """The pair after a refresh. A reply that omits the refresh token keeps the old one."""
+        """The pair after a refresh. A reply that omits the refresh token keeps the old one; a new
+        refresh token keeps the spent one as ``previous_refresh_token`` (the recovery token)."""
+        previous, previous_until = self.previous_refresh_token, self.previous_refresh_until
         if not refresh_token:
             refresh_token, refresh_expires_at = self.refresh_token, self.refresh_expires_at
+        elif self.refresh_token and refresh_token != self.refresh_token:
+            previous, previous_until = self.refresh_token, int(now) + RECOVERY_WINDOW_S
         return replace(
             self,
             access_token=access_token,
@@ -122,7 +155,21 @@ class TokenSet:
             refresh_token=refresh_token,
             refresh_expires_at=None if refresh_expires_at is None else int(refresh_expires_at),
             obtained_at=int(now),
+            previous_refresh_token=previous,
+            previous_refresh_until=previous_until,
         )
+
+    def recovery_tokens(self, now: float) -> list[str]:
+        """What Clover's recovery may accept, best first: the stored refresh token (spent by a
+        refresh whose reply was lost) and the kept previous one while its window lasts."""
+        out = [self.refresh_token] if self.refresh_token else []
+        if (
+            self.previous_refresh_token
+            and self.previous_refresh_token not in out
+            and (self.previous_refresh_until or 0) > now
+        ):
+            out.append(self.previous_refresh_token)
+        return out
 
     def to_secret(self, provider: str, merchant_id: str) -> str:
         extra = {"kind": self.kind} if self.kind != "oauth" else {}
@@ -138,6 +185,9 @@ class TokenSet:
                 "refresh_token": self.refresh_token,
                 "refresh_expires_at": self.refresh_expires_at,
                 "obtained_at": self.obtained_at,
+                "connected_at": self.connected_at,
+                "previous_refresh_token": self.previous_refresh_token,
+                "previous_refresh_until": self.previous_refresh_until,
             },
             separators=(",", ":"),
         )
@@ -147,6 +197,7 @@ class TokenSet:
         try:
             data = json.loads(secret_string)
             refresh_exp = data.get("refresh_expires_at")
+            prev_until = data.get("previous_refresh_until")
             return cls(
                 access_token=str(data["access_token"]),
                 access_expires_at=int(data["access_expires_at"]),
@@ -155,6 +206,9 @@ class TokenSet:
                 obtained_at=int(data.get("obtained_at") or 0),
                 token_type=str(data.get("token_type") or "Bearer"),
                 kind=str(data.get("kind") or "oauth"),
+                connected_at=data.get("connected_at") or None,
+                previous_refresh_token=data.get("previous_refresh_token") or None,
+                previous_refresh_until=None if prev_until is None else int(prev_until),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise TokensMissing("the stored token secret is not readable") from exc
@@ -191,6 +245,24 @@ class TokensMissing(PosyncError):
     """The connection has no (readable) token secret."""
 
 
+class AppAuthFailed(PosyncError):
+    """The provider refused the *app* (not the merchant's grant): wrong client id or secret, a
+    key pair the provider no longer knows, a wrong ``aud``, our clock off by more than 300 s.
+
+    ``kind`` is one of ``credentials``, ``key``, ``audience``, ``clock``, ``outage``; ``reason``
+    is short and secret-free.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class AppCircuitOpen(ProviderError):
+    """Refreshes for this provider's app are paused (its breaker is open): transient for the sync."""
+
+
 # --------------------------------------------------------------------------------------
 # Ports
 # --------------------------------------------------------------------------------------
@@ -200,7 +272,16 @@ class TokenRefresher(Protocol):
     """A provider's refresh call (``posync.providers``)."""
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
-        """A new pair. Raises RefreshRefused, RefreshNotDue or ProviderError (transient)."""
+        """A new pair. Raises RefreshRefused, RefreshNotDue, AppAuthFailed or ProviderError (transient)."""
+        ...
+
+
+@runtime_checkable
+class TokenRecoverer(Protocol):
+    """A provider that can mend a refresh token spent without its reply (Clover's recovery)."""
+
+    def recover(self, tokens: TokenSet, recovery_token: str) -> TokenSet:
+        """A new pair for ``recovery_token``. Raises RefreshRefused, AppAuthFailed or ProviderError."""
         ...
 
 
@@ -225,7 +306,34 @@ class TokenStore(Protocol):
 class LeaseStore(Protocol):
     def acquire(self, name: str, owner: str, ttl_s: int) -> bool: ...
 
+    def extend(self, name: str, owner: str, ttl_s: int) -> bool:
+        """Push the lease's end to now + ``ttl_s`` if ``owner`` still holds it (the fence check)."""
+        ...
+
+    def took_over(self, name: str, owner: str) -> bool:
+        """True when ``owner``'s acquisition replaced an expired, unreleased lease: its previous
+        holder may still be working (and about to save a pair it got for the stored token)."""
+        ...
+
     def release(self, name: str, owner: str) -> None: ...
+
+
+class AppBreaker(Protocol):
+    """One circuit breaker per provider app, shared by every container (see ``DynamoAppBreaker``)."""
+
+    def admit(self, provider: str) -> bool:
+        """May a refresh be attempted? False while open; one caller at a time once half-open."""
+        ...
+
+    def succeeded(self, provider: str) -> None: ...
+
+    def app_failed(self, provider: str, kind: str, reason: str) -> bool:
+        """Open (or re-open) the breaker; True when this call opened a closed one."""
+        ...
+
+    def transient_failed(self, provider: str) -> bool:
+        """Count a transient token-endpoint failure; True when this one opened the breaker."""
+        ...
 
 
 class ConnectionStatusStore(Protocol):
@@ -233,10 +341,25 @@ class ConnectionStatusStore(Protocol):
 
     def get_by_id(self, conn_id: str) -> Connection: ...
 
-    def set_status(self, conn_id: str, status: ConnectionStatus | str, reason: str | None = None) -> None: ...
+    def set_status(
+        self,
+        conn_id: str,
+        status: ConnectionStatus | str,
+        reason: str | None = None,
+        *,
+        expected_status: ConnectionStatus | None = None,
+        expected_connected_at: str | None = None,
+    ) -> None:
+        """Raises StaleWrite when an expectation no longer holds, ConnectionNotFound when gone."""
+        ...
 
     def record_token_expiry(
-        self, conn_id: str, access_expires_at: int | None, refresh_expires_at: int | None
+        self,
+        conn_id: str,
+        access_expires_at: int | None,
+        refresh_expires_at: int | None,
+        *,
+        expected_connected_at: str | None = None,
     ) -> None: ...
 
 
@@ -341,6 +464,8 @@ class DynamoLeases:
         self._clock = clock
         self._sleep = sleep
         self._confirm_after_s = confirm_after_s
+        self._taken_over: set[str] = set()  # owners whose acquisition replaced an expired lease
+        self._lock = threading.Lock()
 
     @staticmethod
     def _ddb() -> Any:
@@ -350,7 +475,7 @@ class DynamoLeases:
         now = self._clock()
         ddb = self._ddb()
         try:
-            ddb.put_item(
+            reply = ddb.put_item(
                 TableName=self._table,
                 Item={
                     "pk": {"S": name},
@@ -360,17 +485,46 @@ class DynamoLeases:
                 },
                 ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": str(int(now))}},
+                ReturnValues="ALL_OLD",
             )
         except ClientError as exc:
             if _error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
+        with self._lock:
+            if reply.get("Attributes"):  # an expired lease its holder never released
+                self._taken_over.add(owner)
         if self._confirm_after_s > 0:
             self._sleep(self._confirm_after_s)
         item = ddb.get_item(TableName=self._table, Key={"pk": {"S": name}}, ConsistentRead=True).get("Item")
         return bool(item) and item.get("owner", {}).get("S") == owner
 
+    def took_over(self, name: str, owner: str) -> bool:
+        with self._lock:
+            return owner in self._taken_over
+
+    def extend(self, name: str, owner: str, ttl_s: int) -> bool:
+        try:
+            self._ddb().update_item(
+                TableName=self._table,
+                Key={"pk": {"S": name}},
+                UpdateExpression="SET expires_at = :e",
+                ConditionExpression="#o = :o",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={
+                    ":o": {"S": owner},
+                    ":e": {"N": str(int(self._clock()) + ttl_s)},
+                },
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":  # taken over (or released)
+                return False
+            raise
+        return True
+
     def release(self, name: str, owner: str) -> None:
+        with self._lock:
+            self._taken_over.discard(owner)
         try:
             self._ddb().delete_item(
                 TableName=self._table,
@@ -382,6 +536,228 @@ class DynamoLeases:
         except ClientError as exc:
             if _error_code(exc) != "ConditionalCheckFailedException":  # expired and taken over
                 raise
+
+
+PROBE_TTL_S = 60  # a half-open probe that has not reported within this long is retried by another caller
+
+
+def breaker_key(provider: str) -> str:
+    return f"breaker#app#{provider}"
+
+
+@dataclass
+class _Breaker:
+    state: str = "closed"  # closed | open | half_open
+    open_until: float = 0.0
+    probe_until: float = 0.0
+    cooldown_s: float = BREAKER_COOLDOWN_S
+    failures: int = 0
+    window_start: float = 0.0
+
+
+class MemoryAppBreaker:
+    """The breaker's state machine in one process (tests, the CLI); ``DynamoAppBreaker`` shares it.
+
+    closed -> open (an app-level failure, or ``storm_threshold`` transient failures within
+    ``storm_window_s``); open -> half_open once ``open_until`` passes, admitting one probe;
+    the probe's success closes it, its failure re-opens it with the cool-down doubled (capped).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        cooldown_s: float = BREAKER_COOLDOWN_S,
+        storm_threshold: int = STORM_THRESHOLD,
+        storm_window_s: float = STORM_WINDOW_S,
+    ) -> None:
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        self._storm_threshold = storm_threshold
+        self._storm_window_s = storm_window_s
+        self._states: dict[str, _Breaker] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, provider: str) -> _Breaker:
+        return self._states.setdefault(provider, _Breaker(cooldown_s=self._cooldown_s))
+
+    def admit(self, provider: str) -> bool:
+        with self._lock:
+            b, now = self._get(provider), self._clock()
+            if b.state == "closed":
+                return True
+            if (b.state == "open" and now < b.open_until) or (b.state == "half_open" and now < b.probe_until):
+                return False
+            b.state, b.probe_until = "half_open", now + PROBE_TTL_S
+            return True
+
+    def succeeded(self, provider: str) -> None:
+        with self._lock:
+            self._states[provider] = _Breaker(cooldown_s=self._cooldown_s)
+
+    def _open(self, b: _Breaker) -> bool:
+        was_closed = b.state == "closed"
+        if b.state == "open":
+            return False  # already open: a concurrent failure does not extend the cool-down
+        b.cooldown_s = self._cooldown_s if was_closed else min(b.cooldown_s * 2, BREAKER_MAX_COOLDOWN_S)
+        b.state, b.open_until, b.failures = "open", self._clock() + b.cooldown_s, 0
+        return was_closed
+
+    def app_failed(self, provider: str, kind: str, reason: str) -> bool:
+        with self._lock:
+            return self._open(self._get(provider))
+
+    def transient_failed(self, provider: str) -> bool:
+        with self._lock:
+            b, now = self._get(provider), self._clock()
+            if b.state == "half_open":
+                return self._open(b)
+            if b.state == "open":
+                return False
+            if now - b.window_start > self._storm_window_s:
+                b.window_start, b.failures = now, 0
+            b.failures += 1
+            return b.failures >= self._storm_threshold and self._open(b)
+
+
+class DynamoAppBreaker:
+    """The app breaker on the control table (``pk = breaker#app#<provider>``), so that every
+    container sees one state: ``state``, ``open_until``/``probe_until`` (Unix seconds),
+    ``cooldown_s``, ``failures`` and ``window_start`` (the transient-failure count), ``kind``,
+    ``reason``. Transitions are conditional updates, so one container opens the breaker (and
+    sends the one event) and one container probes it when half-open.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        cooldown_s: float = BREAKER_COOLDOWN_S,
+        storm_threshold: int = STORM_THRESHOLD,
+        storm_window_s: float = STORM_WINDOW_S,
+    ) -> None:
+        self._table = settings.control_table
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        self._storm_threshold = storm_threshold
+        self._storm_window_s = storm_window_s
+
+    @staticmethod
+    def _ddb() -> Any:
+        return client("dynamodb")
+
+    def _item(self, provider: str) -> dict[str, Any]:
+        reply = self._ddb().get_item(
+            TableName=self._table, Key={"pk": {"S": breaker_key(provider)}}, ConsistentRead=True
+        )
+        return dict(reply.get("Item") or {})
+
+    def _update(self, provider: str, expr: str, values: dict[str, Any], condition: str | None) -> bool:
+        params: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": breaker_key(provider)}},
+            "UpdateExpression": expr,
+            "ExpressionAttributeNames": {"#st": "state"},
+            "ExpressionAttributeValues": values,
+        }
+        if condition:
+            params["ConditionExpression"] = condition
+        try:
+            self._ddb().update_item(**params)
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _num(item: dict[str, Any], attr: str, default: float = 0.0) -> float:
+        raw = item.get(attr, {}).get("N")
+        return float(raw) if raw is not None else default
+
+    def admit(self, provider: str) -> bool:
+        item, now = self._item(provider), self._clock()
+        state = item.get("state", {}).get("S", "closed")
+        if state == "closed":
+            return True
+        deadline_attr = "open_until" if state == "open" else "probe_until"
+        if now < self._num(item, deadline_attr):
+            return False
+        return self._update(
+            provider,
+            "SET #st = :half, probe_until = :p",
+            {
+                ":half": {"S": "half_open"},
+                ":p": {"N": str(int(now) + PROBE_TTL_S)},
+                ":was": {"S": state},
+                ":now": {"N": str(int(now))},
+            },
+            f"#st = :was AND {deadline_attr} <= :now",
+        )
+
+    def succeeded(self, provider: str) -> None:
+        self._update(
+            provider,
+            "SET #st = :closed, failures = :zero, cooldown_s = :c",
+            {":closed": {"S": "closed"}, ":zero": {"N": "0"}, ":c": {"N": str(int(self._cooldown_s))}},
+            "attribute_exists(pk) AND (#st <> :closed OR failures > :zero)",
+        )
+
+    def _open(self, provider: str, item: dict[str, Any], kind: str, reason: str) -> bool:
+        now = self._clock()
+        state = item.get("state", {}).get("S", "closed")
+        if state == "open":
+            return False
+        cooldown = (
+            self._cooldown_s
+            if state == "closed"
+            else min(self._num(item, "cooldown_s", self._cooldown_s) * 2, BREAKER_MAX_COOLDOWN_S)
+        )
+        opened = self._update(
+            provider,
+            "SET #st = :open, open_until = :u, cooldown_s = :c, failures = :zero, kind = :k, reason = :r",
+            {
+                ":open": {"S": "open"},
+                ":u": {"N": str(int(now + cooldown))},
+                ":c": {"N": str(int(cooldown))},
+                ":zero": {"N": "0"},
+                ":k": {"S": kind},
+                ":r": {"S": reason[:300]},
+                ":was": {"S": state},
+            },
+            "attribute_not_exists(#st) OR #st = :was" if state == "closed" else "#st = :was",
+        )
+        return opened and state == "closed"
+
+    def app_failed(self, provider: str, kind: str, reason: str) -> bool:
+        return self._open(provider, self._item(provider), kind, reason)
+
+    def transient_failed(self, provider: str) -> bool:
+        now = self._clock()
+        item = self._item(provider)
+        state = item.get("state", {}).get("S", "closed")
+        if state == "half_open":
+            self._open(provider, item, "outage", "the token endpoint kept failing")
+            return False
+        if state == "open":
+            return False
+        fresh = now - self._num(item, "window_start") > self._storm_window_s
+        reply = self._ddb().update_item(
+            TableName=self._table,
+            Key={"pk": {"S": breaker_key(provider)}},
+            UpdateExpression=(
+                "SET window_start = :now, failures = :one"
+                if fresh
+                else "SET window_start = if_not_exists(window_start, :now) ADD failures :one"
+            ),
+            ExpressionAttributeValues={":now": {"N": str(int(now))}, ":one": {"N": "1"}},
+            ReturnValues="ALL_NEW",
+        )
+        failures = self._num(reply.get("Attributes", {}), "failures")
+        if failures < self._storm_threshold:
+            return False
+        return self._open(
+            provider, {**item, "state": {"S": "closed"}}, "outage", "the token endpoint kept failing"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -397,6 +773,19 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _LeaseLost(Exception):
+    """The lease was taken over before the provider call: go back to waiting."""
+
+
+@dataclass
+class _Held:
+    """The lease a caller holds and the grant it read under it."""
+
+    name: str
+    owner: str
+    generation: str | None  # the connection's connected_at, read under the lease
+
+
 class TokenService:
     """Valid access tokens for connections; see the module docstring for the protocol."""
 
@@ -409,11 +798,13 @@ class TokenService:
         leases: LeaseStore,
         connections: ConnectionStatusStore,
         events: EventSink,
+        breaker: AppBreaker | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         lease_ttl_s: int = LEASE_TTL_S,
         wait_timeout_s: float = LEASE_TTL_S + 15,
         retry_after_failure_s: float = 30.0,
+        refusal_grace_s: float = REFUSAL_GRACE_S,
     ) -> None:
         self._leeway = settings.refresh_leeway_s
         self._refreshers = dict(refreshers)
@@ -423,9 +814,11 @@ class TokenService:
         self._events = events
         self._clock = clock
         self._sleep = sleep
+        self._breaker: AppBreaker = breaker if breaker is not None else MemoryAppBreaker(clock)
         self._lease_ttl_s = lease_ttl_s
         self._wait_timeout_s = wait_timeout_s
         self._retry_after_failure_s = retry_after_failure_s
+        self._refusal_grace_s = refusal_grace_s
         self._cache: dict[str, TokenSet] = {}
         self._no_refresh_before: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -475,7 +868,9 @@ class TokenService:
         try:
             tokens = self._store.read(conn.provider, conn.merchant_id)
         except TokensMissing as exc:
-            self._mark_needs_reauth(conn, "no stored tokens for this connection; the merchant must reconnect")
+            self._mark_needs_reauth(
+                conn, None, "no stored tokens for this connection; the merchant must reconnect"
+            )
             raise AuthorizationRevoked(f"{conn.connection_id} has no stored tokens") from exc
         self._cache[conn.connection_id] = tokens
         return tokens
@@ -489,13 +884,17 @@ class TokenService:
         if not forced and now < self._no_refresh_before.get(cid, 0.0) and not stale.is_expired(now):
             return stale  # a recent attempt failed or was refused as early: keep the valid token
         name = refresh_lease_name(cid)
-        owner = uuid.uuid4().hex
         deadline = now + self._wait_timeout_s
         delay = 0.05
         while True:
+            owner = uuid.uuid4().hex  # one fencing token per acquisition
             if self._leases.acquire(name, owner, self._lease_ttl_s):
                 try:
-                    return self._refresh_under_lease(conn, stale, forced=forced)
+                    return self._refresh_under_lease(conn, stale, forced=forced, name=name, owner=owner)
+                except _LeaseLost:
+                    logger.warning(
+                        "refresh lease taken over before the provider call", extra={"connection_id": cid}
+                    )
                 finally:
                     self._release(name, owner, cid)
             # Someone else holds the lease: wait, then look at the secret again (fresh read).
@@ -520,24 +919,32 @@ class TokenService:
                 "could not release the refresh lease", extra={"connection_id": cid, "error": str(exc)}
             )
 
-    def _refresh_under_lease(self, conn: Connection, stale: TokenSet, *, forced: bool) -> TokenSet:
+    def _refresh_under_lease(
+        self, conn: Connection, stale: TokenSet, *, forced: bool, name: str, owner: str
+    ) -> TokenSet:
         cid = conn.connection_id
         current = self._read(conn)  # the lease may have been won after someone else's refresh
         if self._replaced(current, stale):
             return current
         try:
-            status = self._connections.get_by_id(cid).status
+            record = self._connections.get_by_id(cid)
         except ConnectionNotFound:
-            status = ConnectionStatus.REVOKED
-        if status is not ConnectionStatus.ACTIVE:
-            raise AuthorizationRevoked(f"{cid} is {status.value}; the merchant must reconnect")
+            raise AuthorizationRevoked(f"{cid} no longer exists") from None
+        if record.status is not ConnectionStatus.ACTIVE:
+            raise AuthorizationRevoked(f"{cid} is {record.status.value}; the merchant must reconnect")
+        held = _Held(name, owner, record.connected_at)
         refresher = self._refreshers.get(conn.provider)
         if refresher is None:
             raise ProviderError(f"no token refresher for {conn.provider}")
         now = self._clock()
+        if not self._breaker.admit(conn.provider):
+            return self._keep_or_pause(conn, current, forced)
+        if not self._leases.extend(name, owner, self._lease_ttl_s):  # a full TTL for the provider call
+            raise _LeaseLost
         try:
             new = refresher.refresh(current)
         except RefreshNotDue as exc:
+            self._breaker.succeeded(conn.provider)
             if not current.is_expired(now) and not forced:
                 # Clover: "access_token not expired". Use the current token and try again once
                 # the provider will accept it (one minute before expiry).
@@ -548,12 +955,21 @@ class TokenService:
                 )
                 return current
             raise ProviderError(f"{conn.provider} refused to refresh a token it rejects", status=401) from exc
+        except AppAuthFailed as exc:
+            self._app_failed(conn, exc)
+            return self._keep_or_pause(conn, current, forced)
         except RefreshRefused as exc:
-            self._mark_needs_reauth(conn, exc.reason)
-            raise AuthorizationRevoked(f"{conn.provider} refused the refresh of {cid}: {exc.reason}") from exc
+            self._breaker.succeeded(conn.provider)  # the provider accepted the app; it refused the grant
+            return self._after_refusal(conn, current, held, exc, forced=forced)
         except ProviderError as exc:
             self._no_refresh_before[cid] = now + self._retry_after_failure_s
             metrics.add_metric(name="RefreshErrors", unit=MetricUnit.Count, value=1)
+            if self._breaker.transient_failed(conn.provider):
+                self._app_failed(
+                    conn,
+                    AppAuthFailed("outage", f"{conn.provider} token endpoint keeps failing"),
+                    counted=True,
+                )
             if not forced and not current.is_expired(now):
                 logger.warning(
                     "token refresh failed; the current token is still valid",
@@ -561,42 +977,155 @@ class TokenService:
                 )
                 return current
             raise
-        self._save(conn, new)
+        self._breaker.succeeded(conn.provider)
+        return self._commit(conn, current, new, held)
+
+    def _keep_or_pause(self, conn: Connection, current: TokenSet, forced: bool) -> TokenSet:
+        """The app's breaker is open: a still-valid token serves; otherwise the sync waits (transient)."""
+        if not forced and not current.is_expired(self._clock()):
+            return current
+        raise AppCircuitOpen(f"{conn.provider} app authentication is failing; token refreshes are paused")
+
+    def _after_refusal(
+        self, conn: Connection, spent: TokenSet, held: _Held, refusal: RefreshRefused, *, forced: bool
+    ) -> TokenSet:
+        """A refusal: wait for a slower holder's save, then recover, then (only then) flag."""
+        cid = conn.connection_id
+        # Only a lease taken over from a holder that never released it can hide a pending save.
+        grace = self._refusal_grace_s if self._leases.took_over(held.name, held.owner) else 0.0
+        waited, delay = 0.0, 0.25
+        while True:
+            fresh = self._read(conn)
+            if fresh.refresh_token != spent.refresh_token or self._replaced(fresh, spent):
+                logger.info(
+                    "a refused refresh was answered by another caller's save", extra={"connection_id": cid}
+                )
+                return fresh
+            if waited >= grace:
+                break
+            self._sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
+        recoverer = self._refreshers.get(conn.provider)
+        if isinstance(recoverer, TokenRecoverer):
+            for token in spent.recovery_tokens(self._clock()):
+                try:
+                    recovered = recoverer.recover(spent, token)
+                except RefreshRefused:
+                    continue
+                except AppAuthFailed as exc:
+                    self._app_failed(conn, exc)
+                    return self._keep_or_pause(conn, spent, forced)
+                except ProviderError as exc:  # unsure: never flag on a transient failure
+                    if not forced and not spent.is_expired(self._clock()):
+                        return spent
+                    raise ProviderError(f"{conn.provider} recovery failed: {exc}") from exc
+                metrics.add_metric(name="TokensRecovered", unit=MetricUnit.Count, value=1)
+                logger.warning("a spent refresh token was recovered", extra={"connection_id": cid})
+                return self._commit(conn, spent, recovered, held)
+        self._mark_needs_reauth(conn, held.generation, refusal.reason)
+        raise AuthorizationRevoked(
+            f"{conn.provider} refused the refresh of {cid}: {refusal.reason}"
+        ) from refusal
+
+    def _stale_grant(self, cid: str, held: _Held) -> bool:
+        try:
+            record = self._connections.get_by_id(cid)
+        except ConnectionNotFound:
+            return True
+        return held.generation is not None and record.connected_at != held.generation
+
+    def _commit(self, conn: Connection, spent: TokenSet, new: TokenSet, held: _Held) -> TokenSet:
+        """Persist before use, presenting the lease (the fence) at every attempt."""
+        cid = conn.connection_id
+        new = replace(new, connected_at=new.connected_at or held.generation)
+        last: Exception | None = None
+        for attempt in range(4):
+            if not self._leases.extend(held.name, held.owner, self._lease_ttl_s):
+                stored = self._store.read(conn.provider, conn.merchant_id)
+                if stored.refresh_token != spent.refresh_token:
+                    logger.warning(
+                        "refresh lease lost and a newer pair is stored; dropping ours",
+                        extra={"connection_id": cid},
+                    )
+                    self._cache[cid] = stored
+                    return stored
+                # Nobody saved since we spent the token: ours is the only live pair; keep it.
+                logger.warning("refresh lease lost; saving the only live pair", extra={"connection_id": cid})
+            if self._stale_grant(cid, held):
+                stored = self._store.read(conn.provider, conn.merchant_id)
+                logger.warning(
+                    "the merchant reconnected during the refresh; its new grant stands",
+                    extra={"connection_id": cid},
+                )
+                self._cache[cid] = stored
+                return stored
+            try:
+                self._store.save(conn.provider, conn.merchant_id, new)
+                break
+            except (ClientError, BotoCoreError) as exc:
+                last = exc
+                self._sleep(0.2 * 2**attempt)
+        else:
+            reason = "refreshed tokens could not be saved; the merchant must reconnect"
+            self._mark_needs_reauth(conn, held.generation, reason)
+            raise AuthorizationRevoked(f"{cid}: {reason}") from last
         self.refreshes += 1
         self._cache[cid] = new
         self._no_refresh_before.pop(cid, None)
         logger.info("token refreshed", extra={"connection_id": cid, **new.expiry_log()})
         try:
-            self._connections.record_token_expiry(cid, new.access_expires_at, new.refresh_expires_at)
-        except (ClientError, BotoCoreError, ConnectionNotFound) as exc:  # informational copy only
+            self._connections.record_token_expiry(
+                cid, new.access_expires_at, new.refresh_expires_at, expected_connected_at=held.generation
+            )
+        except (ClientError, BotoCoreError, ConnectionNotFound, StaleWrite) as exc:  # informational only
             logger.warning("could not record token expiry", extra={"connection_id": cid, "error": str(exc)})
         return new
 
-    def _save(self, conn: Connection, new: TokenSet) -> None:
-        """Persist before use; the old refresh token may already be dead, so retry hard."""
-        last: Exception | None = None
-        for attempt in range(4):
-            try:
-                self._store.save(conn.provider, conn.merchant_id, new)
-                return
-            except (ClientError, BotoCoreError) as exc:
-                last = exc
-                self._sleep(0.2 * 2**attempt)
-        reason = "refreshed tokens could not be saved; the merchant must reconnect"
-        self._mark_needs_reauth(conn, reason)
-        raise AuthorizationRevoked(f"{conn.connection_id}: {reason}") from last
+    def _app_failed(self, conn: Connection, exc: AppAuthFailed, *, counted: bool = False) -> None:
+        """One app-level failure: counted, the breaker opened, one event when it opens. No flag."""
+        metrics.add_metric(name="AppAuthFailures", unit=MetricUnit.Count, value=1)
+        opened = counted or self._breaker.app_failed(conn.provider, exc.kind, exc.reason)
+        logger.error(
+            "app-level authentication failure; no merchant is flagged",
+            extra={"provider": conn.provider, "kind": exc.kind, "reason": exc.reason, "opened": opened},
+        )
+        if not opened:
+            return
+        try:
+            self._events(
+                APP_AUTH_FAILED_EVENT,
+                {
+                    "provider": conn.provider,
+                    "kind": exc.kind,
+                    "reason": exc.reason,
+                    "at": _iso(self._clock()),
+                },
+            )
+        except (ClientError, BotoCoreError, PosyncError) as err:
+            logger.error("could not emit AppAuthFailed", extra={"provider": conn.provider, "error": str(err)})
 
-    def _mark_needs_reauth(self, conn: Connection, reason: str) -> None:
+    def _mark_needs_reauth(self, conn: Connection, generation: str | None, reason: str) -> None:
+        """Flag the connection, conditional on it still being active on the grant we read."""
         cid = conn.connection_id
         self._cache.pop(cid, None)
-        metrics.add_metric(name="RefreshFailures", unit=MetricUnit.Count, value=1)
-        logger.warning("connection needs reauthorization", extra={"connection_id": cid, "reason": reason})
         try:
-            self._connections.set_status(cid, ConnectionStatus.NEEDS_REAUTH, reason)
-        except ConnectionNotFound:
-            return  # deleted meanwhile: nothing to flag
+            self._connections.set_status(
+                cid,
+                ConnectionStatus.NEEDS_REAUTH,
+                reason,
+                expected_status=ConnectionStatus.ACTIVE,
+                expected_connected_at=generation,
+            )
+        except (ConnectionNotFound, StaleWrite) as exc:
+            logger.info(
+                "not flagged: the connection changed meanwhile", extra={"connection_id": cid, "why": str(exc)}
+            )
+            return  # deleted, reconnected or revoked meanwhile: nothing to flag
         except (ClientError, BotoCoreError) as exc:
             logger.error("could not mark needs_reauth", extra={"connection_id": cid, "error": str(exc)})
+        metrics.add_metric(name="RefreshFailures", unit=MetricUnit.Count, value=1)
+        logger.warning("connection needs reauthorization", extra={"connection_id": cid, "reason": reason})
         try:
             self._events(
                 NEEDS_REAUTH_EVENT,
@@ -615,7 +1144,7 @@ class TokenService:
 
 
 def build_token_service(settings: Settings) -> TokenService:
-    """The production wiring: Secrets Manager, DynamoDB leases and status, EventBridge, providers."""
+    """The production wiring: Secrets Manager, DynamoDB leases, breaker and status, EventBridge, providers."""
     from posync.app_credentials import AppCredentialsStore
     from posync.connections import ConnectionRepository
     from posync.events import put_event
@@ -633,4 +1162,5 @@ def build_token_service(settings: Settings) -> TokenService:
         leases=DynamoLeases(settings),
         connections=ConnectionRepository(settings),
         events=emit,
+        breaker=DynamoAppBreaker(settings),
     )

@@ -146,6 +146,32 @@ def json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     return body
 
 
+MAX_CLOCK_SKEW_S = 300  # Poynt rejects app JWTs whose iat/exp are further off than this
+
+
+def clock_skew_s(resp: requests.Response, now: float) -> float | None:
+    """The provider's clock minus ours, from the reply's ``Date`` header (None: no usable header)."""
+    from email.utils import parsedate_to_datetime
+
+    raw = resp.headers.get("Date")
+    if not raw:
+        return None
+    try:
+        return parsedate_to_datetime(raw).timestamp() - now
+    except (TypeError, ValueError):
+        return None
+
+
+def check_clock(resp: requests.Response, now: float, what: str) -> None:
+    """A refusal that came with a ``Date`` more than 300 s from our clock is our clock's fault:
+    ``AppAuthFailed("clock")``, never a merchant's refusal (CLV-TOKEN-06, PNT-TOKEN-05)."""
+    from posync.tokens import AppAuthFailed
+
+    skew = clock_skew_s(resp, now)
+    if skew is not None and abs(skew) > MAX_CLOCK_SKEW_S:
+        raise AppAuthFailed("clock", f"{what}: our clock is {skew:+.0f} s off the provider's")
+
+
 def raise_unless_refusal(resp: requests.Response, what: str) -> None:
     """A token endpoint's non-200 answer: a refusal (400, 401, 403) returns, anything else is a
     ProviderError (the caller raises the refusal its own way)."""

@@ -15,13 +15,19 @@ CLV-OAUTH-2, CLV-OAUTH-3.
 - Refresh: POST ``{oauth_base}/oauth/v2/refresh`` JSON ``{client_id, refresh_token}``. A
   refresh token works once. Clover may refuse a refresh while the access token is still
   valid (400 ``access_token not expired``): that is ``RefreshNotDue``, not a revocation.
-  Any other 4xx (invalid, used or revoked refresh token) is ``RefreshRefused``.
+  Any other 4xx (invalid, used or revoked refresh token) is ``RefreshRefused``; one whose
+  message names the client id or secret, or whose ``Date`` is > 300 s off, is the app's
+  (``AppAuthFailed``).
+- Recovery (high-trust apps): POST ``{oauth_base}/oauth/v2/recovery`` JSON ``{client_id,
+  client_secret, recovery_token}``, the recovery token being the refresh token spent to issue
+  the lost one, within two weeks; the reply is a refresh reply.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -35,6 +41,7 @@ from posync.providers import (
     ExchangeRefused,
     Grant,
     UsesSession,
+    check_clock,
     error_text,
     exchange_reply,
     json_object,
@@ -43,7 +50,7 @@ from posync.providers import (
     reaching,
     scrub,
 )
-from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
+from posync.tokens import AppAuthFailed, RefreshNotDue, RefreshRefused, TokenSet
 
 if TYPE_CHECKING:
     import requests
@@ -173,8 +180,49 @@ class CloverOAuth(UsesSession):
         # place that knows it.
         if resp.status_code == 400 and "not expired" in message.lower():
             raise RefreshNotDue("clover: access_token not expired")
+        self._app_refusal(resp, message, now, what)
         raise RefreshRefused(
             f"clover refused the refresh token ({resp.status_code}: {message or 'no detail'}); "
-            "it was revoked, already used, or a previous refresh reply was lost (recovery is not supported): "
+            "it was revoked, already used, or its reply was lost and recovery did not mend it: "
             "the merchant must reconnect"
+        )
+
+    def _app_refusal(self, resp: requests.Response, message: str, now: float, what: str) -> None:
+        """A refusal of the app, not of the grant: our clock, or a client id or secret Clover does
+        not know (Clover has no error codes: its message names the field, CLV-TOKEN-05)."""
+        check_clock(resp, now, what)
+        text = message.lower()
+        if "client_id" in text or "client_secret" in text or "client id" in text or "client secret" in text:
+            raise AppAuthFailed("credentials", f"{what} refused the app's credentials ({resp.status_code})")
+
+    def recover(self, tokens: TokenSet, recovery_token: str) -> TokenSet:
+        """Clover's recovery (high-trust apps, CLV-TOKEN-03): POST ``/oauth/v2/recovery`` JSON
+        ``{client_id, client_secret, recovery_token}`` with the refresh token that was spent to
+        issue the lost one (up to two weeks old) -> a new pair, as a refresh answers."""
+        what = "clover recovery endpoint"
+        now = self._clock()
+        creds = self._credentials()
+        resp = post(
+            self._session,
+            f"{self._hosts.oauth_base}/oauth/v2/recovery",
+            what=what,
+            json_body={
+                "client_id": creds.client_id,
+                "client_secret": creds.client_secret,
+                "recovery_token": recovery_token,
+            },
+        )
+        if resp.status_code == 200:
+            fresh = self._tokens(json_object(resp, what), now, what)
+            return replace(
+                fresh,
+                connected_at=tokens.connected_at,
+                previous_refresh_token=None,  # the lost token's predecessor recovers nothing any more
+                previous_refresh_until=None,
+            )
+        raise_unless_refusal(resp, what)
+        message = error_text(resp)
+        self._app_refusal(resp, message, now, what)
+        raise RefreshRefused(
+            f"clover refused the recovery token ({resp.status_code}: {message or 'no detail'})"
         )

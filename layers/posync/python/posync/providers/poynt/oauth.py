@@ -16,7 +16,9 @@
   (a JWT whose ``poynt.biz`` claim is the merchant's business id), ``refreshToken``,
   ``expiresIn`` (seconds).
 - Refresh: POST ``{api_base}/token`` form ``grantType=REFRESH_TOKEN&refreshToken=...``
-  (with the self-signed JWT as client authentication); 400/401/403 are refusals.
+  (with the self-signed JWT as client authentication); 400/401/403 are refusals, blamed on
+  the merchant only after a fresh app-token grant succeeds (else ``AppAuthFailed``: key, aud
+  or clock) and the reply's ``Date`` is within 300 s of ours.
 - App token: ``grantType=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<JWT>``
   for app-level calls, cached per container until shortly before it expires.
 """
@@ -40,6 +42,7 @@ from posync.providers import (
     ExchangeRefused,
     Grant,
     UsesSession,
+    check_clock,
     error_text,
     exchange_reply,
     json_object,
@@ -47,7 +50,7 @@ from posync.providers import (
     raise_unless_refusal,
     scrub,
 )
-from posync.tokens import RefreshRefused, TokenSet
+from posync.tokens import AppAuthFailed, RefreshRefused, TokenSet
 
 if TYPE_CHECKING:
     import requests
@@ -262,7 +265,41 @@ class PoyntOAuth(UsesSession):
             fresh = self._tokens(json_object(resp, what), now, what)
             return tokens.renewed(fresh.access_token, fresh.access_expires_at, fresh.refresh_token, None, now)
         raise_unless_refusal(resp, what)
+        check_clock(resp, now, what)
+        self._probe_app()
         raise RefreshRefused(
             f"poynt refused the refresh token ({resp.status_code}: {error_text(resp) or 'no detail'}); "
             "the merchant must reconnect"
         )
+
+    def _probe_app(self) -> None:
+        """Before a refusal is blamed on the merchant: does Poynt still accept the app itself?
+
+        A fresh JWT-bearer grant (PNT-TOKEN-04) fails with 401 when the key pair was rotated,
+        the ``aud`` is wrong for the region or our clock is off: ``AppAuthFailed``. A 5xx or a
+        timeout is ``ProviderError`` (unsure: the caller flags nobody).
+        """
+        what = "poynt token endpoint (app check)"
+        now = self._clock()
+        resp = post(
+            self._session,
+            f"{self._hosts.api_base}/token",
+            what=what,
+            form={"grantType": JWT_BEARER, "assertion": self.self_signed_jwt()},
+            headers=self._headers(),
+        )
+        if resp.status_code == 200:
+            return
+        raise_unless_refusal(resp, what)
+        check_clock(resp, now, what)
+        text = error_text(resp).lower()
+        kind = (
+            "audience"
+            if "audience" in text or "aud" in text.split()
+            else "clock"
+            if "expired" in text or "iat" in text or "future" in text
+            else "key"
+            if "signature" in text or "unknown application" in text
+            else "credentials"
+        )
+        raise AppAuthFailed(kind, f"poynt refused the app's own assertion ({resp.status_code}, {kind})")
