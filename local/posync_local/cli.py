@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from posync_local.cli_credentials import credentials_group
+from posync_local.cli_links import connect_link_command
 from posync_local.cli_ops import connections_group, exports_group
 from posync_local.cli_run import backfill_command, sync_command
 from posync_local.demo import demo_command
@@ -24,6 +25,7 @@ cli.add_command(connections_group)
 cli.add_command(sync_command)
 cli.add_command(backfill_command)
 cli.add_command(exports_group)
+cli.add_command(connect_link_command)
 
 
 def main() -> None:

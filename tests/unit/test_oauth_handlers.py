@@ -96,8 +96,11 @@ def http_event(
 
 def test_connect_redirects_to_the_consent_page(stack: Settings) -> None:
     connect = load("connect")
-    resp = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "shop-1"}), Ctx())
+    resp = connect.handler(http_event("GET", "/connect/clover", "clover"), Ctx())
     assert resp["statusCode"] == 302
+    # And it sets the browser-binding cookie the callback will require
+    [cookie] = resp["cookies"]
+    assert cookie.startswith("posync_connect=") and "HttpOnly" in cookie and "Secure" in cookie
     location = urlsplit(resp["headers"]["Location"])
     assert location.netloc == "clover.test" and location.path == "/oauth/v2/authorize"
     q = parse_qs(location.query)
@@ -112,6 +115,10 @@ def test_connect_answers_unknown_providers_bad_refs_and_missing_apps(stack: Sett
     bad = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "<script>"}), Ctx())
     assert bad["statusCode"] == 400
     assert "<script>" not in bad["body"]
+    # An unsigned ref: a clear page, no redirect, no cookie
+    unsigned = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "shop-1"}), Ctx())
+    assert unsigned["statusCode"] == 400 and "not valid" in unsigned["body"]
+    assert "Location" not in unsigned["headers"] and "cookies" not in unsigned
     # Poynt has no app credentials in this stack
     missing = connect.handler(http_event("GET", "/connect/poynt", "poynt"), Ctx())
     assert missing["statusCode"] == 503
@@ -143,11 +150,15 @@ def test_a_successful_callback_redirects_to_the_configured_page(
     callback = load("callback")
 
     class Done:
-        def complete(self, provider: str, params: dict[str, str]) -> Connected:
+        def complete(
+            self, provider: str, params: dict[str, str], *, cookie: str | None, remaining_s: float
+        ) -> Connected:
             assert (provider, params) == (
                 "clover",
                 {"code": "c", "state": "s", "merchant_id": "ABCDEFGHJK123"},
             )
+            # the browser's cookie and the invocation's remaining time reach the service
+            assert (cookie, remaining_s) == ("b" * 43, 10.0)
             return Connected("clover", "ABCDEFGHJK123", None, 0)
 
     setattr(callback, "SERVICE", Done())  # noqa: B010 (a module attribute mypy cannot see)
@@ -158,6 +169,7 @@ def test_a_successful_callback_redirects_to_the_configured_page(
             "/oauth/clover/callback",
             "clover",
             {"code": "c", "state": "s", "merchant_id": "ABCDEFGHJK123"},
+            cookies=["other=1", "posync_connect=" + "b" * 43],
         ),
         Ctx(),
     )
@@ -172,13 +184,15 @@ def test_without_a_success_url_the_callback_shows_a_page(stack: Settings) -> Non
     callback = load("callback")
 
     class Done:
-        def complete(self, provider: str, params: dict[str, str]) -> Connected:
-            return Connected("poynt", "0b9f1c2e-1111-4222-8333-444455556666", None, 0)
+        def complete(self, provider: str, params: dict[str, str], **_: object) -> Connected:
+            return Connected("poynt", "0b9f1c2e-1111-4222-8333-444455556666", None, 0, "Caf\u00e9 <Bleu>")
 
     setattr(callback, "SERVICE", Done())  # noqa: B010 (a module attribute mypy cannot see)
     resp = callback.handler(http_event("GET", "/oauth/poynt/callback", "poynt", {}), Ctx())
     assert resp["statusCode"] == 200
     assert "Poynt connected" in resp["body"]
+    # And the page names the merchant's business (escaped)
+    assert "Caf\u00e9 &lt;Bleu&gt; (Poynt merchant 0b9f1c2e-1111-4222-8333-444455556666)" in resp["body"]
 
 
 def test_the_clover_verification_handshake_is_stored_for_the_operator(stack: Settings) -> None:

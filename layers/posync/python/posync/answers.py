@@ -18,7 +18,7 @@ from posync.app_credentials import AppNotConfigured
 from posync.authorization import CallbackFailed
 from posync.errors import InvalidInput, InvalidState, PosyncError, ProviderError, UnknownProvider
 from posync.http import json_response, page
-from posync.oauth_state import StateKeyUnavailable
+from posync.oauth_state import InvalidLink, StateKeyUnavailable
 from posync.observability import logger
 from posync.webhooks import PayloadTooLarge, WebhookUnauthorized
 
@@ -39,6 +39,18 @@ def answer_for(exc: Exception, kind: Kind, request_id: str) -> dict[str, Any]:
     if isinstance(exc, CallbackFailed):
         link = (exc.retry_url, "Start again") if exc.retry_url else None
         return _answer(kind, exc.status, exc.title, exc.message, link)
+    if isinstance(exc, InvalidLink):
+        if exc.reason == "expired":
+            return _answer(
+                kind, 400, "This connect link has expired", "Ask whoever sent it to you for a new link."
+            )
+        return _answer(
+            kind,
+            400,
+            "This connect link is not valid",
+            "It was altered or not issued by posync's operator, so nothing was started. "
+            "Ask whoever sent it to you for a new link.",
+        )
     if isinstance(exc, UnknownProvider):
         return _answer(kind, 404, "Not found", "There is no such provider here.")
     if isinstance(exc, WebhookUnauthorized):

@@ -23,8 +23,16 @@ def json_response(status: int, body: Any) -> dict[str, Any]:
     }
 
 
-def redirect(location: str, status: int = 302) -> dict[str, Any]:
-    return {"statusCode": status, "headers": {**SECURITY_HEADERS, "Location": location}, "body": ""}
+def redirect(location: str, status: int = 302, cookies: list[str] | None = None) -> dict[str, Any]:
+    """A redirect; ``cookies`` are ``Set-Cookie`` values (API Gateway v2's ``cookies`` list)."""
+    answer: dict[str, Any] = {
+        "statusCode": status,
+        "headers": {**SECURITY_HEADERS, "Location": location},
+        "body": "",
+    }
+    if cookies:
+        answer["cookies"] = list(cookies)
+    return answer
 
 
 def page(status: int, title: str, message: str, link: tuple[str, str] | None = None) -> dict[str, Any]:
