@@ -100,7 +100,13 @@ def test_a_merchant_approves_in_the_browser_and_its_orders_are_exported(
     assert page.title() == f"{name} connected"
     assert page.inner_text("h1") == f"{name} connected"
     text = page.inner_text("body")
-    assert f"Your {name} merchant {merchant_id} is connected." in text
+    business = sb.merchant(merchant_id).profile.name
+    assert f"{business} ({name} merchant {merchant_id}) is connected." in text
+    # (the browser kept the binding cookie /connect set: HttpOnly, SameSite=Lax, for the callback)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "posync_connect"]
+    assert (
+        cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == f"/oauth/{provider}/callback"
+    )
     assert "Your orders are being copied now" in text
     shot = tmp_path / f"{provider}-connected.png"
     page.screenshot(path=str(shot), full_page=True)

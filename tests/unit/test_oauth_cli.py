@@ -126,9 +126,13 @@ def test_webhook_verification_prints_the_code_clover_sent(aws: None) -> None:
     create_tables(settings)
     missing = CliRunner().invoke(credentials_group, ["webhook-verification"])
     assert missing.exit_code == 3
+    DynamoVerificationStore(settings).put_verification_code("clover", "vc-41")
     DynamoVerificationStore(settings).put_verification_code("clover", "vc-42")
     result = CliRunner().invoke(credentials_group, ["webhook-verification"])
-    assert result.exit_code == 0 and result.output.startswith("vc-42\t")
+    # each code on its own line with the time it came, newest last
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and [line.split("\t")[0] for line in lines] == ["vc-41", "vc-42"]
+    assert all("(received 20" in line for line in lines)
 
 
 def test_connect_link_prints_a_link_the_connect_service_accepts(aws: None) -> None:

@@ -20,7 +20,7 @@ from posync.errors import InvalidInput, InvalidState, PosyncError, ProviderError
 from posync.http import json_response, page
 from posync.oauth_state import InvalidLink, StateKeyUnavailable
 from posync.observability import logger
-from posync.webhooks import PayloadTooLarge, WebhookUnauthorized
+from posync.webhooks import PayloadTooLarge, VerificationRateLimited, WebhookUnauthorized
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 Kind = Literal["page", "json"]
@@ -55,6 +55,8 @@ def answer_for(exc: Exception, kind: Kind, request_id: str) -> dict[str, Any]:
         return _answer(kind, 404, "Not found", "There is no such provider here.")
     if isinstance(exc, WebhookUnauthorized):
         return json_response(401, {"error": "unauthorized"})
+    if isinstance(exc, VerificationRateLimited):
+        return _answer(kind, 429, "Too many requests", str(exc))
     if isinstance(exc, PayloadTooLarge):
         return _answer(kind, 413, "Payload too large", str(exc))
     if isinstance(exc, InvalidState):
