@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from posync.config import Settings
@@ -19,6 +18,5 @@ DISPATCHER = build_dispatcher(SETTINGS)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = DISPATCHER.dispatch(event_time(event))
-    metrics.add_metric(name="SyncsDispatched", unit=MetricUnit.Count, value=report.sent)
-    metrics.add_metric(name="SyncsNotDispatched", unit=MetricUnit.Count, value=report.failed)
+    report.emit_metrics()
     return report.as_dict()

@@ -24,8 +24,12 @@ def merchant(i: int) -> str:
 class Connections:
     """Pages of active connections, like the by-status index (with a stray inactive one)."""
 
-    def __init__(self, n: int, page: int = 7) -> None:
+    def __init__(self, n: int, page: int = 7, needs_reauth: int = 0) -> None:
         self.conns = [Connection(provider="clover", merchant_id=merchant(i)) for i in range(n)]
+        self.reauth = [
+            Connection("poynt", f"0b9f1c2e-1111-4222-8333-{i:012d}", ConnectionStatus.NEEDS_REAUTH)
+            for i in range(needs_reauth)
+        ]
         self.page = page
         self.queries = 0
 
@@ -35,12 +39,12 @@ class Connections:
     def list_by_status(
         self, status: ConnectionStatus | str, page_size: int = 100, start_key: dict[str, Any] | None = None
     ) -> tuple[list[Connection], dict[str, Any] | None]:
-        assert ConnectionStatus(status) is ConnectionStatus.ACTIVE
+        listed = self.conns if ConnectionStatus(status) is ConnectionStatus.ACTIVE else self.reauth
         self.queries += 1
         start = int(start_key["i"]) if start_key else 0
         size = min(self.page, page_size)
-        chunk = self.conns[start : start + size]
-        nxt = {"i": start + size} if start + size < len(self.conns) else None
+        chunk = listed[start : start + size]
+        nxt = {"i": start + size} if start + size < len(listed) else None
         return chunk, nxt
 
     def commit_cursor(self, conn: Connection, cursor: dict[str, Any], last_run: dict[str, Any]) -> None:
@@ -172,3 +176,15 @@ def test_slots_are_stable_within_a_period(minutes: int) -> None:
 
     slots = {schedule_slot(base + timedelta(seconds=s), minutes) for s in range(0, minutes * 60, 7)}
     assert len(slots) == 1
+
+
+def test_each_tick_counts_the_connections_needing_reauth() -> None:
+    # Given 4 active connections and 9 needing the merchant to reconnect (more than one page)
+    conns = Connections(4, needs_reauth=9)
+    # When the dispatcher ticks
+    report = Dispatcher(conns, FakeSQS(), QUEUE, 15, sleep=lambda _s: None).dispatch(
+        datetime(2026, 12, 8, 1, 0, tzinfo=UTC)
+    )
+    # Then only the active ones are queued, and the needs_reauth ones are counted for the gauge
+    assert (report.sent, report.needs_reauth) == (4, 9)
+    assert report.as_dict()["needs_reauth"] == 9

@@ -12,6 +12,10 @@ to the FIFO sync queue ten per ``SendMessageBatch`` call:
 Entries a batch call reports as failed are retried (with backoff) unless SQS says the
 sender is at fault; what still fails is counted in the report (and logged), never raised:
 the next slot will send it again.
+
+Each tick also counts the ``needs_reauth`` connections and publishes the gauges the alarms
+watch (``emit_metrics``): ``DispatcherRuns`` (1: its absence for two slots is the "dispatcher
+not running" alarm), ``ConnectionsActive`` and ``ConnectionsNeedingReauth``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from posync.config import Settings
 from posync.domain import Connection, ConnectionStatus
-from posync.observability import logger
+from posync.observability import logger, metrics
 from posync.ports import ConnectionStore
 from posync.syncqueue import SyncKind, SyncRequest
 
@@ -39,6 +45,7 @@ class DispatchReport:
     sent: int = 0
     failed: int = 0
     calls: int = 0
+    needs_reauth: int = 0
     failed_connections: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,7 +55,16 @@ class DispatchReport:
             "sent": self.sent,
             "failed": self.failed,
             "calls": self.calls,
+            "needs_reauth": self.needs_reauth,
         }
+
+    def emit_metrics(self) -> None:
+        """The tick's metrics (on the default dimensions the alarms watch)."""
+        metrics.add_metric(name="DispatcherRuns", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="SyncsDispatched", unit=MetricUnit.Count, value=self.sent)
+        metrics.add_metric(name="SyncsNotDispatched", unit=MetricUnit.Count, value=self.failed)
+        metrics.add_metric(name="ConnectionsActive", unit=MetricUnit.Count, value=self.connections)
+        metrics.add_metric(name="ConnectionsNeedingReauth", unit=MetricUnit.Count, value=self.needs_reauth)
 
 
 def schedule_slot(event_time: datetime, minutes: int) -> str:
@@ -120,12 +136,22 @@ class Dispatcher:
                 break
         if pending:
             self._send(pending, report)
+        report.needs_reauth = self._count(ConnectionStatus.NEEDS_REAUTH)
         logger.info("dispatched scheduled syncs", extra=report.as_dict())
         if report.failed:
             logger.warning(
                 "some syncs could not be queued", extra={"connections": report.failed_connections[:50]}
             )
         return report
+
+    def _count(self, status: ConnectionStatus) -> int:
+        n = 0
+        start_key: dict[str, Any] | None = None
+        while True:
+            conns, start_key = self.connections.list_by_status(status, 1000, start_key)
+            n += sum(1 for c in conns if c.status is status)
+            if not start_key:
+                return n
 
     def _entry(self, i: int, conn: Connection, slot: str) -> dict[str, Any]:
         req = SyncRequest(
