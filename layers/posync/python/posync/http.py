@@ -59,8 +59,8 @@ def page(status: int, title: str, message: str, link: tuple[str, str] | None = N
 def health_response(settings_valid: bool = True) -> dict[str, Any]:
     """``/health``: 200 ``ok`` when the function's settings parsed, else 503 ``unavailable`` (no
     detail: the reason is in the function's log). App credentials and providers are not checked
-    here (a public, unauthenticated route with no secret access): ``posync app-credentials show``
-    and ``posync probe`` check those."""
+    here (a public, unauthenticated route with no secret access): ``posync app-credentials
+    show`` checks those."""
     if not settings_valid:
         return json_response(503, {"status": "unavailable"})
     return json_response(200, {"status": "ok"})
