@@ -116,6 +116,7 @@ class PosyncStack(Stack):
             dead_letter_queue=self.sync.dead_letter_queue,
             schedule_minutes=ctx.schedule_minutes,
             alarm_email=ctx.alarm_email,
+            http_api=self.api.http_api,
         )
         self._outputs(public_base_url)
 

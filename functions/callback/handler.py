@@ -1,4 +1,5 @@
-"""GET /oauth/{provider}/callback: verify the state, exchange the code, store, queue the backfill.
+"""GET /oauth/{provider}/callback: verify the state and the browser, exchange the code, store,
+queue the backfill. The provider calls share a deadline from the invocation's remaining time.
 
 Never log the event: its query string carries the authorization code.
 """
@@ -13,6 +14,7 @@ from posync.answers import answers, path_param, query
 from posync.authorization import build_callback_service, provider_title, success_location
 from posync.config import Settings
 from posync.http import page, redirect
+from posync.oauth_state import cookie_value
 from posync.observability import logger, metrics
 
 SETTINGS = Settings.from_env()
@@ -23,14 +25,23 @@ SERVICE = build_callback_service(SETTINGS)
 @metrics.log_metrics
 @answers("page")
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    connected = SERVICE.complete(path_param(event, "provider"), query(event))
+    connected = SERVICE.complete(
+        path_param(event, "provider"),
+        query(event),
+        cookie=cookie_value(event.get("cookies")),
+        remaining_s=context.get_remaining_time_in_millis() / 1000,
+    )
     location = success_location(SETTINGS, connected)
     if location:
         return redirect(location)
     name = provider_title(connected.provider)
+    who = (
+        f"{connected.business_name} ({name} merchant {connected.merchant_id})"
+        if connected.business_name
+        else f"Your {name} merchant {connected.merchant_id}"
+    )
     return page(
         200,
         f"{name} connected",
-        f"Your {name} merchant {connected.merchant_id} is connected. "
-        "Your orders are being copied now; you can close this page.",
+        f"{who} is connected. Your orders are being copied now; you can close this page.",
     )

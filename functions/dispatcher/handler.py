@@ -21,6 +21,5 @@ STOP_MARGIN_S = 10.0  # stop sending this long before the Lambda timeout (the re
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     deadline = Deadline.after(context.get_remaining_time_in_millis() / 1000 - STOP_MARGIN_S)
     report = DISPATCHER.dispatch(event_time(event), deadline, event_kind(event))
-    for name, unit, value in report.metrics():
-        metrics.add_metric(name=name, unit=unit, value=value)
+    report.emit_metrics()
     return report.as_dict()

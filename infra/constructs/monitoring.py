@@ -4,6 +4,12 @@ posync's own metrics come from Powertools (EMF log lines, no PutMetricData call)
 ``posync``, default dimension ``service=posync`` (``posync.observability``). The alarms
 watch exactly that dimension set, so a metric published with extra dimensions is not seen
 by them; keep the alarmed metrics on the default dimensions.
+
+Every alarm is one whose metric something real emits, each driven past its threshold by
+``tests/infra/test_alarms_fire.py``. Missing data is "not breaching" except where silence is
+the failure: the dispatcher's heartbeat (``DispatcherRuns``, missing = breaching), and sync
+lag while connections exist (``ConnectionsActive`` > 0 with no ``SyncLagSeconds`` is a lag
+past the threshold, by metric math).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aws_cdk import Duration
+from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_kms as kms
@@ -35,7 +42,11 @@ METRICS = (
     "RunDurationMs",
     "ConnectionsNeedingReauth",
     "AppAuthFailures",
+    "ConnectionsActive",
+    "DispatcherRuns",
+    "ApiServerErrors",
 )
+DLQ_MAX_AGE_S = 2 * 86400  # messages left un-redriven this long alarm (SQS drops them at 14 days)
 
 
 def posync_metric(name: str, statistic: str, period: Duration) -> cw.Metric:
@@ -56,6 +67,7 @@ class Monitoring(Construct):
         dead_letter_queue: sqs.IQueue,
         schedule_minutes: int,
         alarm_email: str | None = None,
+        http_api: apigwv2.IHttpApi | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(
@@ -65,7 +77,6 @@ class Monitoring(Construct):
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         self.alarms: dict[str, cw.Alarm] = {}
         five = Duration.minutes(5)
-        slot = Duration.minutes(schedule_minutes)
 
         dlq_depth = dead_letter_queue.metric_approximate_number_of_messages_visible(
             statistic="Maximum", period=five
@@ -76,13 +87,6 @@ class Monitoring(Construct):
             threshold=0,
             description="Sync messages reached the dead-letter queue: a connection keeps failing (see its "
             "last_error); redrive after fixing.",
-        )
-        lag_limit_s = 2 * schedule_minutes * 60
-        self._alarm(
-            "SyncLag",
-            posync_metric("SyncLagSeconds", "Maximum", slot),
-            threshold=lag_limit_s,
-            description=f"Sync lag above {lag_limit_s} s (two schedule periods): syncs are not keeping up.",
         )
         needs_reauth = cw.MathExpression(
             expression="FILL(refresh, 0) + FILL(reauth, 0)",
@@ -127,6 +131,7 @@ class Monitoring(Construct):
                 threshold=0,
                 description=f"The {name} function raised errors.",
             )
+        self._signals_that_fire(dead_letter_queue, schedule_minutes, http_api)
 
         graph = self._graph
         self.dashboard = cw.Dashboard(
@@ -154,29 +159,114 @@ class Monitoring(Construct):
                     graph("Pages fetched", [posync_metric("PagesFetched", "Sum", five)]),
                     graph("Run duration (ms, p90)", [posync_metric("RunDurationMs", "p90", five)]),
                     graph(
-                        "Function errors",
+                        "Function errors (raised)",
                         [
                             fn.metric_errors(statistic="Sum", period=five, label=n)
                             for n, fn in functions.items()
                         ],
                     ),
                 ],
+                [
+                    graph("API 5xx answers", [posync_metric("ApiServerErrors", "Sum", five)]),
+                    graph(
+                        "Connections (active, needing reauth)",
+                        [
+                            posync_metric("ConnectionsActive", "Maximum", five),
+                            posync_metric("ConnectionsNeedingReauth", "Maximum", five),
+                        ],
+                    ),
+                    graph("Dispatcher runs", [posync_metric("DispatcherRuns", "Sum", five)]),
+                ],
             ],
+        )
+
+    # -- alarms on what is silent or swallowed (issue 18, item 11) ----------------------------
+
+    def _signals_that_fire(
+        self, dead_letter_queue: sqs.IQueue, schedule_minutes: int, http_api: apigwv2.IHttpApi | None
+    ) -> None:
+        five = Duration.minutes(5)
+        slot = Duration.minutes(schedule_minutes)
+        # The API functions turn every exception into an answer (posync.answers), so Lambda's
+        # Errors never counts them: answers.py counts each 5xx it gives.
+        self._alarm(
+            "ApiServerErrors",
+            posync_metric("ApiServerErrors", "Sum", five),
+            threshold=0,
+            description="The API answered 5xx (500: a bug, see the function's log by request id; "
+            "502: a provider did not answer; 503: not configured).",
+        )
+        if http_api is not None:
+            # What no function answered: timeouts, crashes, throttling, integration failures.
+            self._alarm(
+                "ApiGateway5xx",
+                http_api.metric_server_error(statistic="Sum", period=five),
+                threshold=0,
+                description="API Gateway answered 5xx for the HTTP API (a function timed out, crashed "
+                "or was throttled, or answered 5xx itself).",
+            )
+        # The dispatcher's heartbeat: one DispatcherRuns per tick, so silence is the failure.
+        self._alarm(
+            "DispatcherNotRunning",
+            posync_metric("DispatcherRuns", "Sum", slot),
+            threshold=1,
+            comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=2,
+            missing=cw.TreatMissingData.BREACHING,
+            description=f"The dispatcher did not run for two schedule periods ({2 * schedule_minutes} min): "
+            "no syncs are being queued (check its schedule and its Errors alarm).",
+        )
+        lag_limit_s = 2 * schedule_minutes * 60
+        lag = cw.MathExpression(
+            expression=f"IF(FILL(active, 0) > 0, FILL(lag, {lag_limit_s + 1}), 0)",
+            using_metrics={
+                "active": posync_metric("ConnectionsActive", "Maximum", slot),
+                "lag": posync_metric("SyncLagSeconds", "Maximum", slot),
+            },
+            label="Sync lag (s), missing while connections are active = past the limit",
+            period=slot,
+        )
+        self._alarm(
+            "SyncLag",
+            lag,
+            threshold=lag_limit_s,
+            description=f"Sync lag above {lag_limit_s} s (two schedule periods), or active connections "
+            "with no sync run reporting: syncs are not keeping up.",
+        )
+        self._alarm(
+            "SyncDlqOldestMessage",
+            dead_letter_queue.metric_approximate_age_of_oldest_message(
+                statistic="Maximum", period=Duration.hours(1)
+            ),
+            threshold=DLQ_MAX_AGE_S,
+            description=f"A sync message has waited in the dead-letter queue over {DLQ_MAX_AGE_S // 3600} h: "
+            "redrive it after fixing (SQS deletes it after 14 days).",
         )
 
     @staticmethod
     def _graph(title: str, metrics: list[cw.IMetric]) -> cw.GraphWidget:
         return cw.GraphWidget(title=title, left=metrics, width=8, height=6)
 
-    def _alarm(self, alarm_id: str, metric: cw.IMetric, *, threshold: float, description: str) -> None:
+    def _alarm(
+        self,
+        alarm_id: str,
+        metric: cw.IMetric,
+        *,
+        threshold: float,
+        description: str,
+        comparison: cw.ComparisonOperator = cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        evaluation_periods: int = 1,
+        missing: cw.TreatMissingData = cw.TreatMissingData.NOT_BREACHING,
+    ) -> None:
         alarm = cw.Alarm(
             self,
             alarm_id,
             metric=metric,
             threshold=threshold,
-            comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            comparison_operator=comparison,
+            evaluation_periods=evaluation_periods,
+            datapoints_to_alarm=evaluation_periods,
+            treat_missing_data=missing,
             alarm_description=description,
         )
         alarm.add_alarm_action(cw_actions.SnsAction(self.topic))

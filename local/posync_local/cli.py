@@ -6,6 +6,7 @@ import click
 
 from posync_local.cli_credentials import credentials_group
 from posync_local.cli_lifecycle import reconcile_command
+from posync_local.cli_links import connect_link_command
 from posync_local.cli_ops import connections_group, exports_group
 from posync_local.cli_poynt import add_command, sync_installs_command
 from posync_local.cli_probe import probe_command
@@ -31,6 +32,7 @@ cli.add_command(backfill_command)
 cli.add_command(reconcile_command)  # (its module also adds `connections add`)
 cli.add_command(exports_group)
 cli.add_command(probe_command)
+cli.add_command(connect_link_command)
 
 
 def main() -> None:

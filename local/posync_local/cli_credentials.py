@@ -148,13 +148,14 @@ def show_credentials(provider: str, stage: str | None) -> None:
 @credentials_group.command("webhook-verification")
 @click.option("--stage", help="The posync stage (default: POSYNC_STAGE or dev).")
 def webhook_verification(stage: str | None) -> None:
-    """Print the verification code Clover posted to the webhook URL (paste it into Clover's dashboard)."""
+    """Print the verification codes Clover posted to the webhook URL, newest last, each with its
+    time (paste the one matching your click of "Send Verification Code" into Clover's dashboard)."""
     from posync.webhooks import DynamoVerificationStore
 
     settings, target = _settings(stage)
-    found = DynamoVerificationStore(settings).read_verification_code("clover")
-    if found is None:
+    found = DynamoVerificationStore(settings).read_verification_codes("clover")
+    if not found:
         click.echo(f"No Clover verification code received yet on {target}.", err=True)
         sys.exit(3)  # not found, as in every posync command
-    code, received_at = found
-    click.echo(f"{code}\t(received {received_at})")
+    for code, received_at in found:
+        click.echo(f"{code}\t(received {received_at})")

@@ -542,23 +542,26 @@ class Chaos:
         return self.rt.clover
 
     def connect(self, provider: str, merchant_id: str) -> None:
-        """The browser round trip: /connect -> consent (auto-approved) -> callback (queues the backfill)."""
+        """The browser round trip: /connect -> consent (auto-approved) -> callback (queues the backfill),
+        in one cookie-keeping session (the callback requires the binding cookie /connect sets)."""
         sb = self.sandbox(provider)
         sb.knobs.auto_approve = True
+        browser = requests.Session()
         try:
             params = {"merchant_id": merchant_id} if provider == "clover" else {}
-            r = requests.get(
+            r = browser.get(
                 f"{self.rt.api_url}/connect/{provider}", params=params, allow_redirects=False, timeout=TIMEOUT
             )
             assert r.status_code == 302, r.text
             consent = str(r.headers["Location"])
             if provider == "poynt":
                 consent += f"&business_id={merchant_id}"
-            r = requests.get(consent, allow_redirects=False, timeout=TIMEOUT)
+            r = browser.get(consent, allow_redirects=False, timeout=TIMEOUT)
             assert r.status_code == 302, r.text
-            r = requests.get(str(r.headers["Location"]), allow_redirects=False, timeout=TIMEOUT)
+            r = browser.get(str(r.headers["Location"]), allow_redirects=False, timeout=TIMEOUT)
             assert r.status_code in (200, 302), r.text
         finally:
+            browser.close()
             sb.knobs.auto_approve = False
 
     def merchant(self, provider: str, orders: int = 80, days: int = 30) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+import requests
 
 from posync.connections import ConnectionRepository
 from posync.domain import ConnectionStatus
@@ -24,6 +25,7 @@ from posync.errors import ConnectionNotFound
 from posync.exports import iter_manifests, latest, read_manifested
 from posync.tokens import SecretsManagerTokenStore
 from posync_local.runtime import LocalRuntime
+from tests.integration.auth_flow import decide
 
 pytestmark = pytest.mark.e2e
 
@@ -100,7 +102,13 @@ def test_a_merchant_approves_in_the_browser_and_its_orders_are_exported(
     assert page.title() == f"{name} connected"
     assert page.inner_text("h1") == f"{name} connected"
     text = page.inner_text("body")
-    assert f"Your {name} merchant {merchant_id} is connected." in text
+    business = sb.merchant(merchant_id).profile.name
+    assert f"{business} ({name} merchant {merchant_id}) is connected." in text
+    # (the browser kept the binding cookie /connect set: HttpOnly, SameSite=Lax, for the callback)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "posync_connect"]
+    assert (
+        cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == f"/oauth/{provider}/callback"
+    )
     assert "Your orders are being copied now" in text
     shot = tmp_path / f"{provider}-connected.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -161,3 +169,23 @@ def test_a_merchant_who_clicks_deny_sees_a_clear_page_and_nothing_is_stored(
     page.click("a")
     page.wait_for_url(re.compile(re.escape(f"{sandbox(rt, 'clover').url}/oauth/v2/authorize?") + ".*"))
     assert page.title() == CONSENT["clover"][1]
+
+
+def test_a_callback_url_from_someone_elses_sign_in_connects_nothing_in_the_browser(
+    e2e_runtime: LocalRuntime, page: Any
+) -> None:
+    # Given an attacker who walked the flow with their own merchant (their own cookie-keeping
+    # client) and stopped at the redirect back to posync
+    rt = e2e_runtime
+    attacker_merchant = sandbox(rt, "clover").add_merchant(orders=1, days=30)
+    with requests.Session() as attacker:
+        consent = attacker.get(rt.connect_url("clover"), allow_redirects=False, timeout=10)
+        callback_url = decide(str(consent.headers["Location"]), "approve", attacker_merchant)
+    # When a victim opens that callback URL in their browser
+    answer = page.goto(callback_url)
+    # Then the page says to finish in the browser that started, and nothing is connected
+    assert answer is not None and answer.status == 400
+    assert page.inner_text("h1") == "Please finish connecting in the browser you started in"
+    with pytest.raises(ConnectionNotFound):
+        ConnectionRepository(rt.settings).get("clover", attacker_merchant)
+    assert not secret_exists(rt, "clover", attacker_merchant)

@@ -162,5 +162,12 @@ def test_knobs_reach_the_template(qa: dict[str, Any]) -> None:
     # Alarms: mailed to the operator, lag is two (shorter) schedule periods
     (sub,) = of_type(qa, "AWS::SNS::Subscription")
     assert (sub["Protocol"], sub["Endpoint"]) == ("email", "ops@example.com")
-    lag = next(a for a in of_type(qa, "AWS::CloudWatch::Alarm") if a.get("MetricName") == "SyncLagSeconds")
+    lag = next(
+        a
+        for a in of_type(qa, "AWS::CloudWatch::Alarm")
+        if any(
+            m.get("MetricStat", {}).get("Metric", {}).get("MetricName") == "SyncLagSeconds"
+            for m in a.get("Metrics", [])
+        )
+    )
     assert lag["Threshold"] == 2 * 5 * 60

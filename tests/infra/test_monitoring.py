@@ -40,8 +40,11 @@ def test_every_alarm_notifies_the_topic(synth: Synth) -> None:
     assert found
     for name, a in found.items():
         assert a["AlarmActions"] == [{"Ref": topic_id(synth)}], name
-        assert a["ComparisonOperator"] == "GreaterThanThreshold"
-        assert a["TreatMissingData"] == "notBreaching"
+        assert a["OKActions"] == [{"Ref": topic_id(synth)}], name
+    # Silence is the failure only for the dispatcher's heartbeat (test_alarms_fire drives each alarm)
+    silent = {n for n, a in found.items() if a["TreatMissingData"] == "breaching"}
+    assert silent == {"DispatcherNotRunning"}
+    assert found["DispatcherNotRunning"]["ComparisonOperator"] == "LessThanThreshold"
 
 
 def test_dlq_depth_alarm(synth: Synth) -> None:
@@ -56,10 +59,12 @@ def test_dlq_depth_alarm(synth: Synth) -> None:
 
 def test_sync_lag_alarm_is_two_schedule_periods(synth: Synth) -> None:
     a = alarms(synth)["SyncLag"]
-    assert (a["Namespace"], a["MetricName"]) == ("posync", "SyncLagSeconds")
-    assert a["Dimensions"] == [{"Name": "service", "Value": "posync"}]
+    stats = {m["Id"]: m["MetricStat"] for m in a["Metrics"] if "MetricStat" in m}
+    assert {s["Metric"]["MetricName"] for s in stats.values()} == {"SyncLagSeconds", "ConnectionsActive"}
+    for s in stats.values():
+        assert s["Metric"]["Dimensions"] == [{"Name": "service", "Value": "posync"}]
+        assert (s["Stat"], s["Period"]) == ("Maximum", 15 * 60)
     assert a["Threshold"] == 2 * 15 * 60
-    assert a["Statistic"] == "Maximum"
 
 
 def test_reauth_alarm_watches_refresh_failures_and_reauth_gauge(synth: Synth) -> None:

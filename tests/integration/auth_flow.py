@@ -3,6 +3,10 @@
 connect (our API) -> 302 to the sandbox's consent page -> GET it -> POST Approve/Deny ->
 302 back to our callback -> GET it. Every value seen on the way that must never be logged
 (codes, tokens) is collected in ``Secrets`` for the log scan.
+
+The merchant's browser is ``BROWSER``, a cookie-keeping session: ``/connect`` sets the
+binding cookie the callback requires. ``ref``s travel only in operator-signed links
+(``signed_link``), as ``posync connect-link`` prints them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ if TYPE_CHECKING:  # the runtime (and moto) stay out of the spawned token caller
     from posync_local.sandbox import CloverSandbox, PoyntSandbox
 
 TIMEOUT = 10
+BROWSER = requests.Session()  # the merchant's browser: keeps the binding cookie
+
+
+def signed_link(rt: LocalRuntime, provider: str, ref: str, ttl_s: int = 86400) -> str:
+    """The operator's signed connect link for ``ref`` (what ``posync connect-link`` prints)."""
+    import time
+
+    from posync.authorization import signed_connect_link
+    from posync.oauth_state import LinkSigner, SecretsManagerStateKey
+
+    links = LinkSigner(SecretsManagerStateKey(rt.settings))
+    return signed_connect_link(rt.settings, links, provider, ref, int(time.time()) + ttl_s)
 
 
 def clover_of(rt: LocalRuntime) -> CloverSandbox:
@@ -92,11 +108,11 @@ class ConsentResult:
     code: str | None
 
 
-def start_connect(rt: LocalRuntime, provider: str, **query: str) -> str:
-    """GET /connect/{provider}: the consent URL it redirects to."""
-    resp = requests.get(
-        f"{rt.api_url}/connect/{provider}", params=query, allow_redirects=False, timeout=TIMEOUT
-    )
+def start_connect(rt: LocalRuntime, provider: str, ref: str | None = None, **query: str) -> str:
+    """GET /connect/{provider} in ``BROWSER`` (through a signed link when there is a ``ref``):
+    the consent URL it redirects to."""
+    url = signed_link(rt, provider, ref) if ref else f"{rt.api_url}/connect/{provider}"
+    resp = BROWSER.get(url, params=query, allow_redirects=False, timeout=TIMEOUT)
     assert resp.status_code == 302, resp.text
     return str(resp.headers["Location"])
 
@@ -125,7 +141,7 @@ def follow_callback(callback_url: str, secrets: Secrets | None = None) -> Consen
     query = {k: v[0] for k, v in parse_qs(urlsplit(callback_url).query).items()}
     if secrets is not None:
         secrets.add(query.get("code"))
-    resp = requests.get(callback_url, allow_redirects=False, timeout=TIMEOUT)
+    resp = BROWSER.get(callback_url, allow_redirects=False, timeout=TIMEOUT)
     return ConsentResult(resp, callback_url, query.get("merchant_id"), query.get("code"))
 
 
@@ -139,8 +155,7 @@ def connect(
     secrets: Secrets | None = None,
 ) -> ConsentResult:
     """The whole browser round trip for one merchant."""
-    query = {"ref": ref} if ref else {}
-    callback_url = decide(start_connect(rt, provider, **query), decision, merchant_id)
+    callback_url = decide(start_connect(rt, provider, ref), decision, merchant_id)
     assert callback_url.startswith(f"{rt.api_url}/oauth/{provider}/callback"), callback_url
     return follow_callback(callback_url, secrets)
 

@@ -14,10 +14,11 @@ import pytest
 import requests
 
 from posync.connections import ConnectionRepository
-from posync.oauth_state import StateSigner, key_from_secret
+from posync.oauth_state import BINDING_COOKIE, StateSigner, key_from_secret
 from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 from tests.integration.auth_flow import (
+    BROWSER,
     ConsentForm,
     Secrets,
     api_accepts,
@@ -31,6 +32,7 @@ from tests.integration.auth_flow import (
     read_consent_page,
     sandbox_of,
     secret_exists,
+    signed_link,
     start_connect,
     stored_tokens,
 )
@@ -154,16 +156,24 @@ def test_an_expired_state_gives_a_clear_page_and_stores_nothing(rt: LocalRuntime
     key = key_from_secret(
         boto3.client("secretsmanager").get_secret_value(SecretId=s.state_key_secret_name)["SecretString"]
     )
-    old = StateSigner(lambda: key, clock=lambda: time.time() - 660).issue("clover", ref="late-shop")
+    link = signed_link(rt, "clover", "late-shop")
+    lq = {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
     merchant = new_merchant(rt, "clover")
     authorize = start_connect(rt, "clover")
+    old = StateSigner(lambda: key, clock=lambda: time.time() - 660).issue(
+        "clover",
+        ref="late-shop",
+        browser=BROWSER.cookies.get(BINDING_COOKIE, path="/oauth/clover/callback"),
+        link_expires_at=int(lq["exp"]),
+        link_sig=lq["sig"],
+    )
     authorize = with_state(authorize, "state", old)
     # When the merchant approves and comes back
     result = follow_callback(decide(authorize, merchant_id=merchant), seen)
-    # Then the page says the link expired and offers a fresh one keeping the ref
+    # Then the page says the link expired and offers the signed link again (keeping the ref)
     assert result.callback.status_code == 400
     assert "expired" in result.callback.text
-    assert f"{rt.api_url}/connect/clover?ref=late-shop" in result.callback.text
+    assert link.replace("&", "&amp;") in result.callback.text
     assert stored_nothing(rt, "clover", merchant)
 
 
@@ -213,6 +223,48 @@ def test_a_provider_500_on_the_exchange_gives_a_502_page_and_stores_nothing(
     assert result.callback.status_code == 502
     assert "not responding" in result.callback.text
     assert stored_nothing(rt, provider, merchant)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_callback_opened_in_another_browser_connects_nothing(
+    rt: LocalRuntime, seen: Secrets, provider: str
+) -> None:
+    # Given an attacker who walked the flow with their own merchant and stopped at the redirect back
+    attacker = new_merchant(rt, provider)
+    callback_url = decide(start_connect(rt, provider), merchant_id=attacker)
+    # When a victim opens that callback URL in their own browser (no binding cookie)
+    with requests.Session() as victim:
+        page = victim.get(callback_url, allow_redirects=False, timeout=10)
+    # Then a clear page says so, and the attacker's merchant is not connected
+    assert page.status_code == 400
+    assert "browser you started in" in page.text
+    assert stored_nothing(rt, provider, attacker)
+    # But the browser that started it can still finish (its state was not used up)
+    assert follow_callback(callback_url, seen).callback.status_code == 200
+
+
+def test_a_signed_link_carries_its_ref_and_an_unsigned_ref_starts_nothing(
+    rt: LocalRuntime, seen: Secrets
+) -> None:
+    # Given a merchant connected once through the operator's signed link for shop-1
+    merchant = new_merchant(rt, "clover")
+    assert connect(rt, "clover", merchant_id=merchant, ref="shop-1", secrets=seen).callback.ok
+    # When someone opens a connect link with a ref of their own, unsigned, or with an edited ref
+    unsigned = BROWSER.get(f"{rt.api_url}/connect/clover?ref=evil", allow_redirects=False, timeout=10)
+    edited = BROWSER.get(
+        signed_link(rt, "clover", "shop-2").replace("ref=shop-2", "ref=evil"),
+        allow_redirects=False,
+        timeout=10,
+    )
+    # Then each gets a clear page and no consent redirect
+    for page in (unsigned, edited):
+        assert page.status_code == 400 and "not valid" in page.text
+        assert "Location" not in page.headers
+    # And a reconnect through a plain link keeps the stored ref
+    assert connect(rt, "clover", merchant_id=merchant, secrets=seen).callback.ok
+    conn = connection(rt.settings, "clover", merchant)
+    assert conn is not None and conn.ref == "shop-1"
+    queued_syncs(rt.settings)
 
 
 def test_an_unknown_provider_is_a_404_page(rt: LocalRuntime) -> None:

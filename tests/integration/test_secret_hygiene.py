@@ -29,6 +29,7 @@ from posync.webhooks import poynt_signature
 from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 from tests.integration.auth_flow import (
+    BROWSER,
     clover_of,
     decide,
     poynt_of,
@@ -94,6 +95,7 @@ class Answers:
     """Every answer our front gave in this module, as text (status line, headers, body)."""
 
     texts: list[str] = field(default_factory=list)
+    browser: requests.Session = field(default_factory=lambda: BROWSER)  # auth_flow's, with the cookie
 
     def record(self, resp: requests.Response) -> requests.Response:
         head = "\n".join(f"{k}: {v}" for k, v in resp.headers.items())
@@ -101,10 +103,10 @@ class Answers:
         return resp
 
     def get(self, url: str, **kw: object) -> requests.Response:
-        return self.record(requests.get(url, allow_redirects=False, timeout=TIMEOUT, **kw))  # type: ignore[arg-type]
+        return self.record(self.browser.get(url, allow_redirects=False, timeout=TIMEOUT, **kw))  # type: ignore[arg-type]
 
     def post(self, url: str, **kw: object) -> requests.Response:
-        return self.record(requests.post(url, timeout=TIMEOUT, **kw))  # type: ignore[arg-type]
+        return self.record(self.browser.post(url, timeout=TIMEOUT, **kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -41,12 +41,17 @@ def connected(rt: LocalRuntime, seen: Secrets, provider: str) -> str:
     return merchant
 
 
-def test_the_clover_verification_code_is_stored_for_the_operator(rt: LocalRuntime) -> None:
-    # When Clover posts the verification handshake
-    code = clover_of(rt).send_verification(hook_url(rt, "clover"))
-    # Then the operator can read it back (what `posync app-credentials webhook-verification` prints)
-    found = DynamoVerificationStore(rt.settings).read_verification_code("clover")
-    assert found is not None and found[0] == code
+def test_a_verification_code_after_the_auth_code_is_set_is_refused(rt: LocalRuntime) -> None:
+    # Given a stage whose Clover webhook auth code is configured (the handshake is over)
+    before = DynamoVerificationStore(rt.settings).read_verification_codes("clover")
+    # When a verification body arrives (Clover's own, or anyone's)
+    body = json.dumps({"verificationCode": "4f0c9a5e-attacker"})
+    resp = requests.post(
+        hook_url(rt, "clover"), data=body, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    # Then it is a bare 401 and no code is offered to the operator
+    assert (resp.status_code, resp.json()) == (401, {"error": "unauthorized"})
+    assert DynamoVerificationStore(rt.settings).read_verification_codes("clover") == before
 
 
 @pytest.mark.parametrize("provider", ["clover", "poynt"])
@@ -132,3 +137,27 @@ def test_no_secret_reached_the_logs(rt: LocalRuntime, seen: Secrets, captured_lo
     assert captured_logs.find(sorted(seen.values)) == []
     # (and the capture did see this module's log lines, so the scan means something)
     assert "webhook sync queued" in captured_logs.text
+
+
+def test_an_uninstall_replayed_after_a_reconnect_changes_nothing(rt: LocalRuntime, seen: Secrets) -> None:
+    # Given a Clover merchant who uninstalled, then reconnected
+    merchant = connected(rt, seen, "clover")
+    sandbox = clover_of(rt)
+    uninstall = {
+        "appId": sandbox.client_id,
+        "merchants": {
+            merchant: [{"objectId": f"A:{sandbox.client_id}", "type": "DELETE", "ts": sandbox.now_ms()}]
+        },
+    }
+    assert sandbox.post(hook_url(rt, "clover"), uninstall) == 200
+    assert connect(rt, "clover", merchant_id=merchant, secrets=seen).callback.status_code == 200
+    queued_syncs(rt.settings)
+    # When that uninstall message is delivered again (a replay, or Clover's late retry)
+    assert sandbox.post(hook_url(rt, "clover"), uninstall) == 200
+    # Then the reconnected merchant stays active with its secret
+    conn = connection(rt.settings, "clover", merchant)
+    assert conn is not None and conn.status is ConnectionStatus.ACTIVE
+    desc = boto3.client("secretsmanager").describe_secret(
+        SecretId=rt.settings.connection_secret_name("clover", merchant)
+    )
+    assert "DeletedDate" not in desc

@@ -126,6 +126,43 @@ def test_webhook_verification_prints_the_code_clover_sent(aws: None) -> None:
     create_tables(settings)
     missing = CliRunner().invoke(credentials_group, ["webhook-verification"])
     assert missing.exit_code == 3
+    DynamoVerificationStore(settings).put_verification_code("clover", "vc-41")
     DynamoVerificationStore(settings).put_verification_code("clover", "vc-42")
     result = CliRunner().invoke(credentials_group, ["webhook-verification"])
-    assert result.exit_code == 0 and result.output.startswith("vc-42\t")
+    # each code on its own line with the time it came, newest last
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and [line.split("\t")[0] for line in lines] == ["vc-41", "vc-42"]
+    assert all("(received 20" in line for line in lines)
+
+
+def test_connect_link_prints_a_link_the_connect_service_accepts(aws: None) -> None:
+    # Given the stage's state key
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    from posync.oauth_state import LinkSigner, SecretsManagerStateKey
+    from posync_local.cli_links import connect_link_command
+
+    settings = Settings.from_env()
+    boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+        Name=settings.state_key_secret_name, SecretString="k" * 43
+    )
+    # When the operator asks for a link for shop-7 that lives 2 days
+    out = CliRunner().invoke(
+        connect_link_command,
+        ["clover", "--ref", "shop-7", "--expires", "2d", "--base-url", "https://api.shop.example"],
+    )
+    # Then it prints a link on the given host whose signature verifies for that ref and expiry
+    assert out.exit_code == 0, out.output
+    link = out.stdout.strip()
+    parts = urlsplit(link)
+    assert (parts.netloc, parts.path) == ("api.shop.example", "/connect/clover")
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert q["ref"] == "shop-7"
+    assert LinkSigner(SecretsManagerStateKey(settings)).verify("clover", q["ref"], q["exp"], q["sig"])
+    assert 2 * 86400 - 60 < int(q["exp"]) - time.time() <= 2 * 86400
+    # And bad input is refused with a clear message
+    bad = CliRunner().invoke(connect_link_command, ["clover", "--ref", "no spaces", "--expires", "7d"])
+    assert bad.exit_code == 2 and "--ref" in bad.output
+    long = CliRunner().invoke(connect_link_command, ["clover", "--ref", "s", "--expires", "100d"])
+    assert long.exit_code == 2 and "90 days" in long.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from posync.authorization import Connected
 from posync.aws import reset_clients
 from posync.config import Settings
 from posync.errors import InvalidInput, ProviderError
-from posync.webhooks import PayloadTooLarge
+from posync.webhooks import DynamoVerificationStore, PayloadTooLarge
 from tests.unit.test_oauth_connections import create_tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,8 +97,11 @@ def http_event(
 
 def test_connect_redirects_to_the_consent_page(stack: Settings) -> None:
     connect = load("connect")
-    resp = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "shop-1"}), Ctx())
+    resp = connect.handler(http_event("GET", "/connect/clover", "clover"), Ctx())
     assert resp["statusCode"] == 302
+    # And it sets the browser-binding cookie the callback will require
+    [cookie] = resp["cookies"]
+    assert cookie.startswith("posync_connect=") and "HttpOnly" in cookie and "Secure" in cookie
     location = urlsplit(resp["headers"]["Location"])
     assert location.netloc == "clover.test" and location.path == "/oauth/v2/authorize"
     q = parse_qs(location.query)
@@ -112,6 +116,10 @@ def test_connect_answers_unknown_providers_bad_refs_and_missing_apps(stack: Sett
     bad = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "<script>"}), Ctx())
     assert bad["statusCode"] == 400
     assert "<script>" not in bad["body"]
+    # An unsigned ref: a clear page, no redirect, no cookie
+    unsigned = connect.handler(http_event("GET", "/connect/clover", "clover", {"ref": "shop-1"}), Ctx())
+    assert unsigned["statusCode"] == 400 and "not valid" in unsigned["body"]
+    assert "Location" not in unsigned["headers"] and "cookies" not in unsigned
     # Poynt has no app credentials in this stack
     missing = connect.handler(http_event("GET", "/connect/poynt", "poynt"), Ctx())
     assert missing["statusCode"] == 503
@@ -143,11 +151,15 @@ def test_a_successful_callback_redirects_to_the_configured_page(
     callback = load("callback")
 
     class Done:
-        def complete(self, provider: str, params: dict[str, str]) -> Connected:
+        def complete(
+            self, provider: str, params: dict[str, str], *, cookie: str | None, remaining_s: float
+        ) -> Connected:
             assert (provider, params) == (
                 "clover",
                 {"code": "c", "state": "s", "merchant_id": "ABCDEFGHJK123"},
             )
+            # the browser's cookie and the invocation's remaining time reach the service
+            assert (cookie, remaining_s) == ("b" * 43, 10.0)
             return Connected("clover", "ABCDEFGHJK123", None, 0)
 
     setattr(callback, "SERVICE", Done())  # noqa: B010 (a module attribute mypy cannot see)
@@ -158,6 +170,7 @@ def test_a_successful_callback_redirects_to_the_configured_page(
             "/oauth/clover/callback",
             "clover",
             {"code": "c", "state": "s", "merchant_id": "ABCDEFGHJK123"},
+            cookies=["other=1", "posync_connect=" + "b" * 43],
         ),
         Ctx(),
     )
@@ -172,26 +185,64 @@ def test_without_a_success_url_the_callback_shows_a_page(stack: Settings) -> Non
     callback = load("callback")
 
     class Done:
-        def complete(self, provider: str, params: dict[str, str]) -> Connected:
-            return Connected("poynt", "0b9f1c2e-1111-4222-8333-444455556666", None, 0)
+        def complete(self, provider: str, params: dict[str, str], **_: object) -> Connected:
+            return Connected("poynt", "0b9f1c2e-1111-4222-8333-444455556666", None, 0, "Caf\u00e9 <Bleu>")
 
     setattr(callback, "SERVICE", Done())  # noqa: B010 (a module attribute mypy cannot see)
     resp = callback.handler(http_event("GET", "/oauth/poynt/callback", "poynt", {}), Ctx())
     assert resp["statusCode"] == 200
     assert "Poynt connected" in resp["body"]
+    # And the page names the merchant's business (escaped)
+    assert "Caf\u00e9 &lt;Bleu&gt; (Poynt merchant 0b9f1c2e-1111-4222-8333-444455556666)" in resp["body"]
 
 
 def test_the_clover_verification_handshake_is_stored_for_the_operator(stack: Settings) -> None:
-    webhooks = load("webhooks")
-    body = base64.b64encode(json.dumps({"verificationCode": "v-123"}).encode()).decode()
-    resp = webhooks.handler(
-        http_event("POST", "/webhooks/clover", "clover", body=body, isBase64Encoded=True), Ctx()
+    # Given a Clover app whose webhook auth code is not set yet
+    sm = boto3.client("secretsmanager", region_name="us-east-1")
+    sm.put_secret_value(
+        SecretId=stack.app_secret_name("clover"),
+        SecretString=json.dumps({"client_id": "CLOVERAPP1", "client_secret": "x"}),
     )
-    assert resp["statusCode"] == 200
-    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
-        TableName=stack.control_table, Key={"pk": {"S": "webhook#clover#verification"}}
-    )["Item"]
-    assert item["code"]["S"] == "v-123"
+    webhooks = load("webhooks")
+
+    def send(code: str) -> int:
+        body = base64.b64encode(json.dumps({"verificationCode": code}).encode()).decode()
+        event = http_event("POST", "/webhooks/clover", "clover", body=body, isBase64Encoded=True)
+        return int(webhooks.handler(event, Ctx())["statusCode"])
+
+    # When Clover posts verification codes (the operator clicked "Send" several times)
+    assert [send(f"v-{i}") for i in range(5)] == [200] * 5
+    # Then each is kept with its time, and past five in an hour they are refused with a 429
+    assert send("v-5") == 429
+    codes = DynamoVerificationStore(stack).read_verification_codes("clover")
+    assert [c for c, _ in codes] == [f"v-{i}" for i in range(5)]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", at) for _, at in codes)
+
+
+def test_the_verification_store_keeps_codes_and_reads_the_older_single_code_item(stack: Settings) -> None:
+    # Given the single-code item an earlier version wrote
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    ddb.put_item(
+        TableName=stack.control_table,
+        Item={
+            "pk": {"S": "webhook#clover#verification"},
+            "code": {"S": "old-1"},
+            "received_at": {"S": "2026-12-01T10:00:00Z"},
+        },
+    )
+    clock = [1_796_700_000.0]
+    store = DynamoVerificationStore(stack, clock=lambda: clock[0])
+    # When new codes arrive, an hour apart from the limit
+    for i in range(5):
+        assert store.put_verification_code("clover", f"n-{i}")
+    assert not store.put_verification_code("clover", "n-5")
+    clock[0] += 3601
+    assert store.put_verification_code("clover", "n-6")
+    # Then the old code and the new ones are listed with their times, newest last
+    got = store.read_verification_codes("clover")
+    assert got[0] == ("old-1", "2026-12-01T10:00:00Z")
+    assert [c for c, _ in got][1:] == ["n-0", "n-1", "n-2", "n-3", "n-4", "n-6"]
+    assert store.read_verification_code("clover") == got[-1]
 
 
 def test_webhook_answers_401_413_and_200(stack: Settings) -> None:
@@ -232,3 +283,17 @@ def test_body_bytes_limits_before_and_after_base64() -> None:
         body_bytes({"body": "a" * 100, "isBase64Encoded": True}, 10)
     with pytest.raises(InvalidInput):
         body_bytes({"body": "!!!!", "isBase64Encoded": True}, 10)
+
+
+def test_health_answers_ok_only_when_the_settings_are_valid(
+    stack: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stage whose settings parse
+    ok = load("health").handler(http_event("GET", "/health", ""), Ctx())
+    assert (ok["statusCode"], json.loads(ok["body"])) == (200, {"status": "ok"})
+    # When a setting is invalid (a cold start with a broken environment)
+    monkeypatch.setenv("POSYNC_BACKFILL_DAYS", "lots")
+    broken = load("health").handler(http_event("GET", "/health", ""), Ctx())
+    # Then it is a 503 that says nothing about which setting
+    assert (broken["statusCode"], json.loads(broken["body"])) == (503, {"status": "unavailable"})
+    assert "BACKFILL" not in broken["body"]

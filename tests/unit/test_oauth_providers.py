@@ -17,7 +17,7 @@ from requests.structures import CaseInsensitiveDict
 
 from posync.app_credentials import CloverAppCredentials, PoyntAppCredentials
 from posync.errors import ProviderError, RateLimited
-from posync.providers import CallbackParams, ExchangeRefused
+from posync.providers import CallbackParams, ExchangeRefused, deadline
 from posync.providers.clover.oauth import CloverOAuth
 from posync.providers.poynt.oauth import PoyntOAuth, business_id_of
 from posync.tokens import RefreshNotDue, RefreshRefused, TokenSet
@@ -128,8 +128,9 @@ def test_clover_exchange_posts_the_code_with_the_app_secret_and_returns_absolute
     grant = oauth.exchange_code(CallbackParams("s", "c0de", merchant_id="ABCDEFGHJK123"), "https://x/cb")
     assert grant.merchant_id == "ABCDEFGHJK123"
     assert grant.tokens == TokenSet("acc", 1_800_001_800, "ref", 1_831_536_000, 1_800_000_000)
-    # and the new token was checked against the merchant the callback named
+    # and the new token was checked against the merchant the callback named, whose name it read
     assert http.sent[1].headers["Authorization"] == "Bearer acc"
+    assert grant.business_name == "Shop"
 
 
 def merchant(req: requests.PreparedRequest) -> Reply:
@@ -338,11 +339,19 @@ def test_poynt_exchange_authenticates_with_the_app_jwt_and_reads_the_business_id
         }
         return 200, {"accessToken": access, "refreshToken": "r", "expiresIn": 86400, "tokenType": "BEARER"}
 
-    oauth, _ = poynt({("POST", "/token"): token}, pem)
+    def business(req: requests.PreparedRequest) -> Reply:
+        assert req.headers["Authorization"] == f"Bearer {access}"
+        return 200, {"id": BIZ, "legalName": "Bleu LLC", "doingBusinessAs": "Cafe Bleu"}
+
+    oauth, _ = poynt({("POST", "/token"): token, ("GET", f"/businesses/{BIZ}"): business}, pem)
     grant = oauth.exchange_code(CallbackParams("s", "c0de"), "https://x/cb")
     assert grant.merchant_id == BIZ
     assert grant.tokens.access_expires_at == 1_800_000_000 + 86400
     assert grant.tokens.refresh_token == "r"
+    assert grant.business_name == "Cafe Bleu"
+    # And a business read that fails costs only the name, never the connection
+    failing = poynt({("POST", "/token"): token, ("GET", f"/businesses/{BIZ}"): lambda _r: (500, {})}, pem)[0]
+    assert failing.exchange_code(CallbackParams("s", "c0de"), "https://x/cb").business_name is None
 
 
 def test_a_poynt_token_without_a_valid_business_id_is_a_provider_error() -> None:
@@ -444,3 +453,31 @@ def test_poynt_recognizable_denials_and_missing_codes_are_denials(
     keypair: tuple[rsa.RSAPrivateKey, str], params: dict[str, str]
 ) -> None:
     assert poynt({}, keypair[1])[0].read_callback(params).denied
+
+
+def test_token_calls_share_the_deadline_and_none_starts_after_it() -> None:
+    # Given a callback with 3 s left before its shared deadline
+    clock = FakeClock(100.0)
+    seen: list[Any] = []
+
+    def token(req: requests.PreparedRequest) -> Reply:
+        clock.sleep(2.8)  # the token endpoint answers slowly
+        return token_ok(req)
+
+    oauth, http = clover(
+        {("POST", "/oauth/v2/token"): token, ("GET", "/v3/merchants/ABCDEFGHJK123"): merchant}
+    )
+    real_send = http.send
+
+    def send(request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        seen.append(kwargs.get("timeout"))
+        return real_send(request, *args, **kwargs)
+
+    http.send = send  # type: ignore[method-assign]
+    # When the exchange runs under that deadline
+    with deadline(103.0, clock), pytest.raises(ProviderError, match="deadline"):
+        oauth.exchange_code(CallbackParams("s", "c0de", merchant_id="ABCDEFGHJK123"), "https://x/cb")
+    # Then the token POST's timeouts were cut to the 3 s left, and the merchant check (0.2 s
+    # left) was never started
+    assert seen == [(3.0, 3.0)]
+    assert len(http.sent) == 1

@@ -24,12 +24,18 @@ def merchant(i: int) -> str:
 class Connections:
     """Pages of active connections, like the by-status index: sorted by id, one segment at a time."""
 
-    def __init__(self, n: int, page: int = 7, conns: list[Connection] | None = None) -> None:
+    def __init__(
+        self, n: int, page: int = 7, conns: list[Connection] | None = None, needs_reauth: int = 0
+    ) -> None:
         self.conns = (
             conns
             if conns is not None
             else [Connection(provider="clover", merchant_id=merchant(i)) for i in range(n)]
         )
+        self.reauth = [
+            Connection("poynt", f"0b9f1c2e-1111-4222-8333-{i:012d}", ConnectionStatus.NEEDS_REAUTH)
+            for i in range(needs_reauth)
+        ]
         self.page = page
         self.queries = 0
         self.marked: list[tuple[str, str]] = []
@@ -41,11 +47,11 @@ class Connections:
         start_key: dict[str, Any] | None = None,
         id_range: tuple[str, str] | None = None,
     ) -> tuple[list[Connection], dict[str, Any] | None]:
-        assert ConnectionStatus(status) is ConnectionStatus.ACTIVE
+        wanted = ConnectionStatus(status)
         self.queries += 1
         lo, hi = id_range or ("", "\uffff")
         rows = sorted(
-            (c for c in self.conns if c.status is ConnectionStatus.ACTIVE and lo <= c.connection_id <= hi),
+            (c for c in self.conns + self.reauth if c.status is wanted and lo <= c.connection_id <= hi),
             key=lambda c: c.connection_id,
         )
         start = int(start_key["i"]) if start_key else 0
@@ -317,3 +323,15 @@ def test_a_reconcile_pass_queues_every_active_connection_outside_the_plan() -> N
     assert report.as_dict()["kind"] == "reconcile"
     # And no connection is marked queued (the scheduled passes plan as before)
     assert conns.marked == []
+
+
+def test_each_tick_counts_the_connections_needing_reauth() -> None:
+    # Given 4 active connections and 9 needing the merchant to reconnect (more than one page)
+    conns = Connections(4, needs_reauth=9)
+    # When the dispatcher ticks
+    report = Dispatcher(conns, FakeSQS(), QUEUE, 15, sleep=lambda _s: None).dispatch(
+        datetime(2026, 12, 8, 1, 0, tzinfo=UTC)
+    )
+    # Then only the active ones are queued, and the needs_reauth ones are counted for the gauge
+    assert (report.sent, report.needs_reauth) == (4, 9)
+    assert report.as_dict()["needs_reauth"] == 9

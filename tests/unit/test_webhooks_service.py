@@ -14,7 +14,13 @@ from posync.app_credentials import AppCredentials, AppNotConfigured, CloverAppCr
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import InvalidInput
 from posync.syncqueue import SyncKind, SyncRequest
-from posync.webhooks import PayloadTooLarge, WebhookService, WebhookUnauthorized, poynt_signature
+from posync.webhooks import (
+    PayloadTooLarge,
+    VerificationRateLimited,
+    WebhookService,
+    WebhookUnauthorized,
+    poynt_signature,
+)
 from tests.unit.oauth_fakes import EventLog, FakeClock, FakeConnections, FakeTokenStore, unit_settings
 
 M1, M2 = "AAAAAAAAAAAA1", "AAAAAAAAAAAA2"
@@ -53,10 +59,26 @@ class PoyntCreds:
         self.webhook_secret = secret
 
 
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    def first_time(self, provider: str, event_id: str) -> bool:
+        if (provider, event_id) in self.seen:
+            return False
+        self.seen.add((provider, event_id))
+        return True
+
+    def forget(self, provider: str, event_id: str) -> None:
+        self.seen.discard((provider, event_id))
+
+
 class World:
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.creds = MemoryCredentials(self.clock)
+        self.ledger = MemoryLedger()
+        self.accept_codes = True
         self.connections = FakeConnections()
         self.tokens = FakeTokenStore()
         self.codes: list[tuple[str, str]] = []
@@ -70,14 +92,17 @@ class World:
             verification=self,
             enqueue=lambda req, dedup: self.queued.append((req, dedup)),
             events=self.events,
+            ledger=self.ledger,
             clock=self.clock,
         )
         for m in (M1, M2):
             self.connections.add(Connection("clover", m))
         self.connections.add(Connection("poynt", BIZ))
 
-    def put_verification_code(self, provider: str, code: str) -> None:
-        self.codes.append((provider, code))
+    def put_verification_code(self, provider: str, code: str) -> bool:
+        if self.accept_codes:
+            self.codes.append((provider, code))
+        return self.accept_codes
 
     def clover(self, body: dict[str, Any], auth: str | None = AUTH) -> Any:
         headers = {"x-clover-auth": auth} if auth is not None else {}
@@ -95,11 +120,36 @@ def clover_orders(*merchants: str, n: int = 2) -> dict[str, Any]:
 
 
 def test_the_verification_handshake_stores_the_code_without_auth() -> None:
+    # Given an app whose webhook auth code is not configured yet
     w = World()
+    del w.creds.stored["clover"]["webhook_auth_code"]
     result = w.clover({"verificationCode": "1b2c3d"}, auth=None)
     assert result.verification
     assert w.codes == [("clover", "1b2c3d")]
     assert w.queued == []
+
+
+def test_a_verification_body_once_the_auth_code_is_set_is_unauthorized() -> None:
+    # Given an app whose X-Clover-Auth code is configured (the handshake is over)
+    w = World()
+    # When anyone posts a verification body
+    with pytest.raises(WebhookUnauthorized):
+        w.clover({"verificationCode": "attacker-code"}, auth=None)
+    # Then nothing is stored for the operator to paste
+    assert w.codes == []
+
+
+def test_verification_codes_are_rate_limited_and_must_look_like_codes() -> None:
+    w = World()
+    del w.creds.stored["clover"]["webhook_auth_code"]
+    w.accept_codes = False  # the store says the hourly limit is reached
+    with pytest.raises(VerificationRateLimited):
+        w.clover({"verificationCode": "1b2c3d"}, auth=None)
+    w.accept_codes = True
+    for bad in ("\x1b[2Jcleared", "", "x" * 129, 12345):
+        with pytest.raises(InvalidInput):
+            w.clover({"verificationCode": bad}, auth=None)
+    assert w.codes == []
 
 
 def test_clover_order_events_queue_one_deduplicated_sync_per_merchant() -> None:
@@ -167,6 +217,72 @@ def test_an_app_uninstall_revokes_the_connection_and_schedules_its_secret_for_de
     assert w.clover(clover_orders(M1)).syncs_queued == 0
 
 
+def clover_uninstall(merchant: str, ts: int | None) -> dict[str, Any]:
+    event: dict[str, Any] = {"objectId": "A:CLOVERAPP", "type": "DELETE"}
+    if ts is not None:
+        event["ts"] = ts
+    return {"appId": "CLOVERAPP", "merchants": {merchant: [event]}}
+
+
+def test_an_uninstall_from_before_a_reconnect_is_ignored() -> None:
+    # Given a merchant who uninstalled at 08:00 and reconnected at 08:05
+    w = World()
+    w.connections.conns[f"clover#{M1}"].connected_at = "2027-01-15T08:05:00.000Z"
+    uninstalled_ms = 1_800_000_000_000  # 2027-01-15T08:00:00Z
+    # When the 08:00 uninstall is delivered late (or replayed)
+    result = w.clover(clover_uninstall(M1, uninstalled_ms))
+    # Then the connection stays active and its secret is kept
+    assert (result.revoked, result.ignored) == (0, 1)
+    assert w.connections.conns[f"clover#{M1}"].status is ConnectionStatus.ACTIVE
+    assert w.tokens.deleted == [] and w.events.events == []
+    # And an uninstall without a time is not believed either
+    assert w.clover(clover_uninstall(M1, None)).revoked == 0
+    # But one after the reconnect revokes
+    assert w.clover(clover_uninstall(M1, uninstalled_ms + 600_000)).revoked == 1
+    assert w.connections.conns[f"clover#{M1}"].status is ConnectionStatus.REVOKED
+
+
+def test_a_repeated_uninstall_event_is_processed_once() -> None:
+    # Given an uninstall that was processed
+    w = World()
+    body = clover_uninstall(M1, 1_800_000_000_000)
+    w.clover(body)
+    # When the same event is delivered again
+    w.clover(body)
+    # Then its secret deletion and ConnectionRevoked event happened once
+    assert w.tokens.deleted == [("clover", M1)]
+    assert [t for t, _ in w.events.events] == ["ConnectionRevoked"]
+
+
+def test_an_uninstall_whose_revoke_failed_is_processed_on_the_retry() -> None:
+    w = World()
+    body = clover_uninstall(M1, 1_800_000_000_000)
+    failing = w.tokens.schedule_deletion
+
+    def boom(provider: str, merchant_id: str) -> None:
+        raise RuntimeError("secrets manager down")
+
+    w.tokens.schedule_deletion = boom  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.clover(body)
+    w.tokens.schedule_deletion = failing  # type: ignore[method-assign]
+    assert w.clover(body).revoked == 1
+    assert w.tokens.deleted == [("clover", M1)]
+
+
+def test_poynt_uninstalls_are_checked_against_the_connection_time_and_their_id() -> None:
+    w = poynt_world()
+    w.connections.conns[f"poynt#{BIZ}"].connected_at = "2027-01-15T08:05:00.000Z"
+    old = poynt_event("APPLICATION_SUBSCRIPTION_END", created="2027-01-15T08:00:00Z", event_id="e-1")
+    w.service.handle("poynt", {"poynt-webhook-signature": poynt_signature(POYNT_SECRET, old)}, old)
+    assert w.connections.conns[f"poynt#{BIZ}"].status is ConnectionStatus.ACTIVE
+    new = poynt_event("APPLICATION_SUBSCRIPTION_END", created="2027-01-15T08:06:00Z", event_id="e-2")
+    for _ in range(2):
+        w.service.handle("poynt", {"poynt-webhook-signature": poynt_signature(POYNT_SECRET, new)}, new)
+    assert w.connections.conns[f"poynt#{BIZ}"].status is ConnectionStatus.REVOKED
+    assert w.tokens.deleted == [("poynt", BIZ)]
+
+
 def test_an_app_update_event_is_not_an_uninstall() -> None:
     w = World()
     w.clover({"merchants": {M1: [{"objectId": "A:CLOVERAPP", "type": "UPDATE", "ts": 1}]}})
@@ -214,9 +330,21 @@ def poynt_world(secret: str | None = POYNT_SECRET) -> World:
     return w
 
 
-def poynt_event(event_type: str = "ORDER_UPDATED", biz: str = BIZ) -> bytes:
+def poynt_event(
+    event_type: str = "ORDER_UPDATED",
+    biz: str = BIZ,
+    created: str = "2027-01-15T08:00:00Z",
+    event_id: str = "ev-1",
+) -> bytes:
     return json.dumps(
-        {"eventType": event_type, "businessId": biz, "resource": "/orders", "resourceId": "o-1"}
+        {
+            "id": event_id,
+            "createdAt": created,
+            "eventType": event_type,
+            "businessId": biz,
+            "resource": "/orders",
+            "resourceId": "o-1",
+        }
     ).encode()
 
 

@@ -3,7 +3,8 @@
 ``@answers("page")`` (browser routes: connect, callback) answers with small HTML pages;
 ``@answers("json")`` (webhooks) with JSON. Messages shown are the exceptions' own safe texts
 or fixed wording; an unexpected exception is logged with its trace and answered with a
-generic 500 that carries only the request id.
+generic 500 that carries only the request id. Every 5xx answered here is counted
+(``ApiServerErrors``): the exception never reaches Lambda, so its ``Errors`` metric cannot.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from posync.app_credentials import AppNotConfigured
 from posync.authorization import CallbackFailed
 from posync.errors import InvalidInput, InvalidState, PosyncError, ProviderError, UnknownProvider
 from posync.http import json_response, page
-from posync.oauth_state import StateKeyUnavailable
-from posync.observability import logger
-from posync.webhooks import PayloadTooLarge, WebhookUnauthorized
+from posync.oauth_state import InvalidLink, StateKeyUnavailable
+from posync.observability import logger, metrics
+from posync.webhooks import PayloadTooLarge, VerificationRateLimited, WebhookUnauthorized
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 Kind = Literal["page", "json"]
@@ -39,10 +41,24 @@ def answer_for(exc: Exception, kind: Kind, request_id: str) -> dict[str, Any]:
     if isinstance(exc, CallbackFailed):
         link = (exc.retry_url, "Start again") if exc.retry_url else None
         return _answer(kind, exc.status, exc.title, exc.message, link)
+    if isinstance(exc, InvalidLink):
+        if exc.reason == "expired":
+            return _answer(
+                kind, 400, "This connect link has expired", "Ask whoever sent it to you for a new link."
+            )
+        return _answer(
+            kind,
+            400,
+            "This connect link is not valid",
+            "It was altered or not issued by posync's operator, so nothing was started. "
+            "Ask whoever sent it to you for a new link.",
+        )
     if isinstance(exc, UnknownProvider):
         return _answer(kind, 404, "Not found", "There is no such provider here.")
     if isinstance(exc, WebhookUnauthorized):
         return json_response(401, {"error": "unauthorized"})
+    if isinstance(exc, VerificationRateLimited):
+        return _answer(kind, 429, "Too many requests", str(exc))
     if isinstance(exc, PayloadTooLarge):
         return _answer(kind, 413, "Payload too large", str(exc))
     if isinstance(exc, InvalidState):
@@ -77,7 +93,10 @@ def answers(kind: Kind) -> Callable[[Handler], Handler]:
                 return fn(event, context)
             except Exception as exc:  # noqa: BLE001 (this is the one place errors become answers)
                 request_id = str(getattr(context, "aws_request_id", "") or "unknown")
-                return answer_for(exc, kind, request_id)
+                answer = answer_for(exc, kind, request_id)
+                if int(answer["statusCode"]) >= 500:
+                    metrics.add_metric(name="ApiServerErrors", unit=MetricUnit.Count, value=1)
+                return answer
 
         return wrapper
 

@@ -1,24 +1,29 @@
 """Merchant authorization: the connect redirect and the OAuth callback.
 
-``ConnectService.authorize_url(provider, ref, merchant_id)`` -> the provider's consent page
-with a signed, single-use state (``posync.oauth_state``).
+``ConnectService.begin(provider, query, cookie)`` -> the provider's consent page with a signed,
+single-use state bound to the browser (``posync.oauth_state``), and the binding cookie to set.
+A ``ref`` comes only from an operator-signed link (``posync connect-link``): an unsigned,
+forged or expired one gets a clear page and no redirect.
 
-``CallbackService.complete(provider, params)`` runs the callback in this order, and stores
-nothing unless every step before the token write succeeded:
+``CallbackService.complete(provider, params, cookie=..., remaining_s=...)`` runs the callback
+in this order, and stores nothing unless every step before the token write succeeded:
 
 1. the provider adapter reads its parameters (Clover ``state``/``code``/``merchant_id``/``error``,
    Poynt ``context``/``code``/``status``);
 2. the state is verified (forged / expired) before anything else is looked at;
-3. a denial ends here with a clear page;
-4. the state's nonce is consumed (conditional put: replayed states end here);
-5. the code is exchanged (provider 4xx: refused; 5xx or timeout: 502);
-6. the merchant id is checked against its strict pattern;
-7. under the connection's refresh lease, tokens go to the connection's secret (KMS, naming
+3. the browser must present the binding cookie the state was issued to (login CSRF);
+4. a denial ends here with a clear page;
+5. the state's nonce is consumed (conditional put: replayed states end here);
+6. the code is exchanged (provider 4xx: refused; 5xx or timeout: 502). Every provider call
+   shares one deadline: the Lambda's remaining time (at most ``API_LIMIT_S``) less
+   ``STORE_RESERVE_S`` kept for the writes; past it nothing is written (504);
+7. the merchant id is checked against its strict pattern;
+8. under the connection's refresh lease, tokens go to the connection's secret (KMS, naming
    their grant's ``connected_at``) and the connection record is upserted (cursor kept on
-   reconnect); then the first sync (backfill) is queued.
+   reconnect; the ref only replaced by a signed one); then the first sync (backfill) is queued.
 
 Failures come out as ``CallbackFailed`` carrying the page to show (status, title, message
-and a fresh connect link that keeps the operator's ``ref`` when the state was genuine).
+and a fresh connect link that keeps the operator's signed ``ref`` when the state was genuine).
 """
 
 from __future__ import annotations
@@ -44,25 +49,60 @@ from posync.domain import (
     connection_id,
 )
 from posync.errors import InvalidInput, InvalidState, PosyncError, ProviderError
-from posync.oauth_state import ExpiredState, StateNonces, StatePayload, StateSigner
+from posync.oauth_state import (
+    ExpiredState,
+    LinkSigner,
+    StateNonces,
+    StatePayload,
+    StateSigner,
+    binding_cookie,
+    new_binding,
+)
 from posync.observability import logger, metrics
-from posync.providers import ExchangeRefused, OAuthProvider
+from posync.providers import ExchangeRefused, OAuthProvider, deadline
 from posync.syncqueue import SyncKind, SyncRequest
 from posync.tokens import LEASE_TTL_S, LeaseStore, TokenStore, refresh_lease_name
 
 CALLBACK_LEASE_WAIT_S = 8.0  # within the callback's 30 s; a refresh holds the lease ~1 s
 
 PROVIDER_NAMES = {"clover": "Clover", "poynt": "Poynt"}
+API_LIMIT_S = 29.0  # API Gateway answers 503 itself after 30 s
+STORE_RESERVE_S = 6.0  # kept after the provider calls for the secret, record and queue writes
 
 
 def provider_title(provider: str) -> str:
     return PROVIDER_NAMES.get(provider, "the provider")
 
 
-def connect_url(settings: Settings, provider: str, ref: str | None = None) -> str:
-    """Our own public connect link (the only place the merchant is sent to start again)."""
-    query = f"?{urlencode({'ref': ref})}" if ref else ""
+def connect_url(
+    settings: Settings,
+    provider: str,
+    ref: str | None = None,
+    link_expires_at: int | None = None,
+    link_sig: str | None = None,
+) -> str:
+    """Our own public connect link (the only place the merchant is sent to start again); a
+    ``ref`` travels only with its signature (``posync connect-link``)."""
+    query = ""
+    if ref and link_expires_at is not None and link_sig:
+        query = "?" + urlencode({"ref": ref, "exp": str(int(link_expires_at)), "sig": link_sig})
     return f"{settings.public_base_url}/connect/{check_provider(provider)}{query}"
+
+
+def signed_connect_link(
+    settings: Settings, signer: LinkSigner, provider: str, ref: str, expires_at: int
+) -> str:
+    """The operator's link for one merchant: carries ``ref`` onto the connection until ``expires_at``."""
+    ref = check_ref(ref) or ""
+    if not ref:
+        raise InvalidInput("a connect link needs a ref")
+    return connect_url(settings, provider, ref, expires_at, signer.sign(provider, ref, expires_at))
+
+
+def _retry_url(settings: Settings, provider: str, state: StatePayload | None) -> str:
+    if state is None:
+        return connect_url(settings, provider)
+    return connect_url(settings, provider, state.ref, state.link_expires_at, state.link_sig)
 
 
 class CallbackFailed(PosyncError):
@@ -83,6 +123,7 @@ class Connected:
     merchant_id: str
     ref: str | None
     access_expires_at: int
+    business_name: str | None = None
 
     @property
     def connection_id(self) -> str:
@@ -96,24 +137,55 @@ class ConnectionWriter(Protocol):
 Enqueue = Callable[[SyncRequest, str], None]
 
 
+@dataclass(frozen=True)
+class ConsentRedirect:
+    url: str  # the provider's consent page
+    set_cookie: str  # the browser-binding cookie (``Set-Cookie`` value)
+
+
 class ConnectService:
     def __init__(
-        self, settings: Settings, signer: StateSigner, providers: Mapping[str, OAuthProvider]
+        self,
+        settings: Settings,
+        signer: StateSigner,
+        providers: Mapping[str, OAuthProvider],
+        links: LinkSigner | None = None,
     ) -> None:
         self._settings = settings
         self._signer = signer
         self._providers = providers
+        self._links = links
 
-    def authorize_url(self, provider: str, ref: str | None = None, merchant_id: str | None = None) -> str:
-        """The consent page URL. ``merchant_id`` (Clover App Market entry) preselects the merchant."""
+    def begin(self, provider: str, query: Mapping[str, str], cookie: str | None = None) -> ConsentRedirect:
+        """The consent redirect for ``GET /connect/{provider}?[ref&exp&sig][&merchant_id]``.
+
+        ``cookie``: the browser's binding cookie, if it has a valid one (reused, so two tabs can
+        connect at once); otherwise a new one is made. ``InvalidLink`` for an unsigned,
+        forged or expired ``ref``; ``merchant_id`` (Clover App Market entry) preselects the merchant.
+        """
         provider = check_provider(provider)
-        ref = check_ref(ref)
-        hint = check_merchant_id(provider, merchant_id) if merchant_id else None
-        state = self._signer.issue(provider, ref=ref, merchant_hint=hint)
+        ref = check_ref(query.get("ref"))
+        link_sig = query.get("sig") or None
+        link_expires_at = None
+        if ref or link_sig or query.get("exp"):
+            if self._links is None:
+                raise InvalidInput("this stage does not accept a ref")
+            link_expires_at = self._links.verify(provider, ref or "", query.get("exp"), link_sig)
+        hint = check_merchant_id(provider, query["merchant_id"]) if query.get("merchant_id") else None
+        binding = cookie if cookie and StateSigner.binding_valid(cookie) else new_binding()
+        state = self._signer.issue(
+            provider,
+            ref=ref,
+            merchant_hint=hint,
+            browser=binding,
+            link_expires_at=link_expires_at,
+            link_sig=link_sig if ref else None,
+        )
         url = self._providers[provider].authorize_url(self._settings.redirect_uri(provider), state, hint)
         metrics.add_metric(name="ConnectStarted", unit=MetricUnit.Count, value=1)
         logger.info("consent redirect", extra={"provider": provider, "ref": ref, "merchant_hint": hint})
-        return url
+        secure = self._settings.public_base_url.startswith("https://")
+        return ConsentRedirect(url, binding_cookie(binding, secure=secure, provider=provider))
 
 
 _STATE_PAGES: dict[str, tuple[str, str]] = {
@@ -134,6 +206,11 @@ _STATE_PAGES: dict[str, tuple[str, str]] = {
         "This sign-in link was already used",
         "Each sign-in link works once and this one was used before, so nothing was stored.",
     ),
+    "browser": (
+        "Please finish connecting in the browser you started in",
+        "This sign-in was started in another browser (or this browser did not keep posync's "
+        "cookie), so nothing was stored. Start again here to connect from this browser.",
+    ),
 }
 
 
@@ -152,6 +229,7 @@ class CallbackService:
         leases: LeaseStore | None = None,
         sleep: Callable[[float], None] = time.sleep,
         lease_wait_s: float = CALLBACK_LEASE_WAIT_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._leases = leases
         self._sleep = sleep
@@ -164,16 +242,25 @@ class CallbackService:
         self._connections = connections
         self._enqueue = enqueue
         self._clock = clock
+        self._monotonic = monotonic
 
     def _fail(
-        self, status: int, provider: str, page: tuple[str, str], reason: str, ref: str | None
+        self, status: int, provider: str, page: tuple[str, str], reason: str, state: StatePayload | None
     ) -> CallbackFailed:
         title, message = page
         metrics.add_metric(name="ConnectFailures", unit=MetricUnit.Count, value=1)
         logger.warning("callback stored nothing", extra={"provider": provider, "reason": reason})
-        return CallbackFailed(status, title, message, connect_url(self._settings, provider, ref), reason)
+        return CallbackFailed(status, title, message, _retry_url(self._settings, provider, state), reason)
 
-    def complete(self, provider: str, params: Mapping[str, str]) -> Connected:
+    def complete(
+        self,
+        provider: str,
+        params: Mapping[str, str],
+        *,
+        cookie: str | None = None,
+        remaining_s: float = API_LIMIT_S,
+    ) -> Connected:
+        """``cookie``: the browser's binding cookie; ``remaining_s``: the invocation's time left."""
         provider = check_provider(provider)
         oauth = self._providers[provider]
         name = provider_title(provider)
@@ -183,8 +270,11 @@ class CallbackService:
             state: StatePayload = self._signer.verify(provider, callback.state)
         except InvalidState as exc:
             title, message = _STATE_PAGES.get(exc.reason, _STATE_PAGES["forged"])
-            ref = exc.payload.ref if isinstance(exc, ExpiredState) else None  # only a genuine state's
-            raise self._fail(400, provider, (title, message.format(p=name)), exc.reason, ref) from exc
+            genuine = exc.payload if isinstance(exc, ExpiredState) else None  # only a genuine state's ref
+            raise self._fail(400, provider, (title, message.format(p=name)), exc.reason, genuine) from exc
+
+        if not StateSigner.bound_to(state, cookie):
+            raise self._fail(400, provider, _STATE_PAGES["browser"], "browser", state)
 
         if callback.denied:
             raise self._fail(
@@ -196,17 +286,21 @@ class CallbackService:
                     "You can start again whenever you like.",
                 ),
                 "denied",
-                state.ref,
+                state,
             )
 
         if not self._nonces.consume(state.nonce, state.expires_at):
             title, message = _STATE_PAGES["replayed"]
-            raise self._fail(400, provider, (title, message.format(p=name)), "replayed", state.ref)
+            raise self._fail(400, provider, (title, message.format(p=name)), "replayed", state)
 
         redirect_uri = self._settings.redirect_uri(provider)
+        ends_at = self._monotonic() + min(remaining_s, API_LIMIT_S) - STORE_RESERVE_S
         try:
-            grant = oauth.exchange_code(callback, redirect_uri)
+            with deadline(ends_at, self._monotonic):
+                grant = oauth.exchange_code(callback, redirect_uri)
             merchant_id = check_merchant_id(provider, grant.merchant_id)
+            if self._monotonic() > ends_at:
+                raise ProviderError(f"{name} answered after the callback's deadline")
         except ExchangeRefused as exc:
             logger.warning("code exchange refused", extra={"provider": provider, "detail": str(exc)})
             raise self._fail(
@@ -218,7 +312,7 @@ class CallbackService:
                     "so nothing was stored.",
                 ),
                 "refused",
-                state.ref,
+                state,
             ) from exc
         except InvalidInput as exc:
             raise self._fail(
@@ -229,7 +323,7 @@ class CallbackService:
                     f"{name} did not name a valid merchant, so nothing was stored.",
                 ),
                 "merchant",
-                state.ref,
+                state,
             ) from exc
         except ProviderError as exc:
             logger.warning("code exchange failed", extra={"provider": provider, "detail": str(exc)})
@@ -242,7 +336,7 @@ class CallbackService:
                     "so nothing was stored. Please try again in a few minutes.",
                 ),
                 "provider",
-                state.ref,
+                state,
             ) from exc
 
         now = self._clock()
@@ -280,7 +374,7 @@ class CallbackService:
                 **tokens.expiry_log(),
             },
         )
-        return Connected(provider, merchant_id, conn.ref, tokens.access_expires_at)
+        return Connected(provider, merchant_id, conn.ref, tokens.access_expires_at, grant.business_name)
 
     @contextmanager
     def _refresh_lease(self, conn_id: str) -> Iterator[None]:
@@ -343,10 +437,12 @@ def build_connect_service(settings: Settings) -> ConnectService:
     from posync.oauth_state import SecretsManagerStateKey
     from posync.providers import build_providers
 
+    keys = SecretsManagerStateKey(settings)
     return ConnectService(
         settings,
-        StateSigner(SecretsManagerStateKey(settings)),
+        StateSigner(keys),
         build_providers(settings, AppCredentialsStore(settings)),
+        LinkSigner(keys),
     )
 
 

@@ -28,7 +28,12 @@ sending and reports ``complete: false``.
 deduplication id is the connection, ``reconcile`` and the day.
 
 Entries a batch call reports as failed are retried (with backoff) unless SQS says the sender
-is at fault; what still fails is counted.
+is at fault; what still fails is counted in the report (and logged), never raised: the next
+slot sends it again.
+
+Each pass also counts the ``needs_reauth`` connections and publishes the gauges the alarms
+watch (``emit_metrics``): ``DispatcherRuns`` (1: its absence for two slots is the "dispatcher
+not running" alarm), ``ConnectionsActive`` and ``ConnectionsNeedingReauth``.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from botocore.exceptions import ClientError
 from posync.config import PROVIDERS, Settings
 from posync.domain import Connection, ConnectionStatus
 from posync.errors import ConnectionNotFound
-from posync.observability import logger
+from posync.observability import logger, metrics
 from posync.ratelimit import NO_DEADLINE, Deadline
 from posync.schedule import CLASSES, Candidate, PollConfig, State, assess, plan
 from posync.syncqueue import SyncKind, SyncRequest
@@ -111,6 +116,7 @@ class DispatchReport:
     demand: dict[str, int] = field(default_factory=dict)
     budget: dict[str, int | None] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    needs_reauth: int = 0
     failed_connections: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,11 +139,15 @@ class DispatchReport:
             "demand_requests": self.demand,
             "budget_requests": self.budget,
             "elapsed_s": round(self.elapsed_s, 3),
+            "needs_reauth": self.needs_reauth,
         }
 
     def metrics(self) -> list[tuple[str, MetricUnit, float]]:
         """The dispatcher's CloudWatch metrics (the handler emits each)."""
         return [
+            ("DispatcherRuns", MetricUnit.Count, 1),  # the heartbeat DispatcherNotRunning watches
+            ("ConnectionsActive", MetricUnit.Count, self.connections),
+            ("ConnectionsNeedingReauth", MetricUnit.Count, self.needs_reauth),
             ("SyncsDispatched", MetricUnit.Count, self.sent),
             ("SyncsNotDispatched", MetricUnit.Count, self.failed),
             ("SyncsDeferred", MetricUnit.Count, self.deferred),
@@ -150,6 +160,11 @@ class DispatchReport:
                 round(max(self.staleness_max_s.values(), default=0), 1),
             ),
         ]
+
+    def emit_metrics(self) -> None:
+        """Publish :meth:`metrics` (on the default dimensions the alarms watch)."""
+        for name, unit, value in self.metrics():
+            metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def schedule_slot(event_time: datetime, minutes: int) -> str:
@@ -251,6 +266,8 @@ class Dispatcher:
             # (its run's started_at) has answered the message (tests fire ticks hours ahead).
             at = _iso(min(self.clock(), now_s))
             self._send_all(chosen.chosen, report, deadline, at)
+        if not deadline.expired():
+            report.needs_reauth = self._count(ConnectionStatus.NEEDS_REAUTH)
         report.elapsed_s = time.monotonic() - t0
         logger.info(f"dispatched {kind.value} syncs", extra=report.as_dict())
         if report.failed:
@@ -316,6 +333,16 @@ class Dispatcher:
                 if cls in stale:
                     report.staleness_max_s[cls] = max(report.staleness_max_s.get(cls, 0.0), stale[cls])
         return got
+
+    def _count(self, status: ConnectionStatus) -> int:
+        """How many connections have ``status`` (the by-status index: one query per thousand)."""
+        n = 0
+        start_key: dict[str, Any] | None = None
+        while True:
+            conns, start_key = self.connections.list_by_status(status, PAGE_SIZE, start_key)
+            n += sum(1 for c in conns if c.status is status)
+            if not start_key:
+                return n
 
     # ---- send
 

@@ -23,8 +23,16 @@ def json_response(status: int, body: Any) -> dict[str, Any]:
     }
 
 
-def redirect(location: str, status: int = 302) -> dict[str, Any]:
-    return {"statusCode": status, "headers": {**SECURITY_HEADERS, "Location": location}, "body": ""}
+def redirect(location: str, status: int = 302, cookies: list[str] | None = None) -> dict[str, Any]:
+    """A redirect; ``cookies`` are ``Set-Cookie`` values (API Gateway v2's ``cookies`` list)."""
+    answer: dict[str, Any] = {
+        "statusCode": status,
+        "headers": {**SECURITY_HEADERS, "Location": location},
+        "body": "",
+    }
+    if cookies:
+        answer["cookies"] = list(cookies)
+    return answer
 
 
 def page(status: int, title: str, message: str, link: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -48,5 +56,11 @@ def page(status: int, title: str, message: str, link: tuple[str, str] | None = N
     }
 
 
-def health_response() -> dict[str, Any]:
+def health_response(settings_valid: bool = True) -> dict[str, Any]:
+    """``/health``: 200 ``ok`` when the function's settings parsed, else 503 ``unavailable`` (no
+    detail: the reason is in the function's log). App credentials and providers are not checked
+    here (a public, unauthenticated route with no secret access): ``posync app-credentials
+    show`` checks those."""
+    if not settings_valid:
+        return json_response(503, {"status": "unavailable"})
     return json_response(200, {"status": "ok"})

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +30,11 @@ TOKEN_TIMEOUT: tuple[float, float] = (5.0, 15.0)
 
 # Token endpoint statuses that mean "no" for good; anything else unexpected is a (transient) provider error.
 REFUSALS = (400, 401, 403)
+
+# A provider call is not started with less time than this left before the shared deadline.
+MIN_CALL_S = 0.5
+_Deadline = tuple[float, Callable[[], float]]
+_deadline: ContextVar[_Deadline | None] = ContextVar("provider_deadline", default=None)
 
 _TOKENISH = re.compile(r"[A-Za-z0-9._~+/=-]{20,}")
 
@@ -54,6 +60,7 @@ class Grant:
 
     merchant_id: str
     tokens: TokenSet
+    business_name: str | None = None  # shown on the success page; None when the provider did not say
 
 
 class OAuthProvider(Protocol):
@@ -93,6 +100,33 @@ def error_text(resp: requests.Response) -> str:
 
 
 @contextmanager
+def deadline(at: float, clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Every provider call inside shares one deadline (``clock()`` value): its timeouts are cut
+    to the time left, and a call with less than ``MIN_CALL_S`` left is not started."""
+    token = _deadline.set((at, clock))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds before the shared deadline (None: no deadline set)."""
+    current = _deadline.get()
+    return None if current is None else current[0] - current[1]()
+
+
+def token_timeout(what: str) -> tuple[float, float]:
+    """``TOKEN_TIMEOUT`` cut to the shared deadline; ProviderError when too little time is left."""
+    left = time_left()
+    if left is None:
+        return TOKEN_TIMEOUT
+    if left < MIN_CALL_S:
+        raise ProviderError(f"{what} not called: the request's deadline has passed")
+    return (min(TOKEN_TIMEOUT[0], left), min(TOKEN_TIMEOUT[1], left))
+
+
+@contextmanager
 def reaching(what: str) -> Iterator[None]:
     """Timeouts and connection errors of a request to ``what`` become ProviderError (naming only ``what``)."""
     import requests  # loaded with the first provider call: the connect and webhook handlers never make one
@@ -118,9 +152,10 @@ def post(
 
     Messages name the endpoint (``what``) only: never the URL's query, the body or headers.
     """
+    timeout = token_timeout(what)
     with reaching(what):
         resp = session.post(
-            url, json=json_body, data=form, headers=headers, timeout=TOKEN_TIMEOUT, allow_redirects=False
+            url, json=json_body, data=form, headers=headers, timeout=timeout, allow_redirects=False
         )
     if resp.status_code == 429:
         retry = resp.headers.get("Retry-After", "")

@@ -36,7 +36,6 @@ from posync.config import ProviderHosts
 from posync.domain import check_merchant_id
 from posync.errors import ProviderError
 from posync.providers import (
-    TOKEN_TIMEOUT,
     CallbackParams,
     ExchangeRefused,
     Grant,
@@ -49,6 +48,7 @@ from posync.providers import (
     raise_unless_refusal,
     reaching,
     scrub,
+    token_timeout,
 )
 from posync.tokens import AppAuthFailed, RefreshNotDue, RefreshRefused, TokenSet
 
@@ -128,19 +128,20 @@ class CloverOAuth(UsesSession):
             },
         )
         tokens = self._tokens(exchange_reply(resp, "clover", what), self._clock(), what)
-        self._check_merchant(merchant_id, tokens.access_token)
-        return Grant(merchant_id=merchant_id, tokens=tokens)
+        name = self._check_merchant(merchant_id, tokens.access_token)
+        return Grant(merchant_id=merchant_id, tokens=tokens, business_name=name)
 
-    def _check_merchant(self, merchant_id: str, access_token: str) -> None:
+    def _check_merchant(self, merchant_id: str, access_token: str) -> str | None:
         """Clover's token reply does not say whose token it is, and the callback's merchant_id is a
         query parameter anyone can rewrite: ask the API whether the token opens that merchant, so a
         token of one merchant is never stored under (and never takes over) another."""
         what = "clover merchant check"
+        timeout = token_timeout(what)
         with reaching(what):
             resp = self._session.get(
                 f"{self._hosts.api_base}/v3/merchants/{merchant_id}",
                 headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-                timeout=TOKEN_TIMEOUT,
+                timeout=timeout,
                 allow_redirects=False,
             )
         if resp.status_code in (401, 403, 404):
@@ -149,6 +150,8 @@ class CloverOAuth(UsesSession):
             )
         if resp.status_code != 200:
             raise ProviderError(f"{what} answered {resp.status_code}", status=resp.status_code)
+        name = json_object(resp, what).get("name")  # the merchant's business name (success page)
+        return (name.strip()[:120] or None) if isinstance(name, str) else None
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         what = "clover refresh endpoint"

@@ -48,7 +48,9 @@ from posync.providers import (
     json_object,
     post,
     raise_unless_refusal,
+    reaching,
     scrub,
+    token_timeout,
 )
 from posync.tokens import AppAuthFailed, RefreshRefused, TokenSet
 
@@ -244,10 +246,32 @@ class PoyntOAuth(UsesSession):
         )
         tokens = self._tokens(exchange_reply(resp, "poynt", what), now, what)
         try:
-            business = business_id_of(tokens.access_token)
+            biz = business_id_of(tokens.access_token)
         except ProviderError:
-            business = business_id_of(callback.code)  # the code is a JWT carrying poynt.biz too
-        return Grant(merchant_id=business, tokens=tokens)
+            biz = business_id_of(callback.code)  # the code is a JWT carrying poynt.biz too
+        name = self._business_name(biz, tokens.access_token)
+        return Grant(merchant_id=biz, tokens=tokens, business_name=name)
+
+    def _business_name(self, biz: str, access_token: str) -> str | None:
+        """``GET /businesses/{id}``'s ``doingBusinessAs`` (else ``legalName``), for the success
+        page only: any failure (or no time left) is None, never a failed connect."""
+        what = "poynt business read"
+        try:
+            timeout = token_timeout(what)
+            with reaching(what):
+                resp = self._session.get(
+                    f"{self._hosts.api_base}/businesses/{biz}",
+                    headers=self._headers(bearer=access_token),
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+            body = json_object(resp, what) if resp.status_code == 200 else {}
+        except ProviderError:
+            return None
+        for key in ("doingBusinessAs", "legalName"):
+            if isinstance(body.get(key), str) and body[key].strip():
+                return str(body[key]).strip()[:120]
+        return None
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         what = "poynt token endpoint (refresh)"
