@@ -24,6 +24,7 @@ def with_leases(w: World, leases: FakeLeases) -> CallbackService:
         connections=w.connections,
         enqueue=lambda req, dedup: w.queued.append((req, dedup)),
         clock=w.clock,
+        monotonic=w.monotonic,
         leases=leases,
         sleep=w.clock.sleep,
     )
@@ -42,7 +43,7 @@ def test_the_callback_stores_the_new_grant_under_the_refresh_lease() -> None:
 
     w.tokens.store_new = store_new  # type: ignore[method-assign]
     # When the callback runs
-    with_leases(w, leases).complete("clover", w.approve())
+    with_leases(w, leases).complete("clover", w.approve(), cookie=w.cookie)
     # Then the secret was written while the callback held the lease, which it then released
     assert held_while_storing == [True]
     assert leases.acquired == 1 and leases.items == {}
@@ -78,6 +79,7 @@ def test_the_callback_waits_for_a_refresh_in_flight_before_storing() -> None:
     svc = with_leases(w, leases)
     svc._sleep = sleep
     # When the callback runs
-    svc.complete("clover", w.approve())
+    params = w.approve()
+    svc.complete("clover", params, cookie=w.cookie)
     # Then it stored the new grant only after the refresh released the lease
     assert order == ["refresher saved and released", "callback stored"]

@@ -13,6 +13,7 @@ from posync.providers.poynt.webhooks import delivery_id, parse_events, signature
 from posync.syncqueue import SyncRequest
 from posync.webhooks import WebhookService
 from tests.unit.oauth_fakes import EventLog, FakeClock, FakeConnections, FakeTokenStore, unit_settings
+from tests.unit.test_webhooks_service import MemoryLedger
 
 A, B, C = (f"0b9f1c2e-1111-4222-8333-44445555666{i}" for i in range(3))
 SECRET = "poynt-hook-secret"
@@ -65,6 +66,7 @@ def world(on_install: Any = None) -> tuple[WebhookService, ListingConnections, l
         clock=FakeClock(),
         deliveries=MemoryDeliveries(),
         on_install=on_install,
+        ledger=MemoryLedger(),
     )
     return svc, conns, queued
 
@@ -75,7 +77,15 @@ def deliver(svc: WebhookService, event: dict[str, Any]) -> Any:
 
 
 def event(kind: str, biz: str, eid: str = "ev-1", resource_id: str = "o-1") -> dict[str, Any]:
-    return {"id": eid, "eventType": kind, "businessId": biz, "resource": "/orders", "resourceId": resource_id}
+    """An event as Poynt sends it: its own id and ``createdAt`` (PNT-WEBHOOK-EVENT)."""
+    return {
+        "id": eid,
+        "eventType": kind,
+        "businessId": biz,
+        "resource": "/orders",
+        "resourceId": resource_id,
+        "createdAt": "2026-12-08T01:00:00Z",
+    }
 
 
 def test_a_retried_order_event_is_acknowledged_without_a_second_sync() -> None:
