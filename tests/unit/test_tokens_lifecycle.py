@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from posync.domain import Connection, ConnectionStatus
-from posync.errors import AuthorizationRevoked, ProviderError
+from posync.errors import AuthorizationRevoked, ProviderError, RateLimited
 from posync.observability import metrics
 from posync.tokens import (
     RECOVERY_WINDOW_S,
@@ -371,3 +371,17 @@ def test_a_half_open_probe_answered_with_a_merchant_refusal_closes_the_breaker()
         svc.access_token(w.conn)
     # Then the breaker is closed: the other merchant refreshes at once
     assert svc.access_token(other) == "access-2"
+
+
+def test_rate_limited_refreshes_do_not_count_as_an_outage() -> None:
+    # Given a token endpoint answering 429 (with its own Retry-After) five times in a row
+    w = World(expires_in=10)
+    w.refresher.raises = [RateLimited("clover refresh endpoint answered 429", status=429) for _ in range(5)]
+    breaker = MemoryAppBreaker(w.clock, storm_threshold=2)
+    # When five workers' refreshes fail (each still-valid token serves)
+    for _ in range(5):
+        assert w.service(breaker=breaker).access_token(w.conn) == "access-0"
+    # Then the provider was asked five times, the breaker stayed closed, nothing app-level was raised
+    assert w.refresher.calls == 5
+    assert breaker.admit("clover")
+    assert w.events.events == []

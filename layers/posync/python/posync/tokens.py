@@ -65,6 +65,7 @@ from posync.errors import (
     ConnectionNotFound,
     PosyncError,
     ProviderError,
+    RateLimited,
     StaleWrite,
 )
 from posync.observability import logger, metrics
@@ -964,7 +965,8 @@ class TokenService:
         except ProviderError as exc:
             self._no_refresh_before[cid] = now + self._retry_after_failure_s
             metrics.add_metric(name="RefreshErrors", unit=MetricUnit.Count, value=1)
-            if self._breaker.transient_failed(conn.provider):
+            # A 429 carries its own Retry-After: only errors and timeouts count towards a storm.
+            if not isinstance(exc, RateLimited) and self._breaker.transient_failed(conn.provider):
                 self._app_failed(
                     conn,
                     AppAuthFailed("outage", f"{conn.provider} token endpoint keeps failing"),
@@ -1009,6 +1011,8 @@ class TokenService:
         recoverer = self._refreshers.get(conn.provider)
         if isinstance(recoverer, TokenRecoverer):
             for token in spent.recovery_tokens(self._clock()):
+                if not self._leases.extend(held.name, held.owner, self._lease_ttl_s):
+                    raise _LeaseLost  # taken over during the grace: its new holder carries on
                 try:
                     recovered = recoverer.recover(spent, token)
                 except RefreshRefused:
