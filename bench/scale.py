@@ -53,12 +53,12 @@ REQUEST_S = 0.25  # one Clover request, paced by the token's limiter
 WORKER_BATCH = 10
 # One idle scheduled run through the real worker on the embedded AWS (bench.aws_calls' counter).
 IDLE_RUN_CALLS = {
-    "dynamodb.GetItem": 4,
-    "dynamodb.UpdateItem": 6,
-    "s3.PutObject": 1,  # the run's manifest (issue 19 item 4: a no-op run should write none)
-    "events.PutEvents": 1,
+    "dynamodb.GetItem": 3,  # the connection; the app's slots item, at lease and at release
+    "dynamodb.UpdateItem": 5,  # the lease and its release, the rate bucket, the cursor commit, ...
+    # no S3 PUT and no event: a run that exports nothing writes no manifest (posync.sync)
     "secretsmanager.GetSecretValue": 1,  # measured 0 in a warm container; 1 per run assumed
 }
+CHANGED_RUN = {"wru": 2 * 3 * 3, "s3_puts": 2, "events": 1}  # besides IDLE_RUN_CALLS: 3 orders of 3 KB
 PRICES = {  # USD, us-east-1 list prices
     "lambda_request": 0.20 / 1e6,
     "lambda_gb_s_arm": 0.0000133334,
@@ -380,16 +380,20 @@ def scenario(
             worker_calls + 1 + 0.1 + 2 / WORKER_BATCH + 1 / WORKER_BATCH
         )  # + mark, send, receive/delete, invoke
     )
+    # A run that found changes also writes its orders (a transaction: twice the units of ~3 KB
+    # each, for a few orders), one part and the manifest, and puts the OrdersExported event.
+    changed = runs_total - workers.idle_runs
     counts = {
         "worker_invocations": runs_total / WORKER_BATCH,
         "worker_run_s": workers.run_s,
         # An update costs the item's size in write units (rounded up to 1 KB): ITEM_KB each, taken
         # for every update (the rate bucket and lease items are smaller: an upper bound).
-        "wru": (totals["marks"] + runs_total * IDLE_RUN_CALLS["dynamodb.UpdateItem"]) * ITEM_KB,
+        "wru": (totals["marks"] + runs_total * IDLE_RUN_CALLS["dynamodb.UpdateItem"]) * ITEM_KB
+        + changed * CHANGED_RUN["wru"],
         "rru": totals["items_read"] * ITEM_KB / 4 * 0.5 + runs_total * IDLE_RUN_CALLS["dynamodb.GetItem"],
-        "s3_puts": runs_total * IDLE_RUN_CALLS["s3.PutObject"],
+        "s3_puts": runs_total * IDLE_RUN_CALLS.get("s3.PutObject", 0) + changed * CHANGED_RUN["s3_puts"],
         "sqs_requests": totals["sends"] + runs_total * 2 / WORKER_BATCH,
-        "events": runs_total * IDLE_RUN_CALLS["events.PutEvents"],
+        "events": runs_total * IDLE_RUN_CALLS.get("events.PutEvents", 0) + changed * CHANGED_RUN["events"],
         "secrets_calls": runs_total * IDLE_RUN_CALLS["secretsmanager.GetSecretValue"],
     }
     cost = _cost(counts, connections=connections, ticks=ticks, dispatch_s=worst_dispatch)
@@ -416,6 +420,8 @@ def scenario(
         "backlog_growth": growth,
         "aws_calls_per_idle_connection_per_tick": round(idle_calls, 3),
         "worker_calls_per_idle_run": IDLE_RUN_CALLS,
+        "runs_with_changes": changed,
+        "runs": runs_total,
         "cost": cost,
         "per_tick": per_tick,
         "checks": checks,

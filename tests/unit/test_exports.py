@@ -226,6 +226,39 @@ def test_manifest_lists_every_part_of_every_continuation_then_the_event_follows(
     assert detail["counts"] == {"orders": 4, "files": 4, "quarantined": 1}
 
 
+def test_a_run_paused_past_the_record_ttl_still_finishes_with_every_part(settings: Settings) -> None:
+    from posync.exports import RUN_RECORD_TTL_S
+
+    ddb = aws.client("dynamodb")
+
+    def record(pk: str) -> dict[str, Any]:
+        item: dict[str, Any] = ddb.get_item(
+            TableName=settings.control_table, Key={"pk": {"S": pk}}, ConsistentRead=True
+        )["Item"]
+        return item
+
+    # Given a run that checkpointed twice and then paused (its connection needs reauthorization)
+    w1 = writer(settings, run_id="run-paused")
+    w1.add(order("A", "2026-09-20T10:00:00.000Z"))
+    w1.checkpoint()
+    w1.add(order("B", "2026-09-20T11:00:00.000Z"))
+    w1.checkpoint()
+    w1.close()
+    # Then nothing of the run in progress can expire (DynamoDB's TTL would delete it)
+    for pk in ("exportrun#run-paused", "exportrun#run-paused#00000", "exportrun#run-paused#00001"):
+        assert "expires_at" not in record(pk), pk
+    # When it resumes 200 days later and finishes
+    later = NOW + 200 * 86400
+    w2 = ExportWriter(settings, "run-paused", "clover", MID, put_event=Events(), clock=lambda: later)
+    w2.add(order("C", "2026-09-21T10:00:00.000Z"))
+    key = w2.finish()
+    # Then its manifest lists every part, and only now do its records expire, after the TTL
+    manifest = json.loads(get_bytes(settings, key))
+    assert sum(f["records"] for f in manifest["files"]) == 3
+    for pk in ("exportrun#run-paused", "exportrun#run-paused#00000", "exportrun#run-paused#00001"):
+        assert int(record(pk)["expires_at"]["N"]) == int(later) + RUN_RECORD_TTL_S, pk
+
+
 def test_quarantine_is_one_put_per_date_with_reasons(
     settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
 ) -> None:

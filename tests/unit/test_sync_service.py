@@ -320,6 +320,23 @@ def test_the_next_sync_starts_at_the_cursor_minus_the_lookback_and_brings_change
     assert Counter(w.store.exported) == Counter(w.ids + changed + created)
 
 
+def test_a_run_that_finds_nothing_new_writes_no_manifest_and_sends_no_event() -> None:
+    # Given a completed first sync, and nothing changed since
+    w = World(n=300, days=5)
+    w.run(SyncKind.BACKFILL, since=ms_to_iso(w.api.now_ms - 6 * DAY_MS))
+    assert len(w.store.manifests) == 1
+    w.api.now_ms += 60_000
+    w.log.clear()
+    # When the next scheduled sync runs (it re-reads the lookback: versions already stored)
+    result = w.run()
+    # Then it completes with no manifest (hence no event), and its heartbeat is the cursor commit
+    assert result.status == "completed" and result.manifest_key is None
+    assert len(w.store.manifests) == 1 and "finish" not in w.log
+    assert w.log[-1] == "commit"
+    assert w.conn.last_run["status"] == "completed" and w.conn.last_run["manifest"] is None
+    assert w.conn.cursor["modified_ms"] == w.api.now_ms
+
+
 def test_a_manual_since_later_than_the_cursor_never_skips_the_gap() -> None:
     w = World(n=200, days=10)
     w.conn.cursor = {"v": 1, "modified_ms": w.api.now_ms - 8 * DAY_MS, "ids_at_T": []}

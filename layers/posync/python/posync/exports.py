@@ -66,7 +66,10 @@ DEFAULT_MAX_OPEN_PARTS = 16
 # Uploaded parts not yet in a checkpoint record past which the writer asks for a checkpoint:
 # the record lists them (about 250 bytes each) and a DynamoDB item holds 400 KB.
 MAX_UNRECORDED_PARTS = 500
-RUN_RECORD_TTL_S = 90 * 24 * 3600  # checkpoint records outlive any run; manifests are forever
+# A finished run's records expire this long after it finished (manifests are forever). A run in
+# progress has no expiry at all: one paused for months (a connection in needs_reauth) resumes
+# with every checkpoint it made, and its manifest lists every part.
+RUN_RECORD_TTL_S = 90 * 24 * 3600
 GZIP_LEVEL = 6
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -646,7 +649,6 @@ class ExportWriter:
         if not self._unrecorded and not self._unrecorded_q:
             return []
         now = _now_iso(self._clock)
-        expires = str(int(self._clock()) + RUN_RECORD_TTL_S)
         table = self._settings.control_table
         self._ddb.transact_write_items(
             TransactItems=[
@@ -659,7 +661,6 @@ class ExportWriter:
                             "parts": {"S": json.dumps([p.to_dict() for p in self._unrecorded])},
                             "quarantine": {"S": json.dumps([p.to_dict() for p in self._unrecorded_q])},
                             "at": {"S": now},
-                            "expires_at": {"N": expires},
                         },
                         "ConditionExpression": "attribute_not_exists(pk)",
                     }
@@ -669,7 +670,7 @@ class ExportWriter:
                         "TableName": table,
                         "Key": {"pk": {"S": f"exportrun#{self._run}"}},
                         "UpdateExpression": (
-                            "SET #c = :k1, #np = :np, #s = if_not_exists(#s, :s), #p = :p, #m = :m, #e = :e"
+                            "SET #c = :k1, #np = :np, #s = if_not_exists(#s, :s), #p = :p, #m = :m REMOVE #e"
                         ),
                         "ConditionExpression": "attribute_not_exists(pk) OR #c = :k",
                         "ExpressionAttributeNames": {
@@ -687,7 +688,6 @@ class ExportWriter:
                             ":s": {"S": self._started_at},
                             ":p": {"S": self.provider},
                             ":m": {"S": self.merchant_id},
-                            ":e": {"N": expires},
                         },
                     }
                 },
@@ -861,6 +861,27 @@ class ExportWriter:
                 ":e": {"N": str(int(self._clock()) + RUN_RECORD_TTL_S)},
             },
         )
+        self._expire_records(str(manifest["run_id"]))
+
+    def _expire_records(self, run: str) -> None:
+        """The finished run's checkpoint records expire with its header (best effort: a record
+        left without an expiry costs a few hundred bytes, never a wrong answer)."""
+        expires = {"N": str(int(self._clock()) + RUN_RECORD_TTL_S)}
+        for k in range(self._k):
+            try:
+                self._ddb.update_item(
+                    TableName=self._settings.control_table,
+                    Key={"pk": {"S": f"exportrun#{run}#{k:05d}"}},
+                    UpdateExpression="SET #e = :e",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeNames={"#e": "expires_at"},
+                    ExpressionAttributeValues={":e": expires},
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    logger.warning(
+                        "a finished run's checkpoint record keeps no expiry", extra={"run_id": run}
+                    )
 
     def close(self) -> None:
         """Drop open temp files without uploading (an abandoned invocation)."""

@@ -27,7 +27,8 @@ within the invocation's deadline:
 5. When the time is short (``stop_margin_s`` before the Lambda deadline) or a wait would
    not fit (:class:`~posync.ratelimit.BudgetExhausted`): checkpoint, enqueue a
    ``CONTINUATION`` with the same run id, return. When everything is read: the manifest
-   and the ``OrdersExported`` event (``ExportWriter.finish``), then the settled cursor.
+   and the ``OrdersExported`` event (``ExportWriter.finish``), then the settled cursor; a
+   run that exported and quarantined nothing writes no manifest and sends no event.
 6. ``AuthorizationRevoked``: checkpoint what is durable and stop (the token service has
    already marked the connection ``needs_reauth``). Provider failures that outlast the
    transport's retries: checkpoint, record a short reason on the connection, raise (SQS
@@ -867,10 +868,16 @@ class _Run:
         if done:
             cursor_to["done_messages"] = done
         counts = self._counts_now()
-        manifest = sink.finish(self.state.get("from"), cursor_to, counts)
+        if counts["exported"] or counts["quarantined"]:
+            manifest = sink.finish(self.state.get("from"), cursor_to, counts)
+            export_run_id: str | None = sink.run_id
+        else:
+            # Nothing handed to the exports in the whole run: no manifest, no event, no S3 call
+            # (docs/exports.md); the cursor commit below is the run's heartbeat.
+            manifest, export_run_id = None, None
         last_run = {
             "run_id": self.run_id,
-            "export_run_id": sink.run_id,
+            "export_run_id": export_run_id,
             "status": "completed",
             "kind": self.state.get("kind"),
             "started_at": self.state.get("started_at"),
