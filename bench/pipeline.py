@@ -12,10 +12,11 @@ generation and the OAuth flow are outside it). Figures:
   brief's figure. It assumes one request per 1,000 orders.
 - ``request_ratio``: requests/s ÷ 16: how close the engine keeps to the token's limit.
 - ``effective_ratio``: orders/s ÷ (16 x orders ÷ requests needed), where requests needed
-  = two list reads per 1,000 orders (a complete order needs six expansions, Clover expands
-  three per call) + one per order with a nested list that reaches Clover's cut of 100
-  (those cannot come with the page). The sandbox seeds some orders with 101-250 line
-  items, so a page needs between two and four requests.
+  = three list reads per 1,000 orders (a complete order needs nine expansions, dotted paths
+  included, and Clover expands three per call: CLV-EXPAND-5) + one per order with a nested
+  list that reaches Clover's cut of 100 (those cannot come with the page). The sandbox
+  seeds some orders with 101-250 line items, so a page needs between three and six requests.
+- ``requests_per_1000_orders``: requests made (and needed) per 1,000 orders read.
 - ``cpu_ceiling_orders_per_s``: orders ÷ the process's CPU seconds, the rate its CPU allows
   (parsing and normalizing hold the GIL: one core's worth). ``bound`` names the lower of
   that and the effective ceiling; ``cpu_busy`` is CPU seconds ÷ wall seconds.
@@ -151,6 +152,10 @@ def run_case(
             "list": list_needed,
             "nested": len(nested),
             "total": needed,
+        },
+        "requests_per_1000_orders": {
+            "made": round(requests * 1000 / max(1, orders), 2),
+            "needed": round(needed * 1000 / max(1, len(truth)), 2),
         },
         "requests_per_s": round(requests / elapsed, 2),
         "request_ratio": round(requests / elapsed / token_rps, 3),

@@ -125,6 +125,8 @@ def _print_pipeline(r: dict[str, Any]) -> None:
             f"      requests {req['total']} (list {req['list']}, by id {req['by_id']}, "
             f"nested {req['nested']}); "
             f"needed {need['total']} (list {need['list']}, nested {need['nested']}); "
+            f"per 1000 orders {c['requests_per_1000_orders']['made']} "
+            f"(needed {c['requests_per_1000_orders']['needed']}); "
             f"{c['requests_per_s']} req/s = {c['request_ratio']:.3f} of 16/s; "
             "vs the ceiling for the requests "
             f"needed ({c['effective_ceiling_orders_per_s']:.0f} orders/s): {c['effective_ratio']:.3f}  "

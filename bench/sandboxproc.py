@@ -34,9 +34,11 @@ NESTED_LISTS = {
 }
 NESTED_ROUTES = tuple(f"{BY_ID_ROUTE}/{path}" for path in NESTED_LISTS.values())
 NESTED_CUT = 100  # Clover cuts expanded nested lists at 100 items
-# A complete Clover order needs six expansions (line items, payments, refunds, discounts,
-# service charge, credits) and one call expands at most three: two list reads per page.
-LIST_READS_PER_PAGE = 2
+# A complete Clover order needs nine expansions (discounts, serviceCharge, credits;
+# payments.tender, payments.cardTransaction, refunds; lineItems.modifications,
+# lineItems.discounts, lineItems.taxRates: dotted paths count) and one call expands at most
+# three: three list reads per page (CLV-EXPAND-5).
+LIST_READS_PER_PAGE = 3
 ROOT = Path(__file__).resolve().parents[1]
 
 

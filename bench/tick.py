@@ -14,8 +14,8 @@ concurrency leases (:class:`LocalAppSlots`, the same lease policy as
 embedded AWS is not what is measured.
 
 Figure: wall time (dispatch to the last worker done) ÷ (requests needed ÷ the app's
-rate), target <= 1.2. Requests needed: per merchant, two list reads of its one page (its
-new orders fit a page; a complete order needs six expansions, three per call) plus one
+rate), target <= 1.2. Requests needed: per merchant, three list reads of its one page (its
+new orders fit a page; a complete order needs nine expansions, three per call) plus one
 per new order with a nested list that reaches Clover's cut of 100.
 """
 

@@ -262,11 +262,35 @@ def _expected(provider: str, sandbox: OrderSandbox, merchant_id: str) -> dict[st
     return {str(raw["id"]): normalize(provider, merchant_id, raw) for raw in sandbox.orders(merchant_id)}
 
 
+def canonical_figures(order: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of a canonical order that ``CloverSandbox.figures`` states independently."""
+    totals = order["totals"]
+    return {
+        **{f"totals.{k}": totals[k] for k in ("subtotal", "discount", "tax", "service_charge", "total")},
+        "line_items.total": [li["total"] for li in order["line_items"]],
+        "payments.tender": [p["tender"] for p in order["payments"]],
+        "payments.card_brand": [p["card_brand"] for p in order["payments"]],
+        "refunds.amount": [r["amount"] for r in order["refunds"]],
+    }
+
+
+def figure_differences(expected: Mapping[str, Any] | None, order: Mapping[str, Any]) -> list[str]:
+    """The figures (``totals.tax``, ``payments.tender``, ...) in which ``order`` differs from
+    the sandbox's own ``expected`` ones (none expected: nothing to compare)."""
+    if expected is None:
+        return []
+    got = canonical_figures(order)
+    return [name for name, value in expected.items() if got.get(name) != value]
+
+
 def verify_merchant(settings: Settings, report: MerchantReport, sandbox: OrderSandbox) -> MerchantReport:
     """Fill ``report`` with the comparison of the sandbox's orders, DynamoDB and the exports."""
     provider, mid = report.provider, report.merchant_id
     want = _expected(provider, sandbox, mid)
     report.sandbox_orders = len(want)
+    # Clover: also the sandbox's own figures, computed apart from posync's normalizer
+    figures_of = getattr(sandbox, "figures", None)
+    figures: dict[str, dict[str, Any]] = figures_of(mid) if callable(figures_of) else {}
 
     stored = {
         str(o["order_id"]): str(o["modified_at"])
@@ -288,12 +312,13 @@ def verify_merchant(settings: Settings, report: MerchantReport, sandbox: OrderSa
             report.missing_in_exports.append(oid)
         elif exported[oid]["modified_at"] != current:
             report.stale_in_exports.append(oid)
-        elif exported[oid] != order:
+        elif exported[oid] != order or figure_differences(figures.get(oid), exported[oid]):
             report.different.append(oid)
             got = exported[oid]
             report.differing_fields.update(
                 k for k in sorted(set(order) | set(got)) if order.get(k) != got.get(k)
             )
+            report.differing_fields.update(figure_differences(figures.get(oid), got))
         else:
             report.exported_latest += 1
     report.unexpected = sorted((set(stored) | set(exported)) - set(want))

@@ -62,8 +62,10 @@ def test_pipeline_reads_every_order_once_at_both_latencies(summary: dict[str, An
         assert case["requests"]["total"] >= case["requests_needed"]["list"] > 0
         assert case["ceiling_orders_per_s"] == 16_000
         assert case["ratio"] > 0 and case["effective_ratio"] >= case["ratio"]
-        # two list reads per 1,000 orders at the least: no run can reach half the brief's ceiling
-        assert 0 < case["reachable_ratio"] <= 0.5
+        # three list reads per 1,000 orders at the least: no run can reach a third of the brief's ceiling
+        assert 0 < case["reachable_ratio"] <= 0.34
+        per_1000 = case["requests_per_1000_orders"]
+        assert per_1000["made"] >= per_1000["needed"] >= 3 * 1000 / max(1000, case["orders"])
         assert case["effective_pass"] == (case["effective_ratio"] >= case["target"])
         assert case["cpu_ceiling_orders_per_s"] > 0 and case["cpu_busy"] > 0
         assert case["bound"] in ("cpu", "rate limit")

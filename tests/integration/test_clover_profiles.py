@@ -22,6 +22,7 @@ from posync.serialized import Serialized
 from posync.sources import DAY_MS, ms_to_iso
 from posync.sync import SourceFactory, SyncConfig, SyncService
 from posync.syncqueue import SyncKind, SyncRequest
+from posync_local.demo import figure_differences
 from posync_local.sandbox import CloverSandbox
 from tests.integration.test_sync_pipeline import Connections, StaticTokens, clover_token, settings_for
 from tests.sandbox.conftest import no_limits
@@ -103,19 +104,16 @@ def test_every_canonical_field_is_right_under_every_profile(
         assert sink.orders[oid] == expected, oid
         validate(sink.orders[oid])
         assert sink.orders[oid]["discrepancies"] == []
-    # And each service charge is the sandbox's own figure (its basis set by the profile)
-    line_basis = sandbox.profile.service_charge_basis == "line_discounted"
-    for raw in sandbox.orders(merchant):
-        if "serviceCharge" in raw:
-            lines = normalize("clover", merchant, raw)["line_items"]
-            nets = sum(li["total"] for li in lines)
-            order_discount = sum(d.get("amount", 0) for d in raw.get("discounts", {}).get("elements", []))
-            if any("percentage" in d for d in raw.get("discounts", {}).get("elements", [])):
-                continue  # a percentage order discount: its amount is the normalizer's own computation
-            basis = nets + (0 if line_basis else order_discount)
-            pct = raw["serviceCharge"]["percentageDecimal"]
-            expected_charge = (2 * basis * pct + 1_000_000) // 2_000_000
-            assert sink.orders[raw["id"]]["totals"]["service_charge"] == expected_charge, raw["id"]
+    # And every figure is the sandbox's own (its arithmetic, apart from posync's normalizer):
+    # subtotal, discount, tax, service charge, total, line totals, tenders, card brands, refunds
+    figures = sandbox.figures(merchant)
+    wrong = {oid: figure_differences(figures[oid], o) for oid, o in sink.orders.items()}
+    assert {oid: w for oid, w in wrong.items() if w} == {}
+    # (a wrong figure would be caught)
+    some = next(iter(sink.orders.values()))
+    assert figure_differences(
+        figures[some["order_id"]], {**some, "totals": {**some["totals"], "tax": -1}}
+    ) == ["totals.tax"]
     # And the cases that depend on nested collections were there to be got right
     got = list(sink.orders.values())
     assert any(o["totals"]["service_charge"] for o in got)

@@ -146,6 +146,11 @@ def test_clover_mix_has_the_cases_a_sync_must_handle() -> None:
     modified = Counter(o["modifiedTime"] for o in orders)
     assert any(n > 1 for n in modified.values())  # several orders in the same millisecond
     assert all(card["cardTransaction"]["last4"].isdigit() for card in payments if "cardTransaction" in card)
+    # service charges (a definition on the order, an amount on each payment) on ~6 % of orders
+    charged = [o for o in orders if "serviceCharge" in o]
+    assert 0.03 < len(charged) / len(orders) < 0.09
+    assert all(set(o["serviceCharge"]) == {"id", "name", "enabled", "percentageDecimal"} for o in charged)
+    assert any(elements(o, "discounts") for o in charged)  # the basis matters for some
 
 
 def test_poynt_amounts_add_up_and_the_mix_is_realistic() -> None:

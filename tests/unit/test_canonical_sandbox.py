@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from posync.canonical import normalize, validate
+from posync_local.demo import figure_differences
 from posync_local.sandbox import CloverSandbox, PoyntSandbox
 from tests.unit.canonical_support import assert_schema_valid
 
@@ -22,17 +23,23 @@ def _adds_up(order: dict[str, Any]) -> None:
     assert t["refunded"] == sum(r["amount"] for r in order["refunds"])
 
 
-def test_every_clover_sandbox_order_normalizes_with_its_totals() -> None:
-    # Given a Clover sandbox with a merchant per currency, some orders modified since
-    sandbox = CloverSandbox(seed=7)
+def test_every_clover_sandbox_order_normalizes_with_its_totals(clover_profile: str) -> None:
+    # Given a Clover sandbox (under each of its profiles) with a merchant per currency, some
+    # orders modified since
+    sandbox = CloverSandbox(seed=7, profile=clover_profile)
     seen_states: set[str] = set()
     longest = 0
-    for currency in ("USD", "CAD", "EUR", "GBP", "JPY"):
+    currencies = ("USD", "CAD", "EUR", "GBP", "JPY") if clover_profile == "documented" else ("USD", "JPY")
+    for currency in currencies:  # the other profiles change service charges only: two currencies do
         merchant = sandbox.add_merchant(orders=400, currency=currency)
         sandbox.modify_orders(merchant, 40)
+        figures = sandbox.figures(merchant)
         for raw in sandbox.orders(merchant):
             # When each order is normalized
             order = normalize("clover", merchant, raw)
+            # Then its figures are the sandbox's own (computed apart from the normalizer), unflagged
+            assert figure_differences(figures[raw["id"]], order) == [], raw["id"]
+            assert order["discrepancies"] == []
             # Then it is valid, keeps Clover's total, and its tax is exactly the per-rate breakdown
             validate(order)
             _adds_up(order)

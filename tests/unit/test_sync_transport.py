@@ -15,6 +15,7 @@ from posync.domain import Connection
 from posync.errors import ProviderError, RateLimited
 from posync.ratelimit import BudgetExhausted, Deadline, RequestLimiter, TokenLimiter
 from posync.transport import (
+    PROFILES,
     HttpReply,
     HttpTimeout,
     HttpUnreachable,
@@ -436,3 +437,66 @@ def test_parse_json_names_a_body_that_is_not_json() -> None:
     with pytest.raises(ProviderError, match="non-JSON body") as info:
         parse_json(b"<html>gateway</html>", 200)
     assert info.value.status == 200
+
+
+# --------------------------------------------------------------------------- Clover's 429 headers
+
+
+def test_clovers_rate_429s_without_retry_after_wait_a_second_then_twice_as_long() -> None:
+    # Given Clover answering two 429s naming its per-token rate limit, without Retry-After
+    named = {"X-RateLimit-tokenLimit": "16"}
+    t, sess, clock, _ = make([response(429, {}, named), response(429, {}, named), response(200, {})])
+    # When the call is made, then it waits a second, then two (plus jitter), then succeeds
+    assert t.get("/x", deadline=far(clock)).status == 200
+    first, second = sess.sent_at[1] - sess.sent_at[0], sess.sent_at[2] - sess.sent_at[1]
+    assert 1.0 <= first < 1.3
+    assert 2.0 <= second < 2.3
+
+
+@pytest.mark.parametrize(
+    ("header", "kind", "app_wide"),
+    [
+        ("X-RateLimit-tokenLimit", "token-rps", False),
+        ("X-RateLimit-tokenConcurrentLimit", "token-concurrency", False),
+        ("X-RateLimit-crossTokenLimit", "app-rps", True),
+        ("X-RateLimit-crossTokenConcurrentLimit", "app-concurrency", True),
+    ],
+)
+def test_clovers_429_header_names_say_which_limit(header: str, kind: str, app_wide: bool) -> None:
+    # Given a Clover 429 that names its limit in the header's name (any case), value the limit
+    profile = PROFILES["clover"]
+    headers = {header.lower(): "4"}
+    # Then posync reads the limit, and whether it is the app's
+    assert profile.limit_named(headers) == (kind, 4.0)
+    assert profile.app_wide(headers) is app_wide
+
+
+def test_a_clover_429_naming_the_token_limits_teaches_the_limiter() -> None:
+    clock = FakeClock()
+    limiter = RequestLimiter(TokenLimiter(16, 5, clock))
+    t, _, _, _ = make(
+        [
+            response(429, {}, {"X-RateLimit-tokenLimit": "4"}),
+            response(429, {}, {"X-RateLimit-tokenConcurrentLimit": "2", "Retry-After": "1"}),
+            response(200, {}),
+        ],
+        clock=clock,
+        limiter=limiter,
+    )
+    t.get("/x", deadline=far(clock))
+    assert limiter.token.interval >= 0.25
+    assert limiter.token.concurrency == 2
+
+
+def test_a_clover_cross_token_429_pauses_the_app() -> None:
+    clock = FakeClock()
+    app = RecordingApp()
+    limiter = RequestLimiter(TokenLimiter(16, 5, clock), app)
+    t, _, _, _ = make(
+        [response(429, {}, {"X-RateLimit-crossTokenLimit": "50"}), response(200, {})],
+        clock=clock,
+        limiter=limiter,
+    )
+    t.get("/x", deadline=far(clock))
+    assert len(app.paused) == 1 and app.paused[0] >= 1
+    assert limiter.token.interval < 0.25  # the app's limit is not the token's

@@ -76,6 +76,7 @@ from posync_local.sandbox.data import (
     CloverFactory,
     MerchantProfile,
     OrderFactory,
+    clover_figures,
     derive_seed,
     id13,
 )
@@ -169,6 +170,12 @@ class CloverSandbox(OrderSandbox):
                 assert isinstance(m.factory, CloverFactory)
                 m.factory.set_profile(self._profile)
         self.cache.clear()
+
+    def figures(self, merchant_id: str) -> dict[str, dict[str, Any]]:
+        """Order id -> the figures a correct canonical order carries (``data.clover_figures``:
+        the sandbox's own arithmetic, not posync's normalizer), for ground-truth checks."""
+        basis = self._profile.service_charge_basis
+        return {str(o["id"]): clover_figures(o, basis) for o in self.orders(merchant_id)}
 
     def new_factory(self, prof: MerchantProfile) -> OrderFactory:
         factory = CloverFactory(prof)

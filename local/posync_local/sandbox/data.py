@@ -965,3 +965,67 @@ class PoyntFactory(OrderFactory):
             "i2": self.nested_uuid(seq, 2),
             "i3": self.nested_uuid(seq, 3),
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Clover ground-truth figures, computed here apart from posync's normalizer
+
+CLOVER_CARD_BRANDS = {"MC": "MASTERCARD"}  # the canonical brand of each cardType the sandbox sends
+CLOVER_TENDERS = {
+    "com.clover.tender.credit_card": "card",
+    "com.clover.tender.debit_card": "card",
+    "com.clover.tender.cash": "cash",
+}
+
+
+def clover_figures(order: dict[str, Any], service_charge_basis: str = "discounted") -> dict[str, Any]:
+    """The figures a correct canonical order of this (complete) Clover order carries, by the
+    sandbox's own arithmetic (the module docstring): ``totals.subtotal``, ``totals.discount``,
+    ``totals.tax``, ``totals.service_charge``, ``totals.total``, each line's total, each
+    payment's tender and card brand, each refund's amount."""
+
+    def listed(o: dict[str, Any], name: str) -> list[dict[str, Any]]:
+        return list((o.get(name) or {}).get("elements", []))
+
+    gross_sum = line_discounts = 0
+    nets: list[tuple[int, list[int]]] = []
+    for li in listed(order, "lineItems"):
+        mods = sum(m["amount"] for m in listed(li, "modifications"))
+        gross = rhu((li["price"] + mods) * li.get("unitQty", 1000), 1000)
+        net = gross
+        for d in listed(li, "discounts"):
+            net += d["amount"] if "amount" in d else -rhu(gross * d["percentage"], 100)
+        gross_sum += gross
+        line_discounts += net - gross
+        nets.append((net, [r["rate"] for r in listed(li, "taxRates")]))
+    subtotal = sum(n for n, _ in nets)
+    order_discount = 0
+    for d in listed(order, "discounts"):
+        order_discount += d["amount"] if "amount" in d else -rhu(subtotal * d["percentage"], 100)
+    by_rate: dict[int, int] = {}
+    for net, rates in nets:
+        for rate in rates:
+            by_rate[rate] = by_rate.get(rate, 0) + net
+    tax = sum(rhu(b * (subtotal + order_discount) * r, subtotal * 10_000_000) for r, b in by_rate.items())
+    sc = order.get("serviceCharge")
+    charge = 0
+    if sc:
+        basis = subtotal + (order_discount if service_charge_basis == "discounted" else 0)
+        charge = rhu(max(basis, 0) * sc["percentageDecimal"], 1_000_000)
+    payments = listed(order, "payments")
+    return {
+        "totals.subtotal": gross_sum,
+        "totals.discount": line_discounts + order_discount,
+        "totals.tax": tax,
+        "totals.service_charge": charge,
+        "totals.total": order["total"],
+        "line_items.total": [n for n, _ in nets],
+        "payments.tender": [CLOVER_TENDERS.get(p["tender"].get("labelKey"), "other") for p in payments],
+        "payments.card_brand": [
+            CLOVER_CARD_BRANDS.get(p["cardTransaction"]["cardType"], p["cardTransaction"]["cardType"])
+            if "cardTransaction" in p
+            else None
+            for p in payments
+        ],
+        "refunds.amount": [r["amount"] for r in listed(order, "refunds")],
+    }

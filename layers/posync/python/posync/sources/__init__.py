@@ -37,7 +37,7 @@ offsets staying put:
   orders made of them some 2.5 MB. Measured by ``make bench`` (peak RSS of a
   100,000-order backfill): parsing in all five fetches at once 157 MiB; parsing whole
   pages in one CPU slot 113-121 MiB; one order at a time, the canonical orders held as
-  JSON text (``posync.serialized``) and the smaller of Clover's two reads sent first
+  JSON text (``posync.serialized``) and the smallest of Clover's reads sent first
   (what a fetch holds while its second request waits) 85 MiB, against 72 MiB at 10,000
   orders. Throughput at 200 ms of latency went from 0.61 to 0.86-0.89 of what the rate
   limit allows for the requests it needs with the CPU slots (the threads no longer fight
@@ -59,7 +59,7 @@ offsets staying put:
   checkpoint; :meth:`KeysetSource.resume` continues from it exactly.
 
 Providers plug in :meth:`KeysetSource.fetch` (one request, plus any nested paging) and
-their time encoding; see ``clover.py``. Poynt cannot be read by this keyset (what its
+their time encoding; see ``posync.providers.clover.source``. Poynt cannot be read by this keyset (what its
 ``startAt``/``endAt`` filter and the order of its rows are not settled): its source keeps the
 plan, cursor and page interfaces and reads its own way (``posync.providers.poynt.source``).
 """
