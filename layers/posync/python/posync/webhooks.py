@@ -231,7 +231,8 @@ class WebhookService:
                 if isinstance(e, dict)
             ]
             uninstall = any(obj.startswith("A:") and kind == "DELETE" for obj, kind in objects)
-            orders = sum(1 for obj, _ in objects if obj.startswith("O:"))
+            # O: DELETEs go to a DELETED run (confirmed by id), not to a webhook sync as well
+            orders = sum(1 for obj, kind in objects if obj.startswith("O:") and kind != "DELETE")
             self._apply("clover", str(merchant_id), uninstall=uninstall, order_events=orders, result=result)
             if not uninstall:
                 self._clover_deletions(str(merchant_id), items, result)
