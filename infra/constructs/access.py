@@ -152,7 +152,8 @@ ACCESS: dict[str, Access] = {
         connection_secrets=("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"),
         tables={
             "connections": ("dynamodb:GetItem", "dynamodb:UpdateItem"),
-            "orders": ("dynamodb:GetItem", "dynamodb:PutItem"),
+            # BatchGetItem and Query: the reconcile sweep reads stored versions and its window
+            "orders": ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:BatchGetItem", "dynamodb:Query"),
             "control": (
                 "dynamodb:GetItem",
                 "dynamodb:BatchGetItem",

@@ -90,6 +90,7 @@ class DemoOptions:
     days: int = 120
     new_orders: int = 5  # per merchant, after the backfill
     changed_orders: int = 20  # per merchant, after the backfill
+    deleted_orders: int = 2  # per Clover merchant, after the tick: the first announced by a DELETE webhook
     stage: str = "demo"
     seed: int = 7
     api_port: int = 0
@@ -111,6 +112,9 @@ class MerchantReport:
     created_after_backfill: list[str] = field(default_factory=list)  # order ids the sandbox created
     changed_after_backfill: list[str] = field(default_factory=list)  # order ids the sandbox changed
     older_changed: list[str] = field(default_factory=list)  # Poynt: older orders cancelled/refunded
+    deleted: list[str] = field(default_factory=list)  # order ids the sandbox deleted (Clover)
+    tombstones: int = 0  # deleted orders whose latest stored and exported version is their tombstone
+    live_after_delete: list[str] = field(default_factory=list)  # deleted, but not a correct tombstone
     stored_latest: int = 0  # orders whose stored version is the sandbox's current one
     exported_latest: int = 0  # orders whose newest exported version is the current one
     versions_exported: int = 0  # lines in manifested exports (a change log: versions, not orders)
@@ -135,6 +139,7 @@ class MerchantReport:
             "missing in the exports": self.missing_in_exports,
             "older version in the exports": self.stale_in_exports,
             "exported with content other than the provider's order": self.different,
+            "deleted at the provider, not a tombstone in DynamoDB and the exports": self.live_after_delete,
             "not in the sandbox": self.unexpected,
         }
         return {k: v for k, v in found.items() if v}
@@ -292,15 +297,25 @@ def verify_merchant(settings: Settings, report: MerchantReport, sandbox: OrderSa
     figures_of = getattr(sandbox, "figures", None)
     figures: dict[str, dict[str, Any]] = figures_of(mid) if callable(figures_of) else {}
 
-    stored = {
-        str(o["order_id"]): str(o["modified_at"])
-        for o in OrderRepository(settings).iter_orders(connection_id(provider, mid))
+    stored_orders = {
+        str(o["order_id"]): o for o in OrderRepository(settings).iter_orders(connection_id(provider, mid))
     }
+    stored = {oid: str(o["modified_at"]) for oid, o in stored_orders.items()}
     versions = list(read_manifested(settings, provider=provider, merchant_id=mid))
     exported = {str(o["order_id"]): o for o in latest(versions)}
     report.versions_exported = len(versions)
 
     for oid, order in want.items():
+        if order["state"] == "deleted":
+            # A tombstone's times are when posync found out (the webhook, a 404) unless Clover
+            # shows the deletion: its content is the order's, its state deleted, in both places.
+            if _is_tombstone_of(stored_orders.get(oid), order) and _is_tombstone_of(exported.get(oid), order):
+                report.tombstones += 1
+                report.stored_latest += 1
+                report.exported_latest += 1
+            else:
+                report.live_after_delete.append(oid)
+            continue
         current = order["modified_at"]
         if oid not in stored:
             report.missing_in_store.append(oid)
@@ -329,6 +344,19 @@ def verify_merchant(settings: Settings, report: MerchantReport, sandbox: OrderSa
         report.manifests += 1
         report.files += len(manifest.get("files", []))
     return report
+
+
+def _is_tombstone_of(got: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bool:
+    """``got`` is the tombstone of the deleted order ``want`` (the canonical form of Clover's
+    deleted order): deleted, not before Clover's deletion, the same content otherwise."""
+    if got is None or got.get("state") != "deleted" or not got.get("deleted_at"):
+        return False
+    if str(got["deleted_at"]) < str(want["deleted_at"]):
+        return False
+    times = ("modified_at", "deleted_at")
+    return {k: v for k, v in got.items() if k not in times} == {
+        k: v for k, v in want.items() if k not in times
+    }
 
 
 # --------------------------------------------------------------------------- logging
@@ -534,6 +562,9 @@ def _run(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult)
     if not rep.idle:
         raise DemoError(f"the scheduled sync did not finish ({rep.stopped_by})")
 
+    result.step = "deleting orders"
+    _delete_and_reconcile(rt, options, echo, result)
+
     result.step = "checking the orders"
     echo("[6/6] checking every sandbox order against DynamoDB and the manifested exports")
     settings = rt.settings
@@ -544,6 +575,35 @@ def _run(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult)
         result.files += len(manifest.get("files", []))
         result.records += int(manifest.get("record_count", 0))
         result.manifest_keys.append(f"exports/manifests/v1/{manifest['run_id']}.json")
+
+
+def _delete_and_reconcile(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult) -> None:
+    """Clover deletes orders at the register: the first announced by its DELETE webhook, the
+    others only found by the reconciliation sweep (read by id); then the sweep runs for all."""
+    clover = rt.clover
+    if clover is None or options.deleted_orders <= 0:
+        return
+    for report in result.merchants:
+        if report.provider != "clover":
+            continue
+        report.deleted = sorted(report.created_after_backfill)[: options.deleted_orders]
+        clover.delete_orders(report.merchant_id, report.deleted)
+        statuses = clover.send_webhook(
+            f"{rt.api_url}/webhooks/clover", report.merchant_id, report.deleted[:1], event_type="DELETE"
+        )
+        if statuses != [200]:
+            raise DemoError(f"the DELETE webhook was answered {statuses}")
+    rep = rt.drain(max_seconds=DRAIN_MAX_SECONDS)
+    rt.apply_env()
+    sweep = rt.invoke("dispatcher", {"kind": "reconcile"})
+    rep2 = rt.drain(max_seconds=DRAIN_MAX_SECONDS)
+    if not (rep.idle and rep2.idle):
+        raise DemoError(f"the deletions or the sweep did not finish ({rep.stopped_by}, {rep2.stopped_by})")
+    echo(
+        f"      Clover deleted {options.deleted_orders} orders per merchant (the first announced by its "
+        f"DELETE webhook: {_report_line(rep)}); reconcile sweep: {_dispatch_text(sweep)}; "
+        f"{_report_line(rep2)}"
+    )
 
 
 def _dispatch_text(dispatcher: Any) -> str:
@@ -595,7 +655,8 @@ def _summary(rt: LocalRuntime, result: DemoResult, echo: Echo) -> None:
     if result.ok:
         echo(
             f"OK: all {total:,} sandbox orders of {_plural(len(result.merchants), 'merchant')} are in "
-            "DynamoDB at their latest version and in manifested exports."
+            "DynamoDB at their latest version and in manifested exports"
+            f" ({_plural(sum(m.tombstones for m in result.merchants), 'deleted order')} as tombstones)."
         )
         return
     echo("NOT OK: some sandbox orders did not arrive as they should:")

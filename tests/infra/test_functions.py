@@ -114,6 +114,7 @@ def test_environment_matches_what_settings_read(synth: Synth) -> None:
         "POSYNC_PUBLIC_BASE_URL",
         "POSYNC_PROVIDER_REGION",
         "POSYNC_SCHEDULE_MINUTES",
+        "POSYNC_RECONCILE_DAYS",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_METRICS_NAMESPACE",
     }
@@ -130,6 +131,7 @@ def test_environment_matches_what_settings_read(synth: Synth) -> None:
         assert env["POSYNC_ACCOUNT_ID"] == {"Ref": "AWS::AccountId"}
         assert env["POSYNC_PROVIDER_REGION"] == "sandbox"
         assert env["POSYNC_SCHEDULE_MINUTES"] == "15"
+        assert env["POSYNC_RECONCILE_DAYS"] == "7"
         assert env["POWERTOOLS_SERVICE_NAME"] == "posync"
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "posync"
         assert env["POSYNC_PUBLIC_BASE_URL"]["Fn::GetAtt"][1] == "ApiEndpoint"

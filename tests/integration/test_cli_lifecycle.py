@@ -19,7 +19,7 @@ from posync_local.cli import cli
 from posync_local.local_testing import LogCapture
 from posync_local.runtime import LocalRuntime
 from posync_local.sandbox import CloverSandbox
-from tests.integration.auth_flow import secret_exists
+from tests.integration.auth_flow import connect, secret_exists
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +132,20 @@ def test_posync_reconcile_wait_exports_the_silent_refund_and_counts_it(rt: Local
     assert out["result"]["corrections"]["corrections"] == 1
     assert out["result"]["corrections"]["silent"] == 1
     assert out["result"]["exported"] == 1
+
+
+def test_a_poynt_reconcile_rereads_through_the_same_engine_and_exports_nothing_unchanged(
+    rt: LocalRuntime, run: Any
+) -> None:
+    # Given a synced Poynt merchant whose orders did not change
+    assert rt.poynt is not None
+    merchant = rt.poynt.add_merchant(orders=15, days=3)
+    assert connect(rt, "poynt", merchant_id=merchant).callback.status_code in (200, 302)
+    rt.drain()
+    # When the operator reconciles it
+    result = run("reconcile", "poynt", merchant, "--days", "7", "--wait", "--json")
+    # Then every order was re-read (If-Modified-Since windows) and none exported again
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output[result.output.index("{") :])
+    assert out["result"]["orders"] == 15
+    assert out["result"]["corrections"]["corrections"] == 0 and out["result"]["exported"] == 0

@@ -114,15 +114,21 @@ def test_the_summary_numbers_are_the_sandboxes_ground_truth(
         assert m.stored_latest == len(stored) == len(truth)
         assert m.exported_latest == len(latest(versions)) == len(truth)
         # every version once: the backfill's, the new orders', the changed ones' (a new order
-        # changed before the tick is one version)
+        # changed before the tick is one version), each older Poynt order changed between the
+        # runs, and each Clover deletion's tombstone
         older = set(m.older_changed)  # Poynt: older orders cancelled/refunded between the runs
         assert len(older) == (6 if m.provider == "poynt" else 0)
+        deleted = OPTIONS.deleted_orders if m.provider == "clover" else 0
+        assert m.tombstones == len(m.deleted) == deleted
         assert (
             m.versions_exported
             == len(versions)
-            == plan.orders + len(created) + len((changed | older) - created)
+            == plan.orders + len(created) + len((changed | older) - created) + deleted
         )
-        assert m.manifests == len(manifests) == 2  # the backfill run and the scheduled run
+        for oid in m.deleted:
+            assert next(o for o in latest(versions) if o["order_id"] == oid)["state"] == "deleted"
+        # the backfill, the scheduled run and the reconcile sweep; Clover: the DELETE webhook's run
+        assert m.manifests == len(manifests) == (4 if m.provider == "clover" else 3)
         assert m.files == sum(len(x["files"]) for x in manifests)
         # and the summary's table row prints them
         row = next(
@@ -141,7 +147,7 @@ def test_the_summary_numbers_are_the_sandboxes_ground_truth(
         ]
     # the totals line counts every manifest of the stage
     result = demo.result
-    assert result.manifests == 6
+    assert result.manifests == 11
     assert result.files == sum(m.files for m in result.merchants)
     assert result.records == sum(m.versions_exported for m in result.merchants)
     assert any(f"{result.files:,} files under exports/orders/v1/" in line for line in demo.lines)

@@ -335,3 +335,33 @@ def test_each_tick_counts_the_connections_needing_reauth() -> None:
     # Then only the active ones are queued, and the needs_reauth ones are counted for the gauge
     assert (report.sent, report.needs_reauth) == (4, 9)
     assert report.as_dict()["needs_reauth"] == 9
+
+
+def test_the_reconcile_schedule_queues_one_reconcile_per_connection_and_day() -> None:
+    # Given 3 active connections and a 7-day reconcile window
+    sqs = FakeSQS()
+    d = Dispatcher(Connections(3), sqs, QUEUE, 15, reconcile_days=7)
+    # When the reconcile schedule fires (twice the same day, then the next day)
+    d.dispatch(datetime(2026, 11, 23, 3, 0, tzinfo=UTC), kind=SyncKind.RECONCILE)
+    d.dispatch(datetime(2026, 11, 23, 9, 0, tzinfo=UTC), kind=SyncKind.RECONCILE)
+    d.dispatch(datetime(2026, 11, 24, 3, 0, tzinfo=UTC), kind=SyncKind.RECONCILE)
+    entries = [e for call in sqs.calls for e in call]
+    # Then each message is a reconcile from 7 days back, deduplicated per connection and day
+    reqs = [SyncRequest.from_json(e["MessageBody"]) for e in entries]
+    assert {r.kind for r in reqs} == {SyncKind.RECONCILE}
+    assert reqs[0].since == "2026-11-16T03:00:00.000Z"
+    dedups = [e["MessageDeduplicationId"] for e in entries]
+    assert dedups[0] == f"clover#{merchant(0)}@reconcile@2026-11-23" == dedups[3]
+    assert dedups[6] == f"clover#{merchant(0)}@reconcile@2026-11-24"
+    # And a scheduled dispatch afterwards is a plain sync again
+    d.dispatch(datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
+    last = SyncRequest.from_json(sqs.calls[-1][0]["MessageBody"])
+    assert (last.kind, last.since) == (SyncKind.SCHEDULED, None)
+
+
+def test_the_dispatcher_event_names_its_kind() -> None:
+    from posync.dispatcher import event_kind
+
+    assert event_kind({"kind": "reconcile"}) is SyncKind.RECONCILE
+    assert event_kind({"time": "2026-11-23T18:15:00Z"}) is SyncKind.SCHEDULED
+    assert event_kind({"kind": "anything"}) is SyncKind.SCHEDULED

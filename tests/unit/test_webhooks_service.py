@@ -398,3 +398,47 @@ def test_clover_credentials_type_is_what_the_check_reads() -> None:
     assert isinstance(creds, CloverAppCredentials)
     assert creds.webhook_auth_code == "auth-2"
     assert "sekrit-1" not in repr(creds) and "auth-2" not in repr(creds)
+
+
+def test_clover_order_deletes_queue_one_deleted_run_with_the_ids_and_latest_ts() -> None:
+    # Given a message with two order DELETEs (one twice, later), an UPDATE and a malformed id
+    w = World()
+    body = {
+        "appId": "CLOVERAPP",
+        "merchants": {
+            M1: [
+                {"objectId": "O:ORDERB0000002", "type": "DELETE", "ts": 1_000},
+                {"objectId": "O:ORDERA0000001", "type": "delete", "ts": 2_000},
+                {"objectId": "O:ORDERB0000002", "type": "DELETE", "ts": 3_000},
+                {"objectId": "O:ORDERC0000003", "type": "UPDATE", "ts": 4_000},
+                {"objectId": "O:bad id!", "type": "DELETE", "ts": 5_000},
+            ]
+        },
+    }
+    # When it arrives
+    w.clover(body)
+    # Then one DELETED run names the two well-formed deleted orders, and the UPDATE its sync
+    deleted = [(req, d) for req, d in w.queued if req.kind is SyncKind.DELETED]
+    assert len(deleted) == 1
+    req, dedup = deleted[0]
+    assert req.order_ids == ("ORDERA0000001", "ORDERB0000002") and req.at_ms == 3_000
+    assert SyncRequest.from_json(req.to_json()) == req
+    assert [r.kind for r, _ in w.queued if r.kind is not SyncKind.DELETED] == [SyncKind.WEBHOOK]
+    # And the same ids again give the same deduplication id
+    w.clover(body)
+    assert [d for r, d in w.queued if r.kind is SyncKind.DELETED] == [dedup, dedup]
+
+
+def test_a_delete_only_message_queues_no_webhook_sync() -> None:
+    w = World()
+    w.clover({"appId": "A", "merchants": {M1: [{"objectId": "O:ORDERA0000001", "type": "DELETE", "ts": 1}]}})
+    assert [r.kind for r, _ in w.queued] == [SyncKind.DELETED]
+
+
+@pytest.mark.parametrize(
+    "order_ids", [["ok"] * 101, "ORDER", [1, "x y"], ["a/b"]], ids=["too-many", "not-a-list", "bad", "slash"]
+)
+def test_malformed_order_ids_in_a_sync_message_are_refused(order_ids: Any) -> None:
+    body = json.dumps({"provider": "clover", "merchant_id": M1, "kind": "deleted", "order_ids": order_ids})
+    with pytest.raises(InvalidInput):
+        SyncRequest.from_json(body)

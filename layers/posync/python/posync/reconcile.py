@@ -27,6 +27,11 @@ signature, and delivery order is not guaranteed); gone -> a tombstone of the sto
 version (deleted at ``deletedTimestamp``, else the webhook's ``ts``), its own small run and
 manifest. An order posync never stored and Clover no longer shows leaves nothing to say.
 
+A reconcile is a run like a sync's (one at a time per connection, its state in the cursor's
+``run`` part): a sync message arriving mid-reconcile goes on with the reconcile (the next
+schedule slot syncs), a reconcile arriving mid-sync waits until that run completes
+(``deferred``).
+
 Poynt has no deletions: its reconcile is the content comparison alone.
 """
 

@@ -370,7 +370,8 @@ class WebhookService:
                 for e in items
                 if isinstance(e, dict)
             ]
-            orders = sum(1 for obj, _ in objects if obj.startswith("O:"))
+            # O: DELETEs go to a DELETED run (confirmed by id), not to a webhook sync as well
+            orders = sum(1 for obj, kind in objects if obj.startswith("O:") and kind != "DELETE")
             deletes = [
                 e for e in items if isinstance(e, dict) and _clover_uninstall(str(e.get("objectId", "")), e)
             ]
