@@ -133,7 +133,9 @@ def test_a_grant_revoked_mid_run_stops_it_and_a_reconnect_finishes_it(chaos: Cha
     assert report.dead_lettered == 0
     conn = chaos.connection(provider, m)
     assert conn.status is ConnectionStatus.NEEDS_REAUTH
-    assert 0 < chaos.assert_cursor_covers(provider, m) < 100
+    covered = chaos.assert_cursor_covers(provider, m)
+    # (A Poynt pass claims no time until it completes: its progress is an anchored offset.)
+    assert (0 < covered < 100) if provider == "clover" else covered == 0
     # When the merchant reconnects (its cursor is kept) and the schedule runs
     chaos.connect(provider, m)
     chaos.settle()

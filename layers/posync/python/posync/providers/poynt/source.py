@@ -20,7 +20,7 @@ nor the order rows come in (PNT-LIST-ORDER), nor the paging link's ``rel`` (PNT-
   started: the next run reads them. More pages follow while a page is full or carries any
   link (whatever its ``rel``) or its ``count`` says more remain; links are not followed
   (their ``rel`` and form are not confirmed, and the offset is what they encode anyway).
-- **The cursor** is the greatest ``updatedAt`` seen, but never later than the run's start
+- **The cursor** is just past the greatest ``updatedAt`` seen, but never later than the run's start
   (an order changed during the run may sit behind the pass: it must be read next time); the
   next run reads from it minus the lookback (two minutes by default: second precision, late
   writes, clock skew). A run that saw nothing keeps the cursor where it was.
@@ -91,7 +91,8 @@ class PoyntSource(KeysetSource):
 
     def settled_cursor(self, end_ms: int, newest_ms: int | None) -> dict[str, Any]:
         if newest_ms is not None:
-            position = min(newest_ms, end_ms)
+            # Every version updated at or before the newest seen (and before the run began) was read.
+            position = min(newest_ms + 1, end_ms)
         elif self._start is not None:  # nothing seen: stay (the next run re-applies the lookback)
             position = min(end_ms, self._start + self.config.lookback_ms)
         else:
