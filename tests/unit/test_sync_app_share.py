@@ -28,6 +28,9 @@ class RecordingSlots:
         self.wanted.append(want)
         return want
 
+    def keep(self, in_flight: int) -> int | None:
+        return None
+
     def release(self) -> None:
         pass
 

@@ -100,6 +100,9 @@ class RecordingApp:
     def pause(self, seconds: float) -> None:
         self.paused.append(seconds)
 
+    def settle(self) -> None:
+        return None
+
 
 def make(
     script: list[Step],

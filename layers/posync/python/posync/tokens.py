@@ -849,7 +849,7 @@ class TokenService:
             if fresh.access_token != rejected and not fresh.is_expired(now):
                 return fresh.access_token  # another Lambda already replaced it
             if fresh.merchant_api_token:  # nothing to refresh: the operator must give a new token
-                self._mark_needs_reauth(conn, REVOKED_MERCHANT_TOKEN_REASON)
+                self._mark_needs_reauth(conn, fresh.connected_at, REVOKED_MERCHANT_TOKEN_REASON)
                 raise AuthorizationRevoked(f"{conn.connection_id}: the merchant API token was refused")
             return self._refresh(conn, fresh, forced=True).access_token
 
