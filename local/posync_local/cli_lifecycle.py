@@ -42,7 +42,6 @@ from posync_local.cli_common import (
     open_target,
     target_options,
 )
-from posync_local.cli_ops import connections_group
 from posync_local.cli_progress import plural
 from posync_local.cli_run import follow, queue_sync, wait_options
 
@@ -162,20 +161,8 @@ def _check_with_clover(api_base: str, merchant_id: str, token: str) -> None:
         raise Failure(f"Clover answered {r.status_code} for merchant {merchant_id}: nothing stored")
 
 
-@connections_group.command("add", short_help="Connect a Clover sandbox merchant with a merchant API token.")
-@PROVIDER_ARG
-@click.argument("merchant_id")
-@click.option(
-    "--token-stdin",
-    is_flag=True,
-    required=True,
-    help="Read the merchant API token (Clover sandbox Merchant Dashboard) from stdin; never echoed.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the connection as JSON.")
-@target_options
-@cli_errors
-def add_command(
-    provider: str, merchant_id: str, *, token_stdin: bool, as_json: bool, stack: str | None, stage: str | None
+def add_with_token(
+    provider: str, merchant_id: str, *, as_json: bool, stack: str | None, stage: str | None
 ) -> None:
     """Connect a Clover sandbox merchant with a merchant API token, before the app's OAuth is set up.
 

@@ -1,6 +1,7 @@
 """Poynt on-terminal apps from the command line (``posync.providers.poynt.installs``).
 
     posync connections add poynt BUSINESS_ID --app-installed [--ref REF] [--json]
+    posync connections add clover MERCHANT_ID --token-stdin [--json]   (posync_local.cli_lifecycle)
     posync connections sync-installs [--json]
 
 ``add`` connects a business whose terminal has the operator's app installed: no consent page,
@@ -33,15 +34,51 @@ def _session() -> object:
     return shared_session()
 
 
-@click.command("add", short_help="Connect a Poynt business that has the app installed (no consent).")
+@click.command(
+    "add", short_help="Connect without the consent page: a Poynt app install or a Clover sandbox token."
+)
 @PROVIDER_ARG
 @click.argument("merchant_id")
-@click.option("--app-installed", is_flag=True, help="The app is installed on the business's terminal.")
-@click.option("--ref", default=None, help="Your own reference for the connection.")
+@click.option("--app-installed", is_flag=True, help="Poynt: the app is installed on the business's terminal.")
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Clover sandbox: read a merchant API token (Merchant Dashboard) from stdin; never echoed.",
+)
+@click.option("--ref", default=None, help="Your own reference for the connection (Poynt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the connection as JSON.")
 @target_options
 @cli_errors
 def add_command(
+    provider: str,
+    merchant_id: str,
+    *,
+    app_installed: bool,
+    token_stdin: bool,
+    ref: str | None,
+    as_json: bool,
+    stack: str | None,
+    stage: str | None,
+) -> None:
+    """Connect a merchant without the hosted link, and queue its first backfill.
+
+    ``--app-installed`` (Poynt): the operator's on-terminal app is installed, so the app's own
+    token reads the business. ``--token-stdin`` (Clover, sandbox region only): a merchant API
+    token from the dashboard, stored and never refreshed (posync_local.cli_lifecycle).
+    """
+    if token_stdin:
+        if app_installed or ref is not None:
+            raise click.UsageError("--token-stdin takes neither --app-installed nor --ref")
+        from posync_local.cli_lifecycle import add_with_token
+
+        add_with_token(provider, merchant_id, as_json=as_json, stack=stack, stage=stage)
+        return
+    add_app_installed(
+        provider, merchant_id, app_installed=app_installed, ref=ref, as_json=as_json, stack=stack, stage=stage
+    )
+
+
+def add_app_installed(
     provider: str,
     merchant_id: str,
     *,
@@ -57,7 +94,8 @@ def add_command(
 
     if provider != "poynt" or not app_installed:
         raise click.UsageError(
-            "only Poynt businesses with the app installed are added by hand (--app-installed); "
+            "only Poynt businesses with the app installed (--app-installed) and Clover sandbox "
+            "merchants with a merchant API token (--token-stdin) are added by hand; "
             "other merchants connect through the hosted link (GET /connect/{provider})"
         )
     merchant_id = merchant_id_for(provider, merchant_id)

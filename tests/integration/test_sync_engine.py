@@ -72,16 +72,17 @@ def connect(rt: LocalRuntime, provider: str, merchant_id: str) -> None:
     sb = sandbox(rt, provider)
     sb.knobs.auto_approve = True
     params = {"merchant_id": merchant_id} if provider == "clover" else {}
-    r = requests.get(f"{rt.api_url}/connect/{provider}", params=params, allow_redirects=False, timeout=10)
+    browser = requests.Session()  # keeps posync's binding cookie from /connect to the callback
+    r = browser.get(f"{rt.api_url}/connect/{provider}", params=params, allow_redirects=False, timeout=10)
     assert r.status_code == 302, r.text
     consent = r.headers["Location"]
     if provider == "poynt":
         consent += f"&business_id={merchant_id}"
-    r = requests.get(consent, allow_redirects=False, timeout=10)
+    r = browser.get(consent, allow_redirects=False, timeout=10)
     assert r.status_code == 302, r.text
     callback = r.headers["Location"]
     assert callback.startswith(rt.api_url)
-    r = requests.get(callback, allow_redirects=False, timeout=10)
+    r = browser.get(callback, allow_redirects=False, timeout=10)
     assert r.status_code in (200, 302), r.text
     sb.knobs.auto_approve = False
 
