@@ -212,9 +212,10 @@ def test_a_backfill_over_90_days_uses_windows_and_continuations(rt: LocalRuntime
     sb = sandbox(rt, "clover")
     merchant = sb.add_merchant(orders=500, days=180)
     connect(rt, "clover", merchant)
-    # 300 ms a call: a 90-day window of ~250 orders is 3 pages, each read twice, one after the
-    # other (too few to split): at least 1.8 s, more than one invocation's 1 s of work
-    sb.knobs.latency_ms = 300
+    # 200 ms a call: a 90-day window of ~250 orders is 3 pages, each read three times (Clover's
+    # expansion rules), one after the other (too few to split): at least 1.8 s, more than one
+    # invocation's 1 s of work, while one page (0.6 s) fits in it
+    sb.knobs.latency_ms = 200
     # When the backfill (200 days) runs in invocations of 2 s (1 s of it kept as margin)
     report = rt.drain(worker_timeout_s=2.0)
     # Then it took several invocations of the same run, and nothing was lost, even the oldest orders
