@@ -868,7 +868,8 @@ class _Run:
         if done:
             cursor_to["done_messages"] = done
         counts = self._counts_now()
-        if counts["exported"] or counts["quarantined"]:
+        # A reconcile's corrections (tombstones of its absence sweep included) are exports too.
+        if counts["exported"] or counts["quarantined"] or counts.get("corrections"):
             manifest = sink.finish(self.state.get("from"), cursor_to, counts)
             export_run_id: str | None = sink.run_id
         else:
