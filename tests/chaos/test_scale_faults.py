@@ -77,19 +77,20 @@ class ColdContainers:
 
 
 def test_a_continuation_after_a_429_waits_out_the_retry_after_in_another_container(chaos: Chaos) -> None:
-    # Given a Clover merchant whose API allows 2 calls a second per token and punishes early retries
-    # with a Retry-After of 3 s, and worker invocations of 3 s (1 s of stop margin): no 429's wait
-    # fits the invocation that gets it
+    # Given a Clover merchant whose API allows 2 calls a second per token and punishes a retry
+    # within a second of its 429 (Clover sends no Retry-After with a rate 429: posync waits a
+    # second, then doubles, CLV-429-1), and worker invocations of 4 s (1 s of stop margin): a
+    # 429 near an invocation's end is waited out by the continuation, in another container
     m = chaos.merchant("clover", orders=60, days=5)
     sb = chaos.clover()
     sb.knobs.per_token_rps = 2
-    sb.knobs.retry_after_ms = 3000
+    sb.knobs.retry_after_ms = 1000
     sb.knobs.retry_early_penalty = True
     cold = ColdContainers(chaos)
     chaos.rt.functions.override("worker", cold)
     before = sb.stats.snapshot()
     # When the backfill runs, each invocation in a cold container
-    report = chaos.drain(worker_timeout_s=3, max_seconds=120)
+    report = chaos.drain(worker_timeout_s=4, max_seconds=120)
     # Then it was refused, continued across invocations, and no call went out during a Retry-After
     after = sb.stats.snapshot()
     chaos.provider_faults["http_429"] = stats_delta(before, after, "rate_limited")

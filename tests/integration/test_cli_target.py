@@ -9,6 +9,7 @@ the commands find everything from its outputs alone. The local stack is reached 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import secrets
@@ -290,7 +291,8 @@ def _wait_for_frame(term: io.StringIO, text: str, timeout_s: float = 10.0) -> No
 def test_on_a_terminal_progress_is_one_redrawn_line_with_a_bar_and_rates() -> None:
     # Given a progress line on a terminal, redrawn every 10 ms
     term = FakeTerminal()
-    progress = LiveProgress("clover ABCDEFGHJK123", term, refresh_s=0.01)
+    ticks = itertools.count()  # the rate's clock: a tenth of a second a reading, however loaded the machine
+    progress = LiveProgress("clover ABCDEFGHJK123", term, refresh_s=0.01, clock=lambda: next(ticks) / 10)
     # When pages arrive
     with progress:
         progress.add(250, 1, 0.25)
