@@ -21,6 +21,7 @@ from typing import Any
 from posync.errors import ProviderError
 from posync.probe import Check, Finding
 from posync.providers.clover.normalizer import TAX_SCALE, normalize_clover
+from posync.providers.clover.probe_lifecycle import CHECKS as LIFECYCLE_CHECKS
 from posync.providers.clover.source import LEVEL, LINES, PAYMENTS
 from posync.ratelimit import Deadline
 from posync.transport import Transport
@@ -81,6 +82,34 @@ class CloverProbe:
 
     def by_id(self, expand: str) -> dict[str, dict[str, Any]]:
         return {str(o["id"]): o for o in self.listed(expand)}
+
+
+@dataclass
+class _LifecycleView:
+    """The lifecycle rows' view of a :class:`CloverProbe` (``probe_lifecycle.ProbeContext``):
+    absolute paths, ``(status, body)`` answers (a 404 is an answer there, not a failure)."""
+
+    probe: CloverProbe
+
+    @property
+    def merchant_id(self) -> str:
+        return self.probe.merchant_id
+
+    def now_ms(self) -> int:
+        return self.probe.now_ms
+
+    def get(self, path: str, params: Any = None) -> tuple[int, Any]:
+        try:
+            reply = self.probe.transport.get(path, params, deadline=self.probe.deadline)
+        except ProviderError as exc:
+            if exc.status is None:
+                raise
+            return exc.status, None
+        return reply.status, reply.body
+
+
+def _lifecycle(check: Check) -> Check:
+    return Check(check.row, check.summary, lambda p: check.run(_LifecycleView(p)))
 
 
 def context(transport: Transport, merchant_id: str) -> CloverProbe:
@@ -325,4 +354,5 @@ CHECKS: tuple[Check, ...] = (
     Check("CLV-SC-3", "payments carry their serviceCharge amount", service_charge_amounts),
     Check("CLV-TAX-1", "rates in 1/100000 %; the total's tax equals the rates'", tax_rates),
     Check("CLV-429-1", "429s name the limit in the header's name", rate_limit_headers),
+    *(_lifecycle(c) for c in LIFECYCLE_CHECKS),  # deletions, refunds, the sweep, merchant tokens
 )
