@@ -256,8 +256,9 @@ def test_figures_count_dynamodb_write_units_and_calls_per_thousand_orders() -> N
     assert figures["dynamodb_write_units_per_1000_orders"] == 1052.5
     assert figures["secretsmanager_reads_per_run"] == 1.0
     assert figures["pass"] is True
-    # And a transaction's puts would have cost twice: over the target
-    calls[(WRU, "PutItem")] = 4200
+    assert figures["dynamodb_write_units_as_transactions"] == 4205
+    # And 2 KB orders in transactions (4 units each) would be over the target
+    calls[(WRU, "PutItem")] = 8000
     assert _figures(calls, [], orders=2000, runs=2, invocations=3)["pass"] is False
 
 
