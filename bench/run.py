@@ -184,8 +184,10 @@ def _print_aws(r: dict[str, Any]) -> None:
         say(
             f"  {key:<11}: {x['orders_exported']} orders, {x['invocations']} invocation(s) "
             f"in {x['elapsed_s']} s; "
-            f"DynamoDB writes {x['dynamodb_writes']} = {x['dynamodb_writes_per_1000_orders']}/1000 orders "
-            f"(<= 45); S3 PUTs {x['s3_puts']} over {x['partitions_touched']} partitions = "
+            f"DynamoDB write units {x['dynamodb_write_units']} = "
+            f"{x['dynamodb_write_units_per_1000_orders']}/1000 orders "
+            f"(<= {x['dynamodb_write_units_target']}) in {x['dynamodb_writes']} calls; "
+            f"S3 PUTs {x['s3_puts']} over {x['partitions_touched']} partitions = "
             f"{x['s3_puts_per_partition']}/partition (<= 2); "
             f"Secrets Manager reads {x['secretsmanager_reads']} "
             f"per run (<= 1)  {verdict(x['pass'])}"
@@ -195,7 +197,11 @@ def _print_aws(r: dict[str, Any]) -> None:
             f"{x['check_stored']['stale']}; exported: lost {x['check_exported']['lost']}, duplicated "
             f"{x['check_exported']['duplicated']} (check {verdict(x['check_ok'])})"
         )
-    say(f"  overall DynamoDB writes per 1000 orders: {r['dynamodb_writes_per_1000_orders_overall']}")
+    say(
+        "  overall DynamoDB per 1000 orders: "
+        f"{r['dynamodb_write_units_per_1000_orders_overall']} write units, "
+        f"{r['dynamodb_writes_per_1000_orders_overall']} write calls"
+    )
     c = r.get("reconcile")
     if c:
         say(

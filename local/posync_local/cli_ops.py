@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import click
@@ -348,7 +348,9 @@ def disconnect_command(
 # --- exports ----------------------------------------------------------------------------------------
 
 
-def manifest_view(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def manifest_view(manifest: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+    from posync.exports import manifest_key
+
     provider = str(manifest.get("provider", ""))
     cursor = manifest.get("cursor") or {}
     files = list(manifest.get("files") or [])
@@ -364,7 +366,7 @@ def manifest_view(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),
         "schema_version": manifest.get("schema_version"),
-        "manifest_key": f"exports/manifests/v1/{manifest.get('run_id')}.json",
+        "manifest_key": key if key is not None else manifest_key(str(manifest.get("run_id"))),
         "partitions": sorted({str(f.get("dt")) for f in files}),
     }
 
@@ -396,6 +398,12 @@ _MERCHANT_OPTION = click.option("--merchant", metavar="MERCHANT_ID", default=Non
     default=None,
     help="Only runs finished at or after this date (YYYY-MM-DD or RFC 3339, UTC).",
 )
+@click.option(
+    "--day",
+    metavar="YYYY-MM-DD",
+    default=None,
+    help="Only runs started on this UTC date (needs --provider and --merchant; lists that partition only).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @target_options
 @cli_errors
@@ -404,17 +412,28 @@ def exports_list_command(
     provider: str | None,
     merchant: str | None,
     since: str | None,
+    day: str | None,
     as_json: bool,
     stack: str | None,
     stage: str | None,
 ) -> None:
     """List export runs (manifests): run id, provider, merchant, files, records, cursor range, finished at."""
-    from posync.exports import iter_manifests
+    from posync.exports import iter_manifest_items
 
     merchant = merchant_filter(provider, merchant)
     since_iso = checked_since(since)
+    if day is not None:
+        if provider is None or merchant is None:
+            raise click.UsageError("--day needs --provider and --merchant")
+        try:
+            ok = len(day) == 10 and date.fromisoformat(day).isoformat() == day
+        except ValueError:
+            ok = False
+        if not ok:
+            raise click.BadParameter(f"{day[:20]!r} is not a date (YYYY-MM-DD)", param_hint="--day")
     target = open_target(stack, stage)
-    views = [manifest_view(m) for m in iter_manifests(target.settings, provider, merchant)]
+    items = iter_manifest_items(target.settings, provider, merchant, day=day, since=since_iso)
+    views = [manifest_view(m, key) for key, m in items]
     if since_iso is not None:
         floor = iso_to_ms(since_iso)
         views = [v for v in views if _finished_ms(v) >= floor]

@@ -45,7 +45,7 @@ import requests
 
 from posync.canonical import normalize
 from posync.domain import connection_id
-from posync.exports import iter_manifests, latest, read_manifested
+from posync.exports import iter_manifest_items, iter_manifests, latest, read_manifested
 from posync.schedule import PollConfig
 from posync.store import OrderRepository
 from posync_local.demo_poynt import change_older_orders
@@ -570,11 +570,11 @@ def _run(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult)
     settings = rt.settings
     for report in result.merchants:
         verify_merchant(settings, report, _sandbox(rt, report.provider))
-    for manifest in iter_manifests(settings):
+    for key, manifest in iter_manifest_items(settings):
         result.manifests += 1
         result.files += len(manifest.get("files", []))
         result.records += int(manifest.get("record_count", 0))
-        result.manifest_keys.append(f"exports/manifests/v1/{manifest['run_id']}.json")
+        result.manifest_keys.append(key)
 
 
 def _delete_and_reconcile(rt: LocalRuntime, options: DemoOptions, echo: Echo, result: DemoResult) -> None:

@@ -14,24 +14,26 @@ from tests.chaos.conftest import Chaos, Fault
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
-TWI = "TransactWriteItems"
+TWI = "TransactWriteItems"  # the checkpoint record
+PUT = "PutItem"  # an order's conditional put
 THROTTLED = "ThrottlingException"
 
 
 def test_dynamodb_throttling_is_retried_or_redelivered_and_loses_nothing(chaos: Chaos) -> None:
-    # Given DynamoDB throttling the order writes (whole calls and per item), the checkpoint
-    # record, the cursor commit and the app's concurrency lease
+    # Given DynamoDB throttling the order puts (and refusing two with no stored item to show, as
+    # for an item deleted meanwhile), the checkpoint record, the cursor commit and the app's
+    # concurrency lease
     chaos.merchant("clover", orders=60)
     chaos.merchant("poynt", orders=60)
     add = chaos.faults.add
-    add(Fault("ddb_throttle", "dynamodb", TWI, target="-orders", error=THROTTLED))
+    add(Fault("ddb_throttle", "dynamodb", PUT, target="-orders", error=THROTTLED))
     add(
         Fault(
             "ddb_throttle",
             "dynamodb",
-            "TransactWriteItems",
+            PUT,
             target="-orders",
-            error="TransactionCanceledException",
+            error="ConditionalCheckFailedException",
             skip=2,
             times=2,
         )
@@ -58,14 +60,14 @@ def test_dynamodb_throttling_is_retried_or_redelivered_and_loses_nothing(chaos: 
 
 
 def test_an_order_write_whose_reply_is_lost_is_still_exported_once(chaos: Chaos) -> None:
-    # Given DynamoDB committing an order page but the reply never reaching posync (botocore
-    # and posync then send the same transaction again)
+    # Given DynamoDB storing an order but the reply never reaching posync (botocore and posync
+    # then send the same put again, and find the version stored under their own epoch)
     m = chaos.merchant("clover", orders=60)
     chaos.faults.add(
         Fault(
             "ddb_reply_lost",
             "dynamodb",
-            "TransactWriteItems",
+            PUT,
             when="after",
             target="-orders",
             error="InternalServerError",

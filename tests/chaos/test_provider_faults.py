@@ -112,17 +112,18 @@ def test_answers_slower_than_the_read_timeout_are_retried_and_lose_nothing(chaos
 
 @pytest.mark.parametrize("provider", ["clover", "poynt"])
 def test_a_grant_revoked_mid_run_stops_it_and_a_reconnect_finishes_it(chaos: Chaos, provider: str) -> None:
-    # Given a merchant whose authorization is revoked at the provider after the second page is stored
+    # Given a merchant whose authorization is revoked at the provider after its 61st order is
+    # stored (past its first pages)
     m = chaos.merchant(provider, orders=100)
     sb = chaos.sandbox(provider)
     chaos.faults.add(
         Fault(
             "grant_revoked",
             "dynamodb",
-            "TransactWriteItems",
+            "PutItem",
             when="after",
             target="-orders",
-            skip=1,
+            skip=60,
             action=lambda: sb.revoke(m),
         )
     )

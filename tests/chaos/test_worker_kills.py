@@ -16,14 +16,15 @@ from tests.chaos.conftest import Chaos, Fault
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
-TWI = "TransactWriteItems"
+TWI = "TransactWriteItems"  # the checkpoint record
+PUT = "PutItem"  # an order's conditional put (in parallel threads: a kill lets the running ones end)
 
 # (kind, provider, fault): where the worker dies.
 KILL_POINTS = [
-    # the second page was fetched but never stored
-    ("killed_before_page_write", "clover", Fault("", "dynamodb", TWI, target="-orders", skip=1)),
-    # the second page is stored in DynamoDB, its export part was never written
-    ("killed_after_page_write", "poynt", Fault("", "dynamodb", TWI, when="after", target="-orders", skip=1)),
+    # 55 of the 70 orders' puts went through, the rest of the page was never stored
+    ("killed_mid_page_write", "clover", Fault("", "dynamodb", PUT, target="-orders", skip=55)),
+    # every order is stored in DynamoDB, the last page's export part was never written
+    ("killed_after_page_write", "poynt", Fault("", "dynamodb", PUT, when="after", target="-orders", skip=69)),
     # an export part is in S3, its checkpoint record is not
     (
         "killed_after_part_upload",

@@ -102,7 +102,30 @@ def test_list_shows_each_run_with_files_records_and_cursor_range(world: World, r
     assert first["files"] >= 1 and second["files"] >= 1
     assert first["cursor_from"] is None  # the first run started from nothing...
     assert second["cursor_from"] == first["cursor_to"]  # ...the second where the first ended
-    assert second["manifest_key"] == f"exports/manifests/v1/{second['run_id']}.json"
+    day = f"{second['run_id'][:4]}-{second['run_id'][4:6]}-{second['run_id'][6:8]}"  # the run's start date
+    partition = f"exports/manifests/v1/provider=clover/merchant_id={world.clover}/dt={day}"
+    assert second["manifest_key"] == f"{partition}/{second['run_id']}.json"
+    # And --day lists that merchant-day's partition only
+    same_day = doc(
+        run("exports", "list", "--provider", "clover", "--merchant", world.clover, "--day", day, "--json")
+    )
+    assert [r["run_id"] for r in same_day] == [
+        r["run_id"] for r in runs if r["run_id"][:8] == day.replace("-", "")
+    ]
+    other = doc(
+        run(
+            "exports",
+            "list",
+            "--provider",
+            "clover",
+            "--merchant",
+            world.clover,
+            "--day",
+            "2001-01-01",
+            "--json",
+        )
+    )
+    assert other == []
     # And the table says the same
     table = run("exports", "list", "--merchant", world.clover)
     assert table.exit_code == 0
@@ -188,6 +211,11 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(world: World, run: A
     [
         (["exports", "read", "--since", "01/11/2026"], "YYYY-MM-DD"),
         (["exports", "list", "--since", "2026-11-31"], "YYYY-MM-DD"),
+        (
+            ["exports", "list", "--provider", "clover", "--merchant", "ABCDEFGHIJKLM", "--day", "2026-02-30"],
+            "YYYY-MM-DD",
+        ),
+        (["exports", "list", "--merchant", "ABCDEFGHIJKLM", "--day", "2026-02-03"], "--provider"),
         (
             ["exports", "read", "--merchant", "not-a-merchant"],
             "not a Clover merchant id nor a Poynt business id",

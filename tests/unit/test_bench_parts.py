@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from bench.aws_calls import CallCounter, _figures
+from bench.aws_calls import WRU, CallCounter, _figures, write_units
 from bench.coldstart import BARE, FLOOR, _floor, _ratios
 from bench.common import GcTimer, MemoryConnections, Recorder, TimedHttp, check
 from bench.tick import InProcessFifo, LocalAppSlots
@@ -236,23 +236,41 @@ def test_call_counter_counts_api_calls_and_s3_put_keys() -> None:
     assert counter.take()[0] == {}
 
 
-def test_figures_count_dynamodb_writes_per_thousand_orders() -> None:
+def test_figures_count_dynamodb_write_units_and_calls_per_thousand_orders() -> None:
     from collections import Counter
 
     calls = Counter(
         {
-            ("dynamodb", "TransactWriteItems"): 20,
+            ("dynamodb", "PutItem"): 2000,
             ("dynamodb", "UpdateItem"): 5,
             ("dynamodb", "GetItem"): 7,
+            (WRU, "PutItem"): 2100,
+            (WRU, "UpdateItem"): 5,
             ("secretsmanager", "GetSecretValue"): 2,
         }
     )
     figures = _figures(calls, [], orders=2000, runs=2, invocations=3)
-    assert figures["dynamodb_writes"] == 25
+    assert figures["dynamodb_writes"] == 2005
     assert figures["dynamodb_reads"] == 7
-    assert figures["dynamodb_writes_per_1000_orders"] == 12.5
+    assert figures["dynamodb_writes_per_1000_orders"] == 1002.5
+    assert figures["dynamodb_write_units_per_1000_orders"] == 1052.5
     assert figures["secretsmanager_reads_per_run"] == 1.0
     assert figures["pass"] is True
+    assert figures["dynamodb_write_units_as_transactions"] == 4205
+    # And 2 KB orders in transactions (4 units each) would be over the target
+    calls[(WRU, "PutItem")] = 8000
+    assert _figures(calls, [], orders=2000, runs=2, invocations=3)["pass"] is False
+
+
+def test_write_units_follow_dynamodb_billing() -> None:
+    # Given a small item, an item of 1.5 KB, and the same item in a transaction
+    small = {"pk": {"S": "a"}, "n": {"N": "12345"}}
+    big = {"pk": {"S": "a"}, "payload": {"S": "x" * 1500}}
+    # Then a put is its size rounded up to 1 KB, a transaction's put twice that, an update 1
+    assert write_units("PutItem", {"Item": small}) == 1
+    assert write_units("PutItem", {"Item": big}) == 2
+    assert write_units("TransactWriteItems", {"TransactItems": [{"Put": {"Item": big}}, {"Update": {}}]}) == 6
+    assert write_units("UpdateItem", {}) == 1
 
 
 # --------------------------------------------------------------------------- cold start

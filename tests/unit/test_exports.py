@@ -23,12 +23,15 @@ from posync.exports import (
     ExportWriter,
     PartInfo,
     RunLedger,
+    iter_manifests,
     latest,
     manifest_key,
     read_manifested,
+    run_partition,
     utc_date,
 )
 from posync.serialized import Serialized
+from posync.sync import new_run_id
 
 MID = "ABCDEFGHIJKLM"
 NOW = 1_790_000_000.0  # 2026-09-21T14:13:20Z
@@ -576,3 +579,103 @@ def test_a_failed_part_upload_keeps_the_epoch_from_committing(settings: Settings
         w.add(order("B", "2026-09-02T10:00:00.000Z"))
     with pytest.raises(ExportError):
         w.checkpoint()
+
+
+# --------------------------------------------------------------------------- manifest partitions (1.1)
+
+DAY_S = 86_400.0
+
+
+def posync_run(day: float, provider: str = "clover", merchant_id: str = MID) -> str:
+    """A run id as the sync engine makes it, ``day`` days after NOW."""
+    return new_run_id(provider, merchant_id, NOW + day * DAY_S)
+
+
+def put_manifest_doc(s: Settings, run_id: str, provider: str = "clover", merchant_id: str = MID) -> str:
+    """A finished run's manifest where the writer puts it (history without the writer's cost)."""
+    key = manifest_key(run_id)
+    doc = {"manifest_version": 1, "schema_version": 1, "run_id": run_id, "provider": provider}
+    doc |= {"merchant_id": merchant_id, "bucket": s.bucket, "record_count": 0, "files": [], "quarantine": []}
+    aws.client("s3").put_object(Bucket=s.bucket, Key=key, Body=json.dumps(doc).encode())
+    return key
+
+
+def test_a_posync_run_manifest_lives_in_its_provider_merchant_and_start_date_partition(
+    settings: Settings,
+) -> None:
+    # Given a run id made by the sync engine, and a second finisher of the same run
+    run = posync_run(0)
+    w1, w2 = writer(settings, run_id=run), writer(settings, run_id=run)
+    w1.add(order("A", "2026-09-21T10:00:00.000Z"))
+    w2.add(order("B", "2026-09-21T10:00:00.000Z"))
+    # When both finish
+    key, key2 = w1.finish(), w2.finish()
+    # Then the manifest is in the run's partition, the roll-over beside it, each read once
+    assert key == f"exports/manifests/v1/provider=clover/merchant_id={MID}/dt=2026-09-21/{run}.json"
+    assert key2 == key.replace(".json", "-r1.json") and run_partition(f"{run}-r1") == (
+        "clover",
+        MID,
+        "2026-09-21",
+    )
+    assert sorted(o["order_id"] for o in read_manifested(settings, provider="clover", merchant_id=MID)) == [
+        "A",
+        "B",
+    ]
+    # And the ledger finds the partitioned manifest from an epoch reference alone (no header)
+    ledger = RunLedger(settings)
+    assert ledger.manifest(run) is not None and ledger.manifest(f"{run}-r1") is not None
+    assert ledger.manifest(posync_run(1)) is None
+
+
+def test_reading_one_merchant_day_costs_that_days_manifests_not_the_history(
+    settings: Settings, s3_calls: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    # Given 3 runs a day for N days for our merchant, as many for another merchant and a Poynt one,
+    # and two 1.0 manifests at the old flat key (a consumer's bucket has them)
+    poynt = "0f0e0d0c-0b0a-4908-8706-050403020100"
+    costs: dict[int, tuple[int, int]] = {}
+    ours: dict[float, str] = {}
+    written = 0
+    for n_days in (3, 40):
+        for day in range(written, n_days):
+            for hour in range(3):
+                t = day + hour / 24
+                ours[t] = posync_run(t)
+                put_manifest_doc(settings, ours[t])
+                other = new_run_id("clover", "ZYXWVUTSRQPON", NOW + t * DAY_S)
+                put_manifest_doc(settings, other, merchant_id="ZYXWVUTSRQPON")
+                put_manifest_doc(settings, new_run_id("poynt", poynt, NOW + t * DAY_S), "poynt", poynt)
+        written = n_days
+        if n_days == 3:
+            legacy_ours = posync_run(1)
+            for legacy_run in (legacy_ours, "run-legacy"):
+                key = f"exports/manifests/v1/{legacy_run}.json"
+                doc = {"manifest_version": 1, "run_id": legacy_run, "provider": "clover", "merchant_id": MID}
+                aws.client("s3").put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(doc).encode())
+        # When one merchant-day is read
+        lists, gets = s3_calls("ListObjectsV2"), s3_calls("GetObject")
+        got = list(iter_manifests(settings, "clover", MID, day="2026-09-22"))
+        costs[n_days] = (len(lists), len(gets))
+        # Then exactly that day's three runs plus the 1.0 manifest of that day (and the one 1.0
+        # manifest whose run id says nothing, fetched to be filtered) came back
+        assert sorted(m["run_id"] for m in got) == sorted(
+            [ours[1 + h / 24] for h in range(3)] + [legacy_ours]
+        )
+    # And the cost is the same with 3 days of history as with 40: 2 LISTs (the partition, the flat
+    # 1.0 prefix with a delimiter), one GET per manifest of the day (+ the unreadable 1.0 one)
+    assert costs == {3: (2, 5), 40: (2, 5)}
+    # And without the 1.0 prefix, one LIST and a GET per manifest of that day
+    lists, gets = s3_calls("ListObjectsV2"), s3_calls("GetObject")
+    assert len(list(iter_manifests(settings, "clover", MID, day="2026-09-22", legacy=False))) == 3
+    assert (len(lists), len(gets)) == (1, 3)
+    # And a whole merchant's read fetches only that merchant's manifests
+    gets = s3_calls("GetObject")
+    assert len(list(iter_manifests(settings, "clover", MID))) == 40 * 3 + 2
+    assert len(gets) == 40 * 3 + 2
+
+
+def test_a_day_filter_needs_the_merchant_and_a_date(settings: Settings) -> None:
+    with pytest.raises(ExportError, match="needs a provider"):
+        list(iter_manifests(settings, "clover", day="2026-09-22"))
+    with pytest.raises(ExportError, match="YYYY-MM-DD"):
+        list(iter_manifests(settings, "clover", MID, day="22/09/2026"))

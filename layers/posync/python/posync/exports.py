@@ -3,7 +3,9 @@
 Layout (the consumer-facing contract is docs/exports.md; change it only with a version bump)::
 
     exports/orders/v1/provider={p}/merchant_id={m}/dt={YYYY-MM-DD}/{run_id}-{n}.jsonl.gz
-    exports/manifests/v1/{run_id}.json            written last: lists every part of the run
+    exports/manifests/v1/provider={p}/merchant_id={m}/dt={run's start date}/{run_id}.json
+                                                  written last: lists every part of the run
+    exports/manifests/v1/{run_id}.json            the same, written before contract 1.1 (read only)
     quarantine/provider={p}/merchant_id={m}/dt={YYYY-MM-DD}/{run_id}-{n}.json
 
 A run's parts become visible to consumers only through its manifest, which is written
@@ -132,8 +134,47 @@ def quarantine_key(provider: str, merchant_id: str, dt: str, run_id: str, n: int
     return f"{QUARANTINE_PREFIX}/provider={provider}/merchant_id={merchant_id}/dt={dt}/{run_id}-{n}.json"
 
 
-def manifest_key(run_id: str) -> str:
+_POSYNC_RUN = re.compile(
+    r"^(?P<y>\d{4})(?P<mo>\d{2})(?P<d>\d{2})T\d{6}Z-(?P<p>clover|poynt)-(?P<m>.+)-[0-9a-f]{6}(?:-r\d+)?$"
+)
+
+
+def run_partition(run_id: str) -> tuple[str, str, str] | None:
+    """(provider, merchant_id, UTC start date) encoded in a posync run id (``sync.new_run_id``,
+    roll-overs ``-rN`` included), or None for another id (tests, tools)."""
+    found = _POSYNC_RUN.fullmatch(run_id)
+    if found is None:
+        return None
+    return found["p"], found["m"], f"{found['y']}-{found['mo']}-{found['d']}"
+
+
+def manifest_prefix(provider: str, merchant_id: str | None = None, day: str | None = None) -> str:
+    """The manifest partition of a provider, of one merchant, or of one merchant-day (``/``-ended)."""
+    prefix = f"{MANIFEST_PREFIX}/provider={provider}/"
+    if merchant_id is not None:
+        prefix += f"merchant_id={merchant_id}/"
+        if day is not None:
+            prefix += f"dt={day}/"
+    return prefix
+
+
+def legacy_manifest_key(run_id: str) -> str:
+    """Where contract 1.0 wrote every manifest (a bucket may still hold them: readers read both)."""
     return f"{MANIFEST_PREFIX}/{run_id}.json"
+
+
+def manifest_key(run_id: str) -> str:
+    """A run's manifest key: partitioned by provider, merchant and the run's UTC start date.
+
+    Derived from the run id alone (it encodes all three), so every finisher of a run aims at
+    the same key (create-only) and the ledger finds a manifest from an epoch reference.
+    A run id not in posync's format keeps the flat 1.0 key.
+    """
+    part = run_partition(run_id)
+    if part is None:
+        return legacy_manifest_key(run_id)
+    provider, merchant_id, day = part
+    return f"{manifest_prefix(provider, merchant_id, day)}{run_id}.json"
 
 
 def _ref_run(ref: str) -> str:
@@ -318,14 +359,18 @@ class RunLedger:
         Without ``s3:ListBucket`` S3 answers 403 rather than 404 for a missing key: both
         count as missing here (the worst outcome is an order version exported twice).
         """
-        try:
-            body = self._s3.get_object(Bucket=self._settings.bucket, Key=manifest_key(run))["Body"].read()
-        except ClientError as exc:
-            if _is_missing(exc) or str(exc.response.get("Error", {}).get("Code")) in ("403", "AccessDenied"):
-                return None
-            raise
-        doc: dict[str, Any] = json.loads(body)
-        return doc
+        keys = dict.fromkeys((manifest_key(run), legacy_manifest_key(run)))  # 1.1 first, then 1.0
+        for key in keys:
+            try:
+                body = self._s3.get_object(Bucket=self._settings.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code"))
+                if _is_missing(exc) or code in ("403", "AccessDenied"):
+                    continue
+                raise
+            doc: dict[str, Any] = json.loads(body)
+            return doc
+        return None
 
 
 def event_detail(manifest: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -901,31 +946,102 @@ class ExportWriter:
 # --------------------------------------------------------------------------- reader
 
 
+# A manifest is written at its run's finish (S3's LastModified) and after every order it
+# lists was fetched; this margin absorbs the provider's, Lambda's and S3's clock skew.
+_SINCE_MARGIN = timedelta(days=1)
+
+
+def _list(
+    s3c: S3Client, bucket: str, prefix: str, *, delimiter: str | None = None
+) -> Iterator[tuple[str, datetime]]:
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter is not None:
+        kwargs["Delimiter"] = delimiter
+    for page in s3c.get_paginator("list_objects_v2").paginate(**kwargs):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith(".json"):
+                yield obj["Key"], obj["LastModified"]
+
+
+def iter_manifest_items(
+    settings: Settings,
+    provider: str | None = None,
+    merchant_id: str | None = None,
+    *,
+    day: str | None = None,
+    since: str | None = None,
+    legacy: bool = True,
+    s3: S3Client | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, manifest) of run manifests (optionally of one provider / merchant / start ``day``).
+
+    Lists only the asked partition (``provider=/merchant_id=/dt=``, contract 1.1): one
+    merchant-day costs one LIST page per 1,000 of its manifests and one GET each, however
+    long the history. ``since`` (RFC 3339 or ``YYYY-MM-DD``) skips manifests S3 stored
+    more than a day before it (a run that started earlier but finished after ``since`` is
+    kept: its start-date partition is listed, its manifest is fetched). ``legacy`` also
+    reads the flat 1.0 prefix (manifests written before 1.1; one delimited LIST of them,
+    and a GET only of those whose run id matches the filters).
+    """
+    s3c: S3Client = s3 if s3 is not None else client("s3")
+    bucket = settings.bucket
+    if day is not None and (provider is None or merchant_id is None):
+        raise ExportError("day needs a provider and a merchant_id")
+    if day is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise ExportError(f"day must be YYYY-MM-DD, not {day[:20]!r}")
+    floor: datetime | None = None
+    if since:
+        floor = parse_time(f"{since}T00:00:00Z" if len(since) == 10 else since) - _SINCE_MARGIN
+    if provider is not None:
+        prefix = manifest_prefix(provider, merchant_id, day)
+    else:
+        prefix = f"{MANIFEST_PREFIX}/provider="
+    keys: list[Iterator[tuple[str, datetime]]] = [_list(s3c, bucket, prefix)]
+    if legacy:
+        keys.append(_list(s3c, bucket, f"{MANIFEST_PREFIX}/", delimiter="/"))
+    for listing in keys:
+        for key, stored_at in listing:
+            if floor is not None and stored_at < floor:
+                continue
+            run = key.rsplit("/", 1)[1][: -len(".json")]
+            part = run_partition(run)
+            if part is not None and not _matches(part, provider, merchant_id, day):
+                continue
+            manifest: dict[str, Any] = json.loads(s3c.get_object(Bucket=bucket, Key=key)["Body"].read())
+            if provider is not None and manifest.get("provider") != provider:
+                continue
+            if merchant_id is not None and manifest.get("merchant_id") != merchant_id:
+                continue
+            if day is not None and part is None and str(manifest.get("started_at", ""))[:10] != day:
+                continue
+            yield key, manifest
+
+
 def iter_manifests(
     settings: Settings,
     provider: str | None = None,
     merchant_id: str | None = None,
     *,
+    day: str | None = None,
+    since: str | None = None,
+    legacy: bool = True,
     s3: S3Client | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Every run manifest (optionally of one provider / merchant), in key order."""
-    s3c: S3Client = s3 if s3 is not None else client("s3")
-    pages = s3c.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=f"{MANIFEST_PREFIX}/"
+    """The manifests of :func:`iter_manifest_items`, without their keys."""
+    for _, manifest in iter_manifest_items(
+        settings, provider, merchant_id, day=day, since=since, legacy=legacy, s3=s3
+    ):
+        yield manifest
+
+
+def _matches(
+    part: tuple[str, str, str], provider: str | None, merchant_id: str | None, day: str | None
+) -> bool:
+    return (
+        (provider is None or part[0] == provider)
+        and (merchant_id is None or part[1] == merchant_id)
+        and (day is None or part[2] == day)
     )
-    for page in pages:
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            if not key.endswith(".json"):
-                continue
-            manifest: dict[str, Any] = json.loads(
-                s3c.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-            )
-            if provider is not None and manifest.get("provider") != provider:
-                continue
-            if merchant_id is not None and manifest.get("merchant_id") != merchant_id:
-                continue
-            yield manifest
 
 
 def _verified_copy(s3c: S3Client, bucket: str, part: PartInfo, tmpdir: str | None) -> IO[bytes]:
@@ -992,7 +1108,7 @@ def read_manifested(
         since_ms = modified_ms(text)
         since_dt = datetime.fromtimestamp(since_ms / 1000, UTC).date().isoformat()
     s3c: S3Client = s3 if s3 is not None else client("s3")
-    for manifest in iter_manifests(settings, provider, merchant_id, s3=s3c):
+    for manifest in iter_manifests(settings, provider, merchant_id, since=since, s3=s3c):
         if int(manifest.get("manifest_version", 0)) != MANIFEST_VERSION:
             continue  # a later contract version: a reader for it lives elsewhere
         bucket = str(manifest.get("bucket") or settings.bucket)

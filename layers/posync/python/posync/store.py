@@ -11,23 +11,29 @@ Item (``settings.orders_table``, pk ``connection_id``, sk ``order_id``)::
     payload_s3   S   the key of ``raw/orders/...`` in the export bucket holding it
     updated_at   S   when this item was written
 
-:meth:`OrderRepository.write` upserts a page with ``TransactWriteItems`` (100 items a
-call, each conditioned on ``attribute_not_exists OR modified_ms < :m``) and returns the
-versions the caller must export. A cancelled transaction reports, per item, the stored
-version (``ReturnValuesOnConditionCheckFailure=ALL_OLD``): older-or-equal incoming
-versions are dropped, except an equal version whose export epoch never committed (its
+:meth:`OrderRepository.write` upserts a page with one conditional ``PutItem`` per order
+(``attribute_not_exists OR modified_ms < :m``), ``put_threads`` at a time, and returns
+the versions the caller must export. A put is 1 write unit per KB, half a transactional
+one, and a refused put refuses only its own order. A refused put reports the stored
+version (``ReturnValuesOnConditionCheckFailure=ALL_OLD``): an older-or-equal incoming
+version is dropped, except an equal version whose export epoch never committed (its
 run died before the parts were durable), which is taken over (conditioned on that
 epoch) and exported again, and an equal version stamped with the open epoch that this
 repository never returned (its own earlier attempt committed but the reply was lost, and
-the retry found it), which is returned now. The other items are retried in the next call.
+the retry found it), which is returned now. Each order's put is decided by the stored
+item alone, so concurrent writers of the same order (two runs, a reconcile) still
+leave the newest version stored, and exactly one of them exports it. Every thread is
+joined before ``write`` returns or raises.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,8 +52,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_s3 import S3Client
 
-MAX_TRANSACT_ITEMS = 100
-MAX_TRANSACT_BYTES = 3_500_000  # DynamoDB caps a transaction at 4 MB
+# Conditional puts in flight per page: a put takes ~5-10 ms in Lambda, so 16 keep a page of
+# 1,000 near half a second; posync.aws' clients pool 32 connections.
+PUT_THREADS = 16
+MAX_SETTLE_ROUNDS = 8  # refusals of one order's put before giving up (the item keeps changing)
 MAX_INLINE_PAYLOAD = 350_000  # bigger canonical orders go to S3 raw/ with a pointer
 ITEM_OVERHEAD = 300  # key and attribute names, numbers: a generous estimate
 RETRYABLE_CALL = frozenset(
@@ -59,9 +67,6 @@ RETRYABLE_CALL = frozenset(
         "InternalServerError",
         "ServiceUnavailable",
     }
-)
-RETRYABLE_REASON = frozenset(
-    {"ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict", "RequestLimitExceeded"}
 )
 _NEW = "attribute_not_exists(#oid) OR #m < :m"
 _TAKEOVER = "#m = :m AND #ref = :oldref"
@@ -131,6 +136,7 @@ class OrderRepository:
         max_attempts: int = 8,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 2.0,
+        put_threads: int = PUT_THREADS,
     ) -> None:
         self._settings = settings
         self._ddb: DynamoDBClient = dynamodb if dynamodb is not None else client("dynamodb")
@@ -140,7 +146,11 @@ class OrderRepository:
         self._max_attempts = max_attempts
         self._base = backoff_base_s
         self._cap = backoff_cap_s
-        self.calls = 0  # TransactWriteItems calls made (for metrics and tests)
+        if put_threads < 1:
+            raise ValueError("put_threads must be at least 1")
+        self._threads = put_threads
+        self._calls_lock = threading.Lock()
+        self.calls = 0  # PutItem calls made (for metrics and tests)
         # The versions returned for export under the open epoch ``_handed_ref``: an equal version
         # stamped with that epoch but not in here was stored by a call of ours whose reply was lost.
         self._handed_ref = ""
@@ -197,28 +207,7 @@ class OrderRepository:
         for e in entries:
             e.item, e.size = self._item(conn_id, run_id, ref, e, now)
 
-        chunks: list[list[_Entry]] = [[]]
-        chunk_bytes = 0
-        for e in entries:
-            if chunks[-1] and (
-                len(chunks[-1]) == MAX_TRANSACT_ITEMS or chunk_bytes + e.size > MAX_TRANSACT_BYTES
-            ):
-                chunks.append([])
-                chunk_bytes = 0
-            chunks[-1].append(e)
-            chunk_bytes += e.size
-        exported: set[str] = set()
-        try:
-            for chunk in chunks:
-                exported |= self._write_chunk(chunk, ledger)
-        except BaseException:
-            if exported:
-                # Versions are stored with the open epoch but were never handed over: that
-                # epoch must not commit (the retried invocation's new epoch exports them).
-                failed = getattr(ledger, "write_failed", None)
-                if callable(failed):
-                    failed()
-            raise
+        exported = self._put_all(entries, ledger)
         handed = self._handed_over(ref)
         handed.update((e.order_id, e.ms) for e in entries if e.order_id in exported)
         return [e.order for e in entries if e.order_id in exported]
@@ -262,7 +251,7 @@ class OrderRepository:
             item["payload"] = {"S": payload}
         return item, size + ITEM_OVERHEAD
 
-    def _transact_item(self, e: _Entry) -> dict[str, Any]:
+    def _put_params(self, e: _Entry) -> dict[str, Any]:
         put: dict[str, Any] = {
             "TableName": self._settings.orders_table,
             "Item": e.item,
@@ -276,61 +265,85 @@ class OrderRepository:
             put["ConditionExpression"] = _TAKEOVER
             put["ExpressionAttributeNames"] = {"#m": "modified_ms", "#ref": "export_ref"}
             put["ExpressionAttributeValues"] = {":m": {"N": str(e.ms)}, ":oldref": {"S": e.old_ref}}
-        return {"Put": put}
+        return put
 
     def _backoff(self, attempt: int) -> None:
         delay = min(self._cap, self._base * 2**attempt)
         self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
 
-    def _write_chunk(self, chunk: list[_Entry], ledger: ExportLedger) -> set[str]:
-        pending = list(chunk)
-        throttled = 0
-        rounds = 0
-        while pending:
-            rounds += 1
-            if rounds > len(chunk) + self._max_attempts + 2:
-                raise StoreError("orders write did not settle (items keep changing under us)")
+    def _put_all(self, entries: list[_Entry], ledger: ExportLedger) -> set[str]:
+        """Put every entry, ``put_threads`` at a time; the ids stored for export.
+
+        On an error the puts not yet started are skipped, the running ones finish (every
+        thread is joined), the ledger is told if any version was stored, and the first
+        error (in page order) is raised.
+        """
+        stop = threading.Event()  # set by the first error: puts not yet started are skipped
+
+        def put_one(e: _Entry) -> bool | None:
+            if stop.is_set():
+                return None
             try:
+                return self._put(e, ledger)
+            except BaseException:
+                stop.set()
+                raise
+
+        futures: list[tuple[_Entry, Future[bool | None]]] = []
+        with ThreadPoolExecutor(
+            max_workers=min(self._threads, len(entries)), thread_name_prefix="posync-put"
+        ) as pool:
+            futures = [(e, pool.submit(put_one, e)) for e in entries]
+        # Leaving the block joined every thread.
+        exported: set[str] = set()
+        error: BaseException | None = None
+        for e, fut in futures:
+            exc = fut.exception()
+            if exc is not None:
+                error = error or exc
+            elif fut.result() is True:
+                exported.add(e.order_id)
+        if error is not None:
+            if exported:
+                # Versions are stored with the open epoch but were never handed over: that
+                # epoch must not commit (the retried invocation's new epoch exports them).
+                failed = getattr(ledger, "write_failed", None)
+                if callable(failed):
+                    failed()
+            raise error
+        return exported
+
+    def _put(self, e: _Entry, ledger: ExportLedger) -> bool:
+        """One order's conditional put until it is stored (True) or dropped (False)."""
+        throttled = 0
+        refused = 0
+        while True:
+            with self._calls_lock:
                 self.calls += 1
-                self._ddb.transact_write_items(TransactItems=[self._transact_item(e) for e in pending])  # type: ignore[misc]
+            try:
+                self._ddb.put_item(**self._put_params(e))
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code == "ConditionalCheckFailedException":
+                    refused += 1
+                    if refused > MAX_SETTLE_ROUNDS:
+                        raise StoreError(
+                            f"order {e.order_id[:64]}: write did not settle (the item keeps changing)"
+                        ) from exc
+                    old: Mapping[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+                    if not self._settle(e, old, ledger):
+                        return False
+                    continue
                 if code in RETRYABLE_CALL:
                     throttled += 1
                     if throttled >= self._max_attempts:
                         raise
                     self._backoff(throttled)
                     continue
-                if code != "TransactionCanceledException":
-                    raise
-                reasons: list[Mapping[str, Any]] = list(exc.response.get("CancellationReasons") or [])
-                if len(reasons) != len(pending):
-                    raise StoreError(
-                        f"transaction cancelled without per-item reasons ({len(reasons)})"
-                    ) from exc
-                keep: list[_Entry] = []
-                wait = False
-                for e, reason in zip(pending, reasons, strict=True):
-                    rc = str(reason.get("Code") or "None")
-                    if rc == "None":
-                        keep.append(e)
-                    elif rc == "ConditionalCheckFailed":
-                        if self._settle(e, reason.get("Item"), ledger):
-                            keep.append(e)
-                    elif rc in RETRYABLE_REASON:
-                        keep.append(e)
-                        wait = True
-                    else:
-                        raise StoreError(f"order {e.order_id[:64]} refused: {rc}") from exc
-                pending = keep
-                if wait:
-                    throttled += 1
-                    if throttled >= self._max_attempts:
-                        raise StoreError("orders write throttled: retries exhausted") from exc
-                    self._backoff(throttled)
-                continue
-            return {e.order_id for e in pending}
-        return set()  # every item settled without a write
+                if code == "ValidationException":
+                    raise StoreError(f"order {e.order_id[:64]} refused: {code}") from exc
+                raise
+            return True
 
     def _settle(self, e: _Entry, old: Mapping[str, Any] | None, ledger: ExportLedger) -> bool:
         """A condition failed: decide from the stored version whether to try again (True) or drop."""
