@@ -575,10 +575,10 @@ def _repeated_names(body: bytes, members: dict[str, msgspec.Raw]) -> set[str]:
             return {name}
         seen.add(name)
         i = _ws(body, _ws(body, m.end()) + 1)  # past ':'
-        value = memoryview(members[name])
-        if body[i : i + value.nbytes] != value:
+        value = bytes(members[name])  # a copy, but compared at memcmp's speed (a memoryview's is 30x slower)
+        if not body.startswith(value, i):
             return {name}  # an earlier value of the name
-        i = _ws(body, i + value.nbytes)
+        i = _ws(body, i + len(value))
         if body[i : i + 1] == b",":
             i = _ws(body, i + 1)
     return set()
