@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import sys
@@ -235,19 +236,36 @@ def check(truth: Mapping[str, int], seen: Sequence[tuple[str, int]]) -> Check:
 
 
 class TimedHttp:
-    """Wraps a transport's :class:`~posync.transport.Http`: when each provider request started and ended."""
+    """Wraps a transport's :class:`~posync.transport.Http`: when each provider request started and ended.
 
-    def __init__(self, inner: Http) -> None:
+    ``json_reference``: also parse every successful reply's bytes with ``json.loads`` (and
+    drop the objects), timing it on the thread's CPU clock (``json_loads_s``): the yardstick
+    ``cpu_vs_json_loads`` divides by, measured on the same bytes in the same run; the caller
+    subtracts it from the process's CPU.
+    """
+
+    def __init__(self, inner: Http, *, json_reference: bool = False) -> None:
         self.inner = inner
+        self.json_reference = json_reference
         self._lock = threading.Lock()
         self.first_start: float | None = None
         self.last_end: float | None = None
         self.requests = 0
+        self.json_loads_s = 0.0
+        self.json_bytes = 0
 
     def get(self, url: str, **kwargs: Any) -> HttpReply:
         start = time.monotonic()
         try:
-            return self.inner.get(url, **kwargs)
+            reply = self.inner.get(url, **kwargs)
+            if self.json_reference and reply.status < 300 and reply.content:
+                t0 = time.thread_time()
+                json.loads(reply.content)
+                spent = time.thread_time() - t0
+                with self._lock:
+                    self.json_loads_s += spent
+                    self.json_bytes += len(reply.content)
+            return reply
         finally:
             end = time.monotonic()
             with self._lock:

@@ -20,6 +20,10 @@ generation and the OAuth flow are outside it). Figures:
 - ``cpu_ceiling_orders_per_s``: orders ÷ the process's CPU seconds, the rate its CPU allows
   (parsing and normalizing hold the GIL: one core's worth). ``bound`` names the lower of
   that and the effective ceiling; ``cpu_busy`` is CPU seconds ÷ wall seconds.
+- ``cpu_vs_json_loads``: the run's CPU per order ÷ what ``json.loads`` alone spends on the
+  same replies' bytes (every reply parsed again on the fetch thread's CPU clock, then
+  taken out of the run's CPU: ``cpu_s.bench`` and ``cpu_us_per_order`` exclude it).
+  The issue's target is at most 1.0.
 - ``reachable_ratio``: the lower of the two ceilings ÷ the brief's: the greatest ``ratio``
   this run's requests and CPU allow (about 0.29: the brief's 0.9 and 0.8 cannot be met by
   any engine that reads complete orders). ``effective_pass``: ``effective_ratio`` against
@@ -71,7 +75,7 @@ def _timed_sources(
 ) -> Callable[[Connection, Deadline], KeysetSource]:
     def sources(conn: Connection, deadline: Deadline) -> KeysetSource:
         source = factory(conn, deadline)
-        timed = TimedHttp(source.transport.http)
+        timed = TimedHttp(source.transport.http, json_reference=True)
         source.transport.http = timed
         timers.append(timed)
         return source
@@ -132,7 +136,9 @@ def run_case(
     ceiling = token_rps * PAGE_LIMIT
     effective_ceiling = token_rps * len(truth) / max(1, needed)
     ratio = rate / ceiling
-    cpu = max(1e-9, cpu1 - cpu0)
+    # The yardstick: json.loads on every reply's bytes, timed apart and taken out of the run's CPU.
+    reference = sum(t.json_loads_s for t in timers)
+    cpu = max(1e-9, cpu1 - cpu0 - reference)
     # One interpreter: parsing and normalizing hold the GIL, so the process's CPU time per
     # order bounds its rate whatever the provider allows.
     cpu_ceiling = orders / cpu
@@ -170,6 +176,9 @@ def run_case(
         "quarantined": recorder.quarantined,
         "cpu_s": {"bench": round(cpu, 2), "sandbox": round(sb_cpu1 - sb_cpu0, 2)},
         "cpu_us_per_order": round(cpu / max(1, orders) * 1e6, 1),
+        "json_loads_us_per_order": round(reference / max(1, orders) * 1e6, 1),
+        "reply_bytes_per_order": round(sum(t.json_bytes for t in timers) / max(1, orders)),
+        "cpu_vs_json_loads": round(cpu / max(1e-9, reference), 3),
         "cpu_busy": round(cpu / elapsed, 3),  # of one core
         "cpu_ceiling_orders_per_s": round(cpu_ceiling, 1),
         "bound": "cpu" if cpu_ceiling < effective_ceiling else "rate limit",

@@ -144,6 +144,11 @@ def _print_pipeline(r: dict[str, Any]) -> None:
             f"(check {verdict(c['check_ok'])}); load {c['load_before']['load_1m']}"
         )
         say(
+            f"      CPU per order vs json.loads alone on the same {c['reply_bytes_per_order']} reply bytes "
+            f"({c['json_loads_us_per_order']} us/order): {c['cpu_vs_json_loads']}x  target <= 1.0  "
+            f"{'PASS' if c['cpu_vs_json_loads'] <= 1.0 else 'MISS'}"
+        )
+        say(
             f"      bound: {c['bound']} (the bench process was busy {c['cpu_busy']:.0%} of one core; "
             f"its CPU allows {c['cpu_ceiling_orders_per_s']:.0f} orders/s, the requests needed "
             f"{c['effective_ceiling_orders_per_s']:.0f})"

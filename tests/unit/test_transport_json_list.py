@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from posync.errors import ProviderError
 from posync.transport import iter_json_list
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+finite = st.floats(allow_nan=False, allow_infinity=False)  # NaN and Infinity are not JSON
+scalars = st.none() | st.booleans() | st.integers() | finite | st.text(max_size=8)
 values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
@@ -82,14 +83,34 @@ def test_json_that_is_not_an_object_is_a_provider_error(body: bytes) -> None:
         read(body)
 
 
-def test_an_error_late_in_the_body_comes_after_the_items_before_it() -> None:
+def test_an_error_late_in_the_body_comes_before_any_item() -> None:
     # Given a body cut after two items
     it = iter_json_list(b'{"elements":[{"id":"A"},{"id":"B"},{"id"', "elements", what="Test")
-    # Then the items before the cut come, and then the error: the caller drops the whole reply
-    assert next(it) == {"id": "A"}
-    assert next(it) == {"id": "B"}
+    # Then no item comes: the whole body is checked before the first one
     with pytest.raises(ProviderError, match="non-JSON body"):
         next(it)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"elements":[NaN]}',  # json.loads reads these; they are not JSON (RFC 8259)
+        b'{"elements":[Infinity]}',
+        b'{"elements":[1e999]}',  # out of a double's range
+        b'{"elements":["\\ud800"]}',  # a lone surrogate: no Unicode text
+        b'{"elements":["\xff"]}',  # not UTF-8
+        b'{"href":"\xff","elements":[]}',
+    ],
+)
+def test_what_is_not_json_text_is_a_provider_error(body: bytes) -> None:
+    with pytest.raises(ProviderError, match="non-JSON body"):
+        read(body)
+
+
+def test_a_repeated_member_is_refused() -> None:
+    # Given a reply naming another member twice (json.loads would keep the last silently)
+    with pytest.raises(ProviderError, match="repeats a member"):
+        read(b'{"href":"a","elements":[],"href":"b"}')
 
 
 @pytest.mark.parametrize(
