@@ -288,8 +288,12 @@ def _wait_for_frame(term: io.StringIO, text: str, timeout_s: float = 10.0) -> No
         time.sleep(0.01)
 
 
-def test_on_a_terminal_progress_is_one_redrawn_line_with_a_bar_and_rates() -> None:
-    # Given a progress line on a terminal, redrawn every 10 ms
+def test_on_a_terminal_progress_is_one_redrawn_line_with_a_bar_and_rates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a progress line on a terminal of 120 columns (an earlier test in this process may have
+    # left COLUMNS=80 behind), redrawn every 10 ms
+    monkeypatch.setenv("COLUMNS", "120")
     term = FakeTerminal()
     ticks = itertools.count()  # the rate's clock: a tenth of a second a reading, however loaded the machine
     progress = LiveProgress("clover ABCDEFGHJK123", term, refresh_s=0.01, clock=lambda: next(ticks) / 10)
