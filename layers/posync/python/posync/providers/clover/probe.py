@@ -22,7 +22,7 @@ from posync.errors import ProviderError
 from posync.probe import Check, Finding
 from posync.providers.clover.normalizer import TAX_SCALE, normalize_clover
 from posync.providers.clover.probe_lifecycle import CHECKS as LIFECYCLE_CHECKS
-from posync.providers.clover.source import LEVEL, LINES, PAYMENTS
+from posync.providers.clover.source import LEVEL, LINES, NESTED_CUT, PAYMENTS
 from posync.ratelimit import Deadline
 from posync.transport import Transport
 
@@ -317,6 +317,8 @@ def tax_rates(p: CloverProbe) -> Finding:
         ]
         if not rates or raw.get("isVat") or not raw.get("total"):
             continue
+        if any(len(_elements(raw.get(n)) or []) >= NESTED_CUT for n in ("lineItems", "payments", "refunds")):
+            continue  # a list cut at 100 (CLV-NESTED-1): the sync completes it; the probe reads no more
         if any(not isinstance(r, int) or not 0 <= r <= TAX_SCALE // 2 for r in rates):
             return Finding(row, "differs", "a tax rate is not an integer in 1/100000 of a percent below 50 %")
         try:
