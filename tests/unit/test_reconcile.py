@@ -11,7 +11,8 @@ from posync.canonical import normalize
 from posync.ratelimit import BudgetExhausted, Deadline
 from posync.reconcile import ReconcileSink
 from posync.sources.clover_deletions import Presence
-from posync.tombstones import Stored, iso_to_ms, ms_to_iso
+from posync.times import iso_to_ms, ms_to_iso
+from posync.tombstones import Stored
 
 MERCHANT = "MERCHANT12345"
 T0 = 1_763_917_418_123

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -61,6 +61,7 @@ from posync.oauth_state import (
 from posync.observability import logger, metrics
 from posync.providers import ExchangeRefused, OAuthProvider, deadline
 from posync.syncqueue import SyncKind, SyncRequest
+from posync.times import iso_ms
 from posync.tokens import LEASE_TTL_S, LeaseStore, TokenStore, refresh_lease_name
 
 CALLBACK_LEASE_WAIT_S = 8.0  # within the callback's 30 s; a refresh holds the lease ~1 s
@@ -410,8 +411,7 @@ def success_location(settings: Settings, connected: Connected) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+_iso = iso_ms  # posync.times
 
 
 # ----------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from posync.observability import logger, metrics
 from posync.ratelimit import NO_DEADLINE, Deadline
 from posync.schedule import CLASSES, Candidate, PollConfig, State, assess, plan
 from posync.syncqueue import SyncKind, SyncRequest
+from posync.times import iso_ms
 
 BATCH = 10
 PAGE_SIZE = 1000
@@ -195,9 +196,7 @@ def event_time(event: dict[str, Any]) -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(now_s: float) -> str:
-    t = datetime.fromtimestamp(now_s, UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+_iso = iso_ms  # posync.times
 
 
 class Dispatcher:

@@ -47,7 +47,8 @@ from posync.observability import logger
 from posync.ratelimit import BudgetExhausted, Deadline
 from posync.serialized import Serialized
 from posync.sources.clover_deletions import Presence, clover_presence
-from posync.tombstones import Stored, StoredVersions, content, is_tombstone, iso_to_ms, settle, tombstone
+from posync.times import iso_to_ms
+from posync.tombstones import Stored, StoredVersions, content, is_tombstone, settle, tombstone
 
 if TYPE_CHECKING:
     from posync.sources import KeysetSource

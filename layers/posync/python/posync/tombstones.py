@@ -27,28 +27,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from posync.serialized import Serialized, to_json
+from posync.times import iso_to_ms, ms_to_iso
 
 DELETED = "deleted"
 SCHEMA_MINOR = 1  # canonical order v1.1: state "deleted" and deleted_at (docs/canonical-order-v1.md)
 # Fields a re-read may change without the order changing: left out of the content comparison.
 VOLATILE = frozenset({"modified_at"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def ms_to_iso(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def iso_to_ms(value: str) -> int:
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
 def is_tombstone(order: Mapping[str, Any]) -> bool:

@@ -77,6 +77,8 @@ from typing import Any
 
 from posync.errors import InvalidInput
 from posync.ratelimit import Deadline
+from posync.times import iso_to_ms as iso_to_ms  # re-exported: callers import them from here
+from posync.times import ms_to_iso as ms_to_iso
 from posync.transport import Transport, TransportStats
 
 DAY_MS = 86_400_000
@@ -543,29 +545,6 @@ class Rows:
         return Fetched(
             self.orders, self.keys, more, link, stale=frozenset(self.stale), pending=tuple(self.pending)
         )
-
-
-def ms_to_iso(ms: int) -> str:
-    """Epoch ms -> RFC 3339 UTC with milliseconds (``2026-11-23T18:15:00.123Z``)."""
-    from datetime import UTC, datetime
-
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def iso_to_ms(value: str) -> int:
-    """RFC 3339 / ISO 8601 (``Z`` or an offset; naive means UTC) -> epoch ms."""
-    from datetime import UTC, datetime, timedelta
-
-    if not isinstance(value, str):
-        raise InvalidInput("time is not a string")
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidInput("time is not ISO 8601") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def build_source(provider: str, merchant_id: str, transport: Transport, config: SourceConfig) -> KeysetSource:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from posync.domain import MERCHANT_ID_PATTERNS, Connection, ConnectionStatus, check_merchant_id
 from posync.errors import AuthorizationRevoked, ConnectionNotFound, ProviderError
 from posync.syncqueue import SyncKind, SyncRequest
+from posync.times import iso_ms
 
 if TYPE_CHECKING:
     from posync.config import Settings
@@ -67,8 +68,7 @@ class InstallStore(Protocol):
     ) -> tuple[list[Connection], dict[str, Any] | None]: ...
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+_iso = iso_ms  # posync.times
 
 
 def connect(
