@@ -9,11 +9,10 @@ from hypothesis import strategies as st
 
 from posync.canonical import normalize
 from posync.serialized import Serialized
+from posync.times import iso_to_ms, ms_to_iso
 from posync.tombstones import (
     Stored,
     content,
-    iso_to_ms,
-    ms_to_iso,
     settle,
     tombstone,
     with_tombstones_settled,
